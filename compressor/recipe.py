@@ -1,0 +1,150 @@
+"""Recipes: one versioned, validated document that describes a whole compression job.
+
+The CLI (`python -m compressor run RECIPE`), the UI and the workers all build a `Recipe`, store it as JSON/YAML
+and hand it to `compressor.pipeline.run_recipe`, so a run made in one place repeats exactly in another.
+
+    recipe = Recipe.model_validate({"model": "demo", "slimming": {"expert_keep_ratio": 0.5}})
+    text = recipe.to_yaml()
+    assert Recipe.from_yaml(text) == recipe
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+RECIPE_VERSION = 1
+
+
+class RecipeError(ValueError):
+    """A recipe that does not validate; the message names every offending field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CalibrationConfig(_Strict):
+    """Tokens used to score experts, neurons and layers: `tokens // seq_len` windows of `seq_len` tokens."""
+
+    tokens: int = Field(32768, ge=64, le=50_000_000)
+    seq_len: int = Field(256, ge=8, le=32768)
+    batch_size: int = Field(8, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _enough_tokens(self):
+        if self.tokens < self.seq_len:
+            raise ValueError(f"calibration.tokens ({self.tokens}) must be at least calibration.seq_len ({self.seq_len})")
+        return self
+
+
+class SlimmingConfig(_Strict):
+    """What to cut. Every field at its default leaves the model unchanged."""
+
+    expert_keep_ratio: float = Field(1.0, gt=0.0, le=1.0, description="share of neurons kept in every expert")
+    neuron_score: Literal["taylor", "activation"] = "taylor"
+    experts_keep: int | None = Field(None, ge=1, description="experts kept per MoE layer; null = all")
+    expert_score: Literal["reap", "frequency", "man", "taylor"] = "reap"
+    layers_drop: int = Field(0, ge=0)
+    sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="unstructured (Wanda) sparsity of the remaining linear maps")
+    sparsity_allocation: Literal["uniform", "owl", "dlp"] = "dlp"
+
+    @property
+    def is_identity(self) -> bool:
+        return (self.expert_keep_ratio == 1.0 and self.experts_keep is None and self.layers_drop == 0
+                and self.sparsity == 0.0)
+
+
+class DistillConfig(_Strict):
+    """Knowledge distillation from the teacher (the original model) into the slimmed student."""
+
+    steps: int = Field(300, ge=0, le=10_000_000, description="total optimizer steps over all stages")
+    lr: float = Field(3.0e-4, gt=0.0, le=1.0)
+    temperature: float = Field(2.0, gt=0.0, le=100.0)
+    loss: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    jsd_beta: float = Field(0.5, ge=0.0, le=1.0)
+    ce_weight: float = Field(0.0, ge=0.0, le=100.0)
+    hidden_mse_weight: float = Field(0.0, ge=0.0, le=100.0)
+    on_policy: float = Field(0.0, ge=0.0, le=1.0)
+    batch_size: int = Field(8, ge=1, le=1024)
+    seq_len: int = Field(256, ge=8, le=32768)
+    grad_accum: int = Field(1, ge=1, le=1024)
+    warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.0, ge=0.0, le=10.0)
+    clip_grad: float = Field(1.0, gt=0.0)
+    teacher: Literal["original", "previous_stage"] = "original"
+    cache_teacher_topk: int = Field(0, ge=0, description="0 = teacher in memory; k > 0 = cache teacher top-k logits on disk")
+    bf16: bool = Field(False, description="bf16 autocast where the hardware supports it")
+
+
+class EvaluateConfig(_Strict):
+    perplexity: bool = True
+    speed: bool = True
+    tokens: int = Field(16384, ge=64)
+    seq_len: int = Field(256, ge=8, le=32768)
+    tasks: list[str] = Field(default_factory=list, description="paths of local JSONL multiple-choice tasks")
+
+
+class Recipe(_Strict):
+    """A whole job. `model` is `demo`, a local directory, an archive (.zip/.tar.gz), or a hub id."""
+
+    version: int = RECIPE_VERSION
+    model: str = "demo"
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    slimming: SlimmingConfig = Field(default_factory=SlimmingConfig)
+    stages: int = Field(3, ge=1, le=32)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _known_version(self):
+        if self.version != RECIPE_VERSION:
+            raise ValueError(f"version {self.version} is not supported; this studio reads recipe version {RECIPE_VERSION}")
+        if not self.model.strip():
+            raise ValueError("model must name `demo`, a directory, an archive or a hub id")
+        return self
+
+    # -- (de)serialisation ------------------------------------------------------------------------------------
+    @classmethod
+    def parse(cls, data: dict) -> "Recipe":
+        """Validate a dict; raise `RecipeError` whose message lists `field.path: problem` for every error."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise RecipeError(_explain(exc)) from None
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "Recipe":
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"recipe is not valid YAML/JSON: {exc}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise RecipeError("recipe must be a mapping of fields (model, calibration, slimming, ...)")
+        return cls.parse(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Recipe":
+        return cls.from_yaml(Path(path).read_text())
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "recipe"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see `python -m compressor recipe --example`)"
+        lines.append(f"{where}: {msg}")
+    return "invalid recipe: " + "; ".join(lines)
