@@ -1,0 +1,350 @@
+"""Model sources: the built-in demo, a local Hugging Face folder, an uploaded archive of one, or a hub id.
+
+Safety rules (docs: /work/shared/notes/app-conventions.md, "Safety of inputs"):
+- weights load from *.safetensors only; pickle checkpoints (pytorch_model.bin, *.pt) need `allow_pickle=True`
+  and then load with `torch.load(weights_only=True)`;
+- a config with `auto_map` (custom modelling code) needs `trust_remote_code=True`;
+- archives go through `compressor.archive.extract_archive` (no path escape, size and file-count caps), once per
+  archive content (keyed by its sha256) under the studio cache;
+- hub ids download only config, tokenizer and safetensors files (pickles / code only when allowed).
+
+    src = parse_source("Qwen/Qwen3-30B-A3B@main")       # ModelSource(kind="hub", location="Qwen/Qwen3-30B-A3B", ...)
+    loaded = load_model("path/to/my-model")               # LoadedModel(model=..., tokenizer=..., fingerprint=...)
+    loaded = load_model(parse_source("upload.zip"), dtype=torch.bfloat16)
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compressor.archive import ARCHIVE_SUFFIXES, ArchiveError, archive_kind, archive_root, extract_archive
+from compressor.fingerprint import file_sha256, weights_fingerprint
+
+SOURCE_KINDS = ("demo", "directory", "archive", "hub")
+ACCEPTED_FORMS = ("'demo'; a local Hugging Face model folder (config.json + *.safetensors); a .zip / .tar.gz / "
+                  ".tgz / .tar of such a folder; or a hub id 'org/name' or 'org/name@revision'")
+_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95})"
+                     r"(?:@(?P<rev>[A-Za-z0-9][A-Za-z0-9._/-]{0,199}))?$")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+
+
+class SourceError(ValueError):
+    """A model source that cannot be used; the message says what was wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str                   # one of SOURCE_KINDS
+    location: str               # "demo", an absolute path, or a hub repo id
+    revision: str | None = None  # hub only: branch, tag or commit
+
+    def __post_init__(self):
+        if self.kind not in SOURCE_KINDS:
+            raise SourceError(f"unknown source kind {self.kind!r}; expected one of {SOURCE_KINDS}")
+        if self.revision is not None and self.kind != "hub":
+            raise SourceError(f"a revision only applies to hub ids, not to a {self.kind} source")
+
+    def __str__(self) -> str:
+        return f"{self.location}@{self.revision}" if self.revision else self.location
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module       # in eval mode
+    tokenizer: Any | None        # None when the folder ships no tokenizer files
+    source: ModelSource
+    local_dir: Path              # the folder the weights were read from
+    fingerprint: str             # weights_fingerprint(local_dir)
+    revision: str | None = None  # hub: the revision asked for ("main" when none was pinned)
+    commit: str | None = None    # hub: the commit that revision resolved to
+
+
+def parse_source(text: str) -> ModelSource:
+    """Classify a user string: 'demo' | existing folder | existing archive file | 'org/name[@rev]' hub id.
+
+    A path that exists wins over a hub id of the same shape. A lone *.safetensors file is refused: a model needs
+    its config.json next to the weights.
+    """
+    raw = (text or "").strip()
+    if not raw:
+        raise SourceError(f"empty model source; accepted forms: {ACCEPTED_FORMS}")
+    if raw.lower() == "demo":
+        return ModelSource("demo", "demo")
+    path = Path(raw).expanduser()
+    if path.is_dir():
+        return ModelSource("directory", str(path.resolve()))
+    if path.is_file():
+        if archive_kind(path) is not None:
+            return ModelSource("archive", str(path.resolve()))
+        if path.suffix.lower() == ".safetensors":
+            raise SourceError(f"{raw!r} is a single safetensors file, which is not a model by itself: zip the whole "
+                              "Hugging Face folder (config.json + *.safetensors + tokenizer files) and upload the "
+                              "zip, or pass the folder's path.")
+        raise SourceError(f"{raw!r} is a file of a kind that cannot be loaded; accepted forms: {ACCEPTED_FORMS}")
+    match = _HUB_ID.match(raw)
+    if match and ".." not in raw and not raw.lower().endswith((*ARCHIVE_SUFFIXES, ".safetensors")):
+        return ModelSource("hub", match["repo"], match["rev"])
+    raise SourceError(f"{raw!r} is not an existing folder or archive, and not a hub id; accepted forms: "
+                      f"{ACCEPTED_FORMS}")
+
+
+def studio_cache_dir() -> Path:
+    """`$MOE_STUDIO_CACHE`, else `~/.cache/moe-studio`."""
+    env = os.environ.get("MOE_STUDIO_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "moe-studio"
+
+
+def load_model(source: ModelSource | str, *, dtype: torch.dtype | str | None = None, allow_pickle: bool = False,
+               trust_remote_code: bool = False, revision: str | None = None, work_dir: Path | None = None,
+               experts_implementation: str | None = None) -> LoadedModel:
+    """Resolve `source` to a local folder, check it, load model (eval mode) + tokenizer, fingerprint the weights.
+
+    dtype None keeps transformers' default ("auto": the checkpoint's dtype). `revision` pins a hub id (it must
+    agree with an '@rev' in the id). Dense or unsupported families load fine here; `families.resolve_adapter`
+    is the one that refuses them.
+    """
+    src = parse_source(source) if isinstance(source, str) else source
+    rev = commit = None
+    if src.kind == "demo":
+        local = _demo_dir()
+    elif src.kind == "directory":
+        local = Path(src.location)
+    elif src.kind == "archive":
+        local = extract_cached(Path(src.location), work_dir=work_dir)
+    else:
+        if revision and src.revision and revision != src.revision:
+            raise SourceError(f"{src}: revision {revision!r} disagrees with the id's '@{src.revision}'; give one")
+        rev = revision or src.revision or "main"
+        local = _download_hub(src.location, rev, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        commit = local.name
+    weights = check_model_dir(local, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    model = _load_weights(local, weights, dtype=dtype, trust_remote_code=trust_remote_code,
+                          experts_implementation=experts_implementation)
+    model.eval()
+    tokenizer = _load_tokenizer(local, trust_remote_code=trust_remote_code)
+    return LoadedModel(model=model, tokenizer=tokenizer, source=src, local_dir=local,
+                       fingerprint=weights_fingerprint(local), revision=rev, commit=commit)
+
+
+def _demo_dir() -> Path:
+    try:
+        from compressor.demo import demo_model_dir   # lazy: loading a user's model never needs the demo package
+        return Path(demo_model_dir())
+    except (ImportError, FileNotFoundError) as e:
+        raise SourceError(f"the built-in demo model is not available ({e}); pass a model folder or archive "
+                          "instead.") from e
+
+
+# ------------------------------------------------------------------------------------------------------- archives
+def extract_cached(archive: Path, *, work_dir: Path | None = None) -> Path:
+    """Extract `archive` once into `work_dir/<sha256>/` (default work_dir: `studio_cache_dir()/archives`).
+
+    Extraction goes to a private temporary folder that is renamed into place when complete, so a crash or a
+    concurrent load never leaves a half-extracted folder under the final name.
+    """
+    root = Path(work_dir) if work_dir is not None else studio_cache_dir() / "archives"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / file_sha256(archive)
+    if final.is_dir():
+        return archive_root(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name[:16]}-", dir=root))
+    try:
+        try:
+            extract_archive(archive, tmp / "x")
+        except ArchiveError as e:   # one error type for callers of load_model
+            raise SourceError(str(e)) from e
+        try:
+            os.replace(tmp / "x", final)
+        except OSError:
+            if not final.is_dir():   # a concurrent load may have won the race; theirs is as good as ours
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return archive_root(final)
+
+
+# ------------------------------------------------------------------------------------------------------------ hub
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+    env = any(os.environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+              for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return env or bool(constants.HF_HUB_OFFLINE)
+
+
+def _download_hub(repo: str, revision: str, *, allow_pickle: bool, trust_remote_code: bool) -> Path:
+    """Fetch configs first (to refuse remote code before any weights move), then tokenizer + allowed weights."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+    patterns += [f"*{s}" for s in _PICKLE_SUFFIXES] if allow_pickle else []
+    patterns += ["*.py"] if trust_remote_code else []
+    offline = _hub_offline()
+    try:
+        configs = ["config.json", "tokenizer_config.json"]
+        cfg_dir = Path(snapshot_download(repo, revision=revision, allow_patterns=configs, local_files_only=offline))
+        _check_config(cfg_dir, trust_remote_code=trust_remote_code)
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns, local_files_only=offline))
+    except GatedRepoError as e:
+        raise SourceError(f"hub model {repo!r} is gated: accept its licence on huggingface.co and log in "
+                          "(`hf auth login`), or download the folder and pass its path.") from e
+    except RepositoryNotFoundError as e:
+        raise SourceError(f"hub model {repo!r} was not found (or is private); check the id.") from e
+    except RevisionNotFoundError as e:
+        raise SourceError(f"hub model {repo!r} has no revision {revision!r}; check the branch, tag or commit.") from e
+    except OSError as e:   # LocalEntryNotFoundError, OfflineModeIsEnabled, connection errors
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
+        raise SourceError(f"cannot fetch hub model {repo!r}@{revision}: this machine is offline ({why}) and the model "
+                          "is not in the local cache. Download the model folder on a machine with network access "
+                          "(e.g. `hf download ORG/NAME --local-dir my-model`) and pass the folder's path, or "
+                          "upload it zipped.") from e
+
+
+# ---------------------------------------------------------------------------------------------------------- checks
+def check_model_dir(local: Path, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> str:
+    """Check a model folder against the safety rules; return its weight format: 'safetensors' | 'bin' | 'pt'."""
+    if not local.is_dir():
+        raise SourceError(f"{local}: no such folder")
+    _check_config(local, trust_remote_code=trust_remote_code)
+    names = sorted(p.name for p in local.iterdir() if p.is_file())
+    if any(n.endswith(".safetensors") for n in names):
+        return "safetensors"
+    pickles = [n for n in names if n.endswith(_PICKLE_SUFFIXES) and n != "training_args.bin"]
+    if not pickles:
+        raise SourceError(f"{local}: no weights found (expected *.safetensors next to config.json); found: "
+                          f"{_listing(local)}. A model that ships only pickle checkpoints (*.bin, *.pt) needs "
+                          "--allow-pickle.")
+    if not allow_pickle:
+        raise SourceError(f"{local}: only pickle checkpoints ({', '.join(pickles[:5])}), which can run code when "
+                          "loaded. Convert them to safetensors, or pass --allow-pickle (allow_pickle=True) to load "
+                          "them with torch.load(weights_only=True).")
+    if any(n.startswith("pytorch_model") and n.endswith(".bin") for n in pickles):
+        return "bin"
+    return "pt"
+
+
+def _check_config(local: Path, *, trust_remote_code: bool) -> None:
+    """config.json must exist; it and tokenizer_config.json may name custom code (`auto_map`) only when trusted."""
+    if not (local / "config.json").is_file():
+        raise SourceError(f"{local}: no config.json, so this is not a Hugging Face model folder; found: "
+                          f"{_listing(local)}. Pass the folder that holds config.json and the *.safetensors files.")
+    for name in ("config.json", "tokenizer_config.json"):
+        path = local / name
+        if not path.is_file():
+            continue
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SourceError(f"{path}: not valid JSON ({e})") from e
+        if not isinstance(config, dict):
+            raise SourceError(f"{path}: expected a JSON object")
+        if "auto_map" in config and not trust_remote_code:
+            raise SourceError(f"{local}: {name} has 'auto_map', so the model needs its own Python code "
+                              f"({', '.join(sorted(map(str, config['auto_map'])))}). Read that code, then pass "
+                              "--trust-remote-code (trust_remote_code=True) to run it; it is off by default.")
+
+
+def _listing(local: Path, limit: int = 20) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in local.iterdir())
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return (", ".join(names[:limit]) or "nothing") + more
+
+
+# --------------------------------------------------------------------------------------------------------- loading
+def _load_weights(local: Path, weights: str, *, dtype, trust_remote_code: bool,
+                  experts_implementation: str | None) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "output_loading_info": True}
+    if dtype is not None:
+        kwargs["dtype"] = _dtype(dtype)
+    if experts_implementation is not None:
+        kwargs["experts_implementation"] = experts_implementation
+    try:
+        if weights == "pt":
+            model, info = _load_pt(local, kwargs)
+        else:
+            model, info = AutoModelForCausalLM.from_pretrained(local, local_files_only=True, weights_only=True,
+                                                               use_safetensors=weights == "safetensors", **kwargs)
+    except SourceError:
+        raise
+    except pickle.UnpicklingError as e:
+        raise SourceError(_pickle_refusal(local, e)) from e
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise SourceError(f"{local}: transformers could not load this model ({type(e).__name__}: {e})") from e
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:   # they would silently stay random
+        raise SourceError(f"{local}: the checkpoint lacks {len(missing)} weights the model needs (e.g. "
+                          f"{', '.join(missing[:3])}); the weights do not match config.json.")
+    return model
+
+
+def _load_pt(local: Path, kwargs: dict[str, Any]) -> tuple[torch.nn.Module, dict]:
+    """A folder with config.json + one bare *.pt state dict: build the class the config names, load the tensors."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
+
+    config = AutoConfig.from_pretrained(local, local_files_only=True)
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise SourceError(f"{local}: a bare {config.model_type!r} checkpoint is not a causal LM transformers knows; "
+                          "save the model with save_pretrained (safetensors) and load that folder.")
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    kwargs = {k: v for k, v in kwargs.items() if k != "trust_remote_code"}
+    return model_class.from_pretrained(None, config=config, state_dict=_torch_load_state(local), **kwargs)
+
+
+def _torch_load_state(local: Path) -> dict[str, torch.Tensor]:
+    """The one *.pt / *.pth / *.bin in `local`, read with weights_only=True; a bare or wrapped state dict."""
+    files = sorted(p for p in local.iterdir() if p.suffix in _PICKLE_SUFFIXES and p.name != "training_args.bin")
+    if len(files) != 1:
+        raise SourceError(f"{local}: expected one pickle checkpoint, found {[p.name for p in files]}; save the "
+                          "model with save_pretrained (safetensors) instead.")
+    try:
+        obj = torch.load(files[0], map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise SourceError(_pickle_refusal(files[0], e)) from e
+    except (OSError, RuntimeError, EOFError) as e:
+        raise SourceError(f"{files[0]}: not a readable torch checkpoint ({e})") from e
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise SourceError(f"{files[0]}: not a state dict of tensors")
+    return obj
+
+
+def _pickle_refusal(where: Path, err: Exception) -> str:
+    """torch's message recommends weights_only=False; keep only the line naming the offending global."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines()]
+    what = next((ln for ln in lines if "global" in ln.lower()), type(err).__name__).split(". Please")[0]
+    return (f"{where}: the pickle checkpoint holds objects other than tensors, which could run code, so "
+            f"torch.load(weights_only=True) refused it ({what[:200]}). Convert it to safetensors on a trusted "
+            "machine and load that folder instead.")
+
+
+def _dtype(dtype: torch.dtype | str) -> torch.dtype | str:
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype):
+        raise SourceError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16' or 'auto'")
+    return value
+
+
+def _load_tokenizer(local: Path, *, trust_remote_code: bool):
+    if not any((local / n).is_file() for n in _TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SourceError(f"{local}: the tokenizer files are present but do not load ({type(e).__name__}: {e})") from e
