@@ -1,0 +1,140 @@
+"""Engine, sessions and automatic migrations.
+
+    MOE_STUDIO_HOME  the studio data directory (default `./studio-data/`): SQLite file, artifacts, logs
+    DATABASE_URL     SQLAlchemy URL; unset = `sqlite:///$MOE_STUDIO_HOME/studio.db`;
+                     PostgreSQL: `postgresql+psycopg://user:pass@host:5432/db`
+
+`init_db(url)` applies the Alembic migrations shipped in `storage/migrations/` (`alembic upgrade head`), under a
+lock so that an app and several workers starting together migrate once, and makes that engine the process
+default. Every repository function opens its own short transaction with `session_scope()`.
+
+    engine = init_db("sqlite:///studio-data/studio.db")
+    with session_scope() as s:
+        s.add(Run(recipe={"model": "demo"}))
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.orm import Session
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+_PG_MIGRATION_LOCK = 7_361_204_519  # arbitrary constant key for pg_advisory_xact_lock
+
+_engines: dict[str, Engine] = {}
+_default: Engine | None = None
+_lock = threading.Lock()
+
+
+def studio_home() -> Path:
+    """The studio data directory, absolute (`MOE_STUDIO_HOME`, default `./studio-data`)."""
+    return Path(os.environ.get("MOE_STUDIO_HOME") or "studio-data").expanduser().resolve()
+
+
+def database_url() -> str:
+    """`DATABASE_URL`, or the SQLite file `$MOE_STUDIO_HOME/studio.db`."""
+    return os.environ.get("DATABASE_URL") or f"sqlite:///{studio_home() / 'studio.db'}"
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL: the app reads while a worker writes; busy_timeout: writers queue instead of failing.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _create_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """SQLite: an flock on `<db>.lock`; PostgreSQL takes an advisory lock inside the migration transaction."""
+    db = engine.url.database
+    if engine.url.get_backend_name() != "sqlite" or not db or db == ":memory:":
+        yield
+        return
+    with open(f"{db}.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """`alembic upgrade <revision>` on this engine, programmatically."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with _migration_lock(engine), engine.begin() as conn:
+        if engine.url.get_backend_name() == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def init_db(url: str | None = None) -> Engine:
+    """Open (once per URL and process) the database at `url` (default `database_url()`), migrate it to head,
+    and make it the default engine for `session_scope()`."""
+    global _default
+    url = url or database_url()
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _create_engine(url)
+            migrate(engine)
+            _engines[url] = engine
+        _default = engine
+    return engine
+
+
+def get_engine() -> Engine:
+    """The default engine; opens `database_url()` on first use."""
+    return _default if _default is not None else init_db()
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A session in one transaction: committed on success, rolled back on error. Objects stay readable after."""
+    with Session(get_engine(), expire_on_commit=False) as session, session.begin():
+        yield session
+
+
+def dispose_all() -> None:
+    """Close every engine this process opened (tests; shutdown)."""
+    global _default
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+        _default = None
+
+
+def _after_fork_in_child() -> None:
+    # A forked worker child must not reuse its parent's pooled connections (two processes, one socket),
+    # nor inherit a lock that a parent thread happened to hold at the fork.
+    global _lock
+    _lock = threading.Lock()
+    for engine in list(_engines.values()):
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,254 @@
+"""Repository functions for runs: small verbs, each one short transaction.
+
+Lifecycle and the rules that keep it consistent with several workers and a reaper:
+
+    queued --mark_started (atomic: UPDATE ... WHERE status='queued')--> running --> succeeded | failed | cancelled
+    queued --request_cancel--> cancelled (never starts)
+
+`mark_started` hands the worker a claim token; every later write of that worker (progress, heartbeat, the final
+status) matches `id AND claim_token AND status='running'`, so a redelivered task cannot run a run twice and a worker
+the reaper already gave up on cannot overwrite the verdict. A write that matches no row returns False: the run is no
+longer yours, stop.
+
+    run_id = create_run({"model": "demo"})
+    token = mark_started(run_id, worker="w1@host", pid=123)   # None if another worker has it
+    update_progress(run_id, token, progress=0.5, stage="distill", message="step 5/10")
+"""
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import delete, select, update
+
+from .db import session_scope
+from .models import Artifact, Run, RunLog, RunStatus, StageMetric, utcnow
+
+RUNNING, QUEUED = RunStatus.running.value, RunStatus.queued.value
+
+
+class RunNotFound(LookupError):
+    """No run with this id (it was never created, or it was deleted)."""
+
+
+def _ours(run_id: int, token: str):
+    return (Run.id == run_id) & (Run.claim_token == token) & (Run.status == RUNNING)
+
+
+def _log(session, run_id: int, message: str, level: str = "info") -> None:
+    session.add(RunLog(run_id=run_id, message=message, level=level))
+
+
+# -- create / read --------------------------------------------------------------------------------------------
+def create_run(recipe: dict, *, name: str = "", parent_run_id: int | None = None,
+               model_id: int | None = None) -> int:
+    """Insert a queued run holding `recipe` (already validated by the caller) and return its id."""
+    with session_scope() as s:
+        run = Run(recipe=recipe, name=name, parent_run_id=parent_run_id, model_id=model_id,
+                  status=QUEUED, progress=0.0, stage="", step=0, total_steps=0, message="queued",
+                  attempts=0, cancel_requested=False)
+        s.add(run)
+        s.flush()
+        _log(s, run.id, "queued" + (f" (re-run of run {parent_run_id})" if parent_run_id else ""))
+        return run.id
+
+
+def get_run(run_id: int) -> Run:
+    """The run row (detached; column attributes only). Raises `RunNotFound`."""
+    with session_scope() as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise RunNotFound(f"run {run_id} does not exist (deleted, or never created)")
+        return run
+
+
+def list_runs(*, status: str | None = None, limit: int = 500) -> list[Run]:
+    """Newest first; optionally only one status."""
+    with session_scope() as s:
+        q = select(Run).order_by(Run.id.desc()).limit(limit)
+        if status is not None:
+            q = q.where(Run.status == status)
+        return list(s.scalars(q))
+
+
+def queued_run_ids() -> list[int]:
+    with session_scope() as s:
+        return list(s.scalars(select(Run.id).where(Run.status == QUEUED).order_by(Run.id)))
+
+
+def get_logs(run_id: int) -> list[RunLog]:
+    with session_scope() as s:
+        return list(s.scalars(select(RunLog).where(RunLog.run_id == run_id).order_by(RunLog.id)))
+
+
+def get_stage_metrics(run_id: int) -> list[StageMetric]:
+    with session_scope() as s:
+        q = select(StageMetric).where(StageMetric.run_id == run_id).order_by(StageMetric.stage_index, StageMetric.id)
+        return list(s.scalars(q))
+
+
+def get_artifacts(run_id: int) -> list[Artifact]:
+    with session_scope() as s:
+        return list(s.scalars(select(Artifact).where(Artifact.run_id == run_id).order_by(Artifact.id)))
+
+
+def add_log(run_id: int, message: str, *, level: str = "info") -> None:
+    with session_scope() as s:
+        _log(s, run_id, message, level)
+
+
+# -- the worker's side ----------------------------------------------------------------------------------------
+def mark_started(run_id: int, *, worker: str, pid: int) -> str | None:
+    """Claim a queued run atomically; return the claim token, or None when it is not queued any more
+    (already running elsewhere, finished, cancelled or deleted)."""
+    token, now = str(uuid.uuid4()), utcnow()
+    with session_scope() as s:
+        res = s.execute(update(Run).where((Run.id == run_id) & (Run.status == QUEUED)).values(
+            status=RUNNING, claim_token=token, started_at=now, heartbeat_at=now, worker=worker, worker_pid=pid,
+            attempts=Run.attempts + 1, message="started", finished_at=None))
+        if res.rowcount != 1:
+            return None
+        _log(s, run_id, f"started on {worker} (pid {pid})")
+    return token
+
+
+def heartbeat(run_id: int, token: str) -> bool:
+    """Stamp `heartbeat_at = now`. False when the run is no longer this worker's."""
+    with session_scope() as s:
+        return s.execute(update(Run).where(_ours(run_id, token)).values(heartbeat_at=utcnow())).rowcount == 1
+
+
+def update_progress(run_id: int, token: str, *, progress: float, stage: str, step: int = 0, total: int = 0,
+                    message: str = "", loss: float | None = None, eta_s: float | None = None,
+                    tokens_per_s: float | None = None, log: str | None = None) -> bool:
+    """Write the live progress (also a heartbeat); optionally append `log` to the run's log."""
+    def finite(x):
+        return None if x is None or not math.isfinite(x) else float(x)
+    values = dict(progress=min(max(float(progress), 0.0), 1.0), stage=stage[:64], step=int(step),
+                  total_steps=int(total), message=message, loss=finite(loss), eta_s=finite(eta_s),
+                  tokens_per_s=finite(tokens_per_s), heartbeat_at=utcnow())
+    with session_scope() as s:
+        ok = s.execute(update(Run).where(_ours(run_id, token)).values(**values)).rowcount == 1
+        if ok and log:
+            _log(s, run_id, log)
+        return ok
+
+
+def is_cancel_requested(run_id: int) -> bool:
+    with session_scope() as s:
+        return bool(s.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+
+
+def mark_succeeded(run_id: int, token: str, *, metrics: dict, stages: list[dict],
+                   stage_metrics: list[tuple[int, str, str, float]],
+                   artifacts: list[tuple[str, str, int, str]]) -> bool:
+    """Record the results and the verdict in one transaction.
+    `stage_metrics`: (stage_index, stage, name, value); `artifacts`: (kind, path, bytes, sha256)."""
+    with session_scope() as s:
+        res = s.execute(update(Run).where(_ours(run_id, token)).values(
+            status=RunStatus.succeeded.value, progress=1.0, finished_at=utcnow(), metrics=metrics, stages=stages,
+            message="succeeded", eta_s=0.0))
+        if res.rowcount != 1:
+            return False
+        s.add_all(StageMetric(run_id=run_id, stage_index=i, stage=st[:64], name=n[:128], value=v)
+                  for i, st, n, v in stage_metrics)
+        s.add_all(Artifact(run_id=run_id, kind=k, path=p, bytes=b, sha256=h) for k, p, b, h in artifacts)
+        _log(s, run_id, "succeeded")
+        return True
+
+
+def mark_failed(run_id: int, *, error: str, traceback: str = "", token: str | None = None) -> bool:
+    """Fail a running run (only this claim when `token` is given) or a queued one; keep error and traceback."""
+    cond = _ours(run_id, token) if token else (Run.id == run_id) & Run.status.in_([RUNNING, QUEUED])
+    with session_scope() as s:
+        res = s.execute(update(Run).where(cond).values(
+            status=RunStatus.failed.value, error=error, traceback=traceback or None, finished_at=utcnow(),
+            message=f"failed: {error}"[:2000]))
+        if res.rowcount != 1:
+            return False
+        _log(s, run_id, f"failed: {error}", "error")
+        return True
+
+
+def mark_cancelled(run_id: int, token: str | None = None) -> bool:
+    """Cancel a running run (this claim when `token` is given) or a queued one."""
+    cond = _ours(run_id, token) if token else (Run.id == run_id) & Run.status.in_([RUNNING, QUEUED])
+    with session_scope() as s:
+        res = s.execute(update(Run).where(cond).values(
+            status=RunStatus.cancelled.value, finished_at=utcnow(), message="cancelled", eta_s=None))
+        if res.rowcount != 1:
+            return False
+        _log(s, run_id, "cancelled; partial files removed")
+        return True
+
+
+# -- the user's and the reaper's side ---------------------------------------------------------------------------
+def request_cancel(run_id: int) -> str:
+    """Ask a run to stop. A queued run is cancelled at once; a running one gets the flag its worker checks between
+    steps. Returns the status after the call (a finished run is left as it is)."""
+    with session_scope() as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise RunNotFound(f"run {run_id} does not exist (deleted, or never created)")
+        s.execute(update(Run).where(Run.id == run_id).values(cancel_requested=True))
+        if s.execute(update(Run).where((Run.id == run_id) & (Run.status == QUEUED)).values(
+                status=RunStatus.cancelled.value, finished_at=utcnow(), message="cancelled before it started"
+        )).rowcount == 1:
+            _log(s, run_id, "cancelled before it started")
+            return RunStatus.cancelled.value
+        if run.status == RUNNING:
+            _log(s, run_id, "cancel requested")
+        return s.scalar(select(Run.status).where(Run.id == run_id))
+
+
+def reap_stale_runs(*, stale_after_s: float) -> list[int]:
+    """Mark failed every running run whose heartbeat is older than `stale_after_s` ("worker lost")."""
+    cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    reaped = []
+    with session_scope() as s:
+        stale = s.execute(select(Run.id, Run.worker, Run.worker_pid).where(
+            (Run.status == RUNNING) & (Run.heartbeat_at < cutoff))).all()
+        for run_id, worker, pid in stale:
+            error = (f"worker lost: no heartbeat from {worker} (pid {pid}) for more than {stale_after_s:g} s; "
+                     "the process was killed or the machine stopped. Re-run it.")
+            res = s.execute(update(Run).where((Run.id == run_id) & (Run.status == RUNNING)
+                                              & (Run.heartbeat_at < cutoff)).values(
+                status=RunStatus.failed.value, error=error, finished_at=utcnow(), message="failed: worker lost"))
+            if res.rowcount == 1:
+                _log(s, run_id, error, "error")
+                reaped.append(run_id)
+    return reaped
+
+
+def requeue_runs_of_worker(worker: str) -> list[int]:
+    """Put the running runs of one worker node back in the queue (the node was stopped on purpose, e.g. the studio
+    shut down): they start again from the beginning; one whose cancel was requested is cancelled instead.
+    Returns the ids of both (their partial files are the caller's to remove)."""
+    requeued = []
+    with session_scope() as s:
+        rows = s.execute(select(Run.id, Run.cancel_requested).where(
+            (Run.status == RUNNING) & (Run.worker == worker))).all()
+        for run_id, cancel_requested in rows:
+            if cancel_requested:  # the user wanted it stopped anyway
+                s.execute(update(Run).where((Run.id == run_id) & (Run.status == RUNNING)).values(
+                    status=RunStatus.cancelled.value, finished_at=utcnow(), message="cancelled"))
+                _log(s, run_id, "cancelled (its worker stopped)")
+                requeued.append(run_id)
+                continue
+            res = s.execute(update(Run).where((Run.id == run_id) & (Run.status == RUNNING)).values(
+                status=QUEUED, claim_token=None, progress=0.0, stage="", step=0, total_steps=0, started_at=None,
+                heartbeat_at=None, loss=None, eta_s=None, tokens_per_s=None,
+                message="queued again: the studio stopped while this run was running"))
+            if res.rowcount == 1:
+                _log(s, run_id, f"interrupted: {worker} was stopped; queued again (starts from the beginning)",
+                     "warning")
+                requeued.append(run_id)
+    return requeued
+
+
+def delete_run(run_id: int) -> bool:
+    """Delete the row with its metrics, artifacts rows and log (files are the caller's: storage.artifacts)."""
+    with session_scope() as s:
+        s.execute(update(Run).where(Run.parent_run_id == run_id).values(parent_run_id=None))
+        return s.execute(delete(Run).where(Run.id == run_id)).rowcount == 1

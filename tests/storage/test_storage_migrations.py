@@ -1,0 +1,49 @@
+"""The schema comes from the Alembic migrations, matches the ORM, and migrates once when processes start together."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, text
+
+from storage import db
+from storage.models import Base
+
+REPO = Path(__file__).resolve().parents[2]
+TABLES = {"models", "analyses", "runs", "stage_metrics", "artifacts", "run_logs", "alembic_version"}
+
+
+def test_migrations_create_the_orm_schema_at_head(db_url):
+    engine = db.init_db(db_url)
+    assert set(inspect(engine).get_table_names()) == TABLES
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
+
+
+def test_init_db_is_idempotent_and_keeps_rows(db_url):
+    from storage import repo
+    run_id = repo.create_run({"model": "demo"})
+    db.dispose_all()
+    db.init_db(db_url)  # a restart: migrate again, nothing lost
+    assert repo.get_run(run_id).recipe == {"model": "demo"}
+
+
+def test_processes_starting_together_migrate_once(db_url):
+    # Fresh database: drop what the fixture made, then let two processes race to migrate it.
+    engine = db.init_db(db_url)
+    with engine.begin() as conn:
+        for table in ["run_logs", "artifacts", "stage_metrics", "runs", "analyses", "models", "alembic_version"]:
+            conn.execute(text(f"DROP TABLE {table}"))
+    db.dispose_all()
+    code = ("import sys; from storage import db, repo; db.init_db(sys.argv[1]); "
+            "print(repo.create_run({'model': 'demo'}))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, db_url], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    assert sorted(int(out) for out, _ in outs) == [1, 2]

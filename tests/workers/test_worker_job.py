@@ -1,0 +1,91 @@
+"""execute_run and RunMonitor in-process, on SQLite and PostgreSQL: the throttle, the heartbeat, a lost claim, and
+idempotency. (The queue itself is tested with real worker processes in test_worker_faults.py.)"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from compressor.progress import ProgressEvent
+from storage import artifacts, repo
+from tests.workers.cluster import TEST_PIPELINE
+from workers.job import execute_run, flatten_numbers, stage_metric_rows
+from workers.monitor import RunMonitor
+from workers.settings import WorkerSettings
+
+SETTINGS = WorkerSettings(pipeline=TEST_PIPELINE, heartbeat_s=0.2, stale_after_s=2, progress_every_s=0.2)
+
+
+def test_progress_is_throttled_and_the_last_event_is_flushed(db_url):
+    run_id = repo.create_run({"model": "demo"})
+    token = repo.mark_started(run_id, worker="w", pid=1)
+    t0 = time.monotonic()
+    with RunMonitor(run_id, token, heartbeat_s=10, progress_every_s=0.2) as mon:
+        for i in range(200):  # 200 events in ~1 s
+            mon.on_progress(ProgressEvent(stage="distill", step=i + 1, total=200, fraction=(i + 1) / 200,
+                                          message=f"step {i + 1}"))
+            time.sleep(0.005)
+        elapsed = time.monotonic() - t0
+    assert 1 <= mon.writes <= elapsed / 0.2 + 2
+    run = repo.get_run(run_id)
+    assert (run.step, run.progress, run.message) == (200, 1.0, "step 200")
+    assert sum("distill" in line.message for line in repo.get_logs(run_id)) == 1  # one line per stage, not per write
+
+
+def test_heartbeat_runs_while_the_pipeline_is_silent(db_url):
+    run_id = repo.create_run({"model": "demo"})
+    token = repo.mark_started(run_id, worker="w", pid=1)
+    first = repo.get_run(run_id).heartbeat_at
+    with RunMonitor(run_id, token, heartbeat_s=0.1, progress_every_s=1):
+        time.sleep(0.5)
+    assert (repo.get_run(run_id).heartbeat_at - first).total_seconds() >= 0.3
+
+
+def test_a_reaped_run_tells_its_pipeline_to_stop(db_url):
+    run_id = repo.create_run({"model": "demo"})
+    token = repo.mark_started(run_id, worker="w", pid=1)
+    with RunMonitor(run_id, token, heartbeat_s=0.05, progress_every_s=0.05) as mon:
+        assert not mon.should_cancel()
+        repo.mark_failed(run_id, error="worker lost")  # what the reaper does
+        deadline = time.monotonic() + 5
+        while not mon.lost and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert mon.lost and mon.should_cancel()
+
+
+def test_execute_run_is_idempotent_on_the_run_id(db_url):
+    run_id = repo.create_run({"model": "test:steps=3,step_s=0"})
+    assert execute_run(run_id, worker="w1", settings=SETTINGS) == "succeeded"
+    assert execute_run(run_id, worker="w2", settings=SETTINGS) == "skipped"
+    run = repo.get_run(run_id)
+    assert (run.status, run.attempts, run.worker) == ("succeeded", 1, "w1")
+    assert execute_run(12345, worker="w1", settings=SETTINGS) == "skipped"  # deleted / unknown
+
+
+def test_a_pipeline_that_cannot_be_imported_fails_the_run_with_the_reason(db_url):
+    run_id = repo.create_run({"model": "demo"})
+    bad = WorkerSettings(pipeline="tests.workers.pipelines:no_such_function")
+    assert execute_run(run_id, worker="w", settings=bad) == "failed"
+    run = repo.get_run(run_id)
+    assert run.error == ("ImportError: MOE_STUDIO_PIPELINE='tests.workers.pipelines:no_such_function': "
+                         "module tests.workers.pipelines has no 'no_such_function'")
+    assert not artifacts.run_dir(run_id).exists()
+
+
+def test_a_stored_recipe_that_no_longer_validates_fails_naming_the_field(db_url):
+    run_id = repo.create_run({"model": "demo", "stages": 0})  # written by hand, bypassing enqueue_run
+    assert execute_run(run_id, worker="w", settings=SETTINGS) == "failed"
+    assert repo.get_run(run_id).error.startswith("RecipeError: invalid recipe: stages:")
+
+
+def test_stage_metrics_are_the_finite_numbers_of_each_stage():
+    assert flatten_numbers({"a": 1, "b": {"c": 2.5, "d": "x"}, "e": True, "f": float("nan")}) == [("a", 1.0),
+                                                                                                ("b.c", 2.5)]
+    rows = stage_metric_rows([{"stage": "slim", "params": 10}, {"name": "distill", "loss": 0.5}, {"ppl": 3}])
+    assert rows == [(0, "slim", "params", 10.0), (1, "distill", "loss", 0.5), (2, "stage_2", "ppl", 3.0)]
+
+
+@pytest.mark.parametrize("spec", ["compressor.pipeline.run_recipe", ""])
+def test_pipeline_setting_must_name_module_and_function(spec):
+    with pytest.raises(ValueError, match="must look like"):
+        WorkerSettings(pipeline=spec)

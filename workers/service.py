@@ -1,0 +1,69 @@
+"""What the UI and the CLI call: enqueue, cancel, re-run, delete. Ids in, ids out; the runs table is the truth.
+
+    run_id = enqueue_run({"model": "demo", "slimming": {"expert_keep_ratio": 0.5}})
+    cancel_run(run_id)            # "cancelled" when it was queued, "running" while the worker winds down
+    new_id = rerun(run_id)        # same recipe, new run
+    delete_run(new_id)            # row, metrics, log and files
+"""
+from __future__ import annotations
+
+import logging
+
+from compressor.recipe import Recipe
+from storage import artifacts, repo
+from storage.models import RunStatus
+
+from .celery_app import send_run_message
+
+log = logging.getLogger(__name__)
+
+
+class RunBusy(RuntimeError):
+    """The run is running; cancel it and wait for it to stop first."""
+
+
+class BrokerUnavailable(RuntimeError):
+    """The run was saved as queued but could not be sent to the broker."""
+
+
+def send_run(run_id: int) -> None:
+    """Put a message for `run_id` on the queue (the worker re-reads the row)."""
+    try:
+        send_run_message(run_id)
+    except Exception as exc:
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise BrokerUnavailable(
+            f"run {run_id} is saved as queued, but the broker did not take it ({reason}). "
+            "Check REDIS_URL / that Redis is running; queued runs are sent again when the studio restarts.") from exc
+
+
+def enqueue_run(recipe: dict | Recipe, *, name: str = "", parent_run_id: int | None = None) -> int:
+    """Validate `recipe` (a `RecipeError` naming every bad field is raised before any row exists), store a queued
+    run and send it. Returns the run id."""
+    parsed = recipe if isinstance(recipe, Recipe) else Recipe.parse(recipe)
+    run_id = repo.create_run(parsed.to_dict(), name=name, parent_run_id=parent_run_id)
+    send_run(run_id)
+    return run_id
+
+
+def cancel_run(run_id: int) -> str:
+    """Cooperative cancel; returns the status right after the request."""
+    return repo.request_cancel(run_id)
+
+
+def rerun(run_id: int, *, recipe: dict | None = None) -> int:
+    """A new run with the recipe of `run_id` (or an edited `recipe`), linked to it as its parent."""
+    source = repo.get_run(run_id)
+    return enqueue_run(recipe if recipe is not None else source.recipe, name=source.name, parent_run_id=run_id)
+
+
+def delete_run(run_id: int) -> None:
+    """Delete a run that is not running: its row, metrics, log and artifact folder. A queued run is cancelled
+    first. Raises `RunBusy` for a running run and `RunNotFound` for an unknown id."""
+    run = repo.get_run(run_id)
+    if run.status == RunStatus.running.value:
+        raise RunBusy(f"run {run_id} is running; cancel it and wait until it shows 'cancelled' before deleting")
+    if run.status == RunStatus.queued.value and repo.request_cancel(run_id) == RunStatus.running.value:
+        raise RunBusy(f"run {run_id} started just now; cancel it and wait until it shows 'cancelled'")
+    repo.delete_run(run_id)
+    artifacts.remove_run_dir(run_id)
