@@ -1,0 +1,29 @@
+"""`python -m compressor inspect MODEL`: print the model's summary as JSON (family, layers, experts, top-k, widths,
+shared experts, parameters total / active per token, dtype).
+
+    python -m compressor inspect demo
+    python -m compressor inspect path/to/hf-folder --dtype float32
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+NAME = "inspect"
+HELP = "print a JSON summary of a MoE model: family, layers, experts, top-k, widths, parameters (total / active)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="'demo', a model folder, a .zip/.tar.gz of one, or a hub id")
+    parser.add_argument("--dtype", default=None, help="load dtype, e.g. float32 or bfloat16 (default: checkpoint's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from compressor.inspect import inspect_model
+    from compressor.sources import load_model
+
+    loaded = load_model(args.model, dtype=args.dtype)
+    info = {"model": str(loaded.source), **inspect_model(loaded.model)}
+    sys.stdout.write(json.dumps(info, indent=2) + "\n")
+    return 0

@@ -1,0 +1,141 @@
+"""`python -m compressor slim MODEL --expert-keep-ratio R [--experts-keep N] [--layers-drop K] [--sparsity S] --out DIR`
+
+Scores the model (or reuses cached scores), cuts it, and writes DIR/checkpoint/ (a Hugging Face folder that stock
+transformers loads) and DIR/slim_report.json (parameters before/after, time, the scores used, what each cut kept).
+
+    python -m compressor slim demo --expert-keep-ratio 0.5 --out slim/
+    python -m compressor slim demo --expert-keep-ratio 0.75 --experts-keep 6 --layers-drop 1 --out slim/
+    python -m compressor slim demo --sparsity 0.5 --allocation dlp --out sparse/
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from compressor.recipe import CalibrationConfig, SlimmingConfig
+
+NAME = "slim"
+HELP = ("cut a MoE model: keep a share of every expert's neurons, keep the best experts, drop low-influence layers, "
+        "or sparsify with Wanda; writes a checkpoint stock transformers loads and a JSON report")
+
+_CAL, _SLIM = CalibrationConfig(), SlimmingConfig()
+REPORT_FILE = "slim_report.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="'demo', a model folder, a .zip/.tar.gz of one, or a hub id")
+    parser.add_argument("--out", required=True, type=Path, help="output folder: checkpoint/ + slim_report.json")
+    parser.add_argument("--expert-keep-ratio", type=float, default=1.0,
+                        help="share of intermediate neurons every expert keeps (SlimMoE), e.g. 0.5 (default 1.0)")
+    parser.add_argument("--neuron-score", choices=("taylor", "activation"), default=_SLIM.neuron_score,
+                        help=f"neuron score that ranks neurons (default {_SLIM.neuron_score})")
+    parser.add_argument("--experts-keep", type=int, default=None, help="routed experts kept per MoE layer")
+    parser.add_argument("--expert-score", choices=("reap", "frequency", "man", "taylor"), default=_SLIM.expert_score,
+                        help=f"expert score that ranks experts (default {_SLIM.expert_score})")
+    parser.add_argument("--layers-drop", type=int, default=0, help="decoder layers removed (lowest block influence)")
+    parser.add_argument("--sparsity", type=float, default=0.0, help="unstructured Wanda sparsity, e.g. 0.5")
+    parser.add_argument("--allocation", choices=("uniform", "owl", "dlp"), default=_SLIM.sparsity_allocation,
+                        help=f"how sparsity is spread over layers (default {_SLIM.sparsity_allocation})")
+    parser.add_argument("--tokens", type=int, default=_CAL.tokens, help=f"calibration tokens (default {_CAL.tokens})")
+    parser.add_argument("--seq-len", type=int, default=_CAL.seq_len, help=f"window length (default {_CAL.seq_len})")
+    parser.add_argument("--batch-size", type=int, default=_CAL.batch_size, help="windows per forward pass")
+    parser.add_argument("--text", type=Path, default=None,
+                        help="calibration text (.txt or .jsonl with a 'text' field); default: the shipped corpus")
+    parser.add_argument("--seed", type=int, default=0, help="which stretches of text are sampled")
+    parser.add_argument("--dtype", default=None, help="load dtype, e.g. float32 or bfloat16 (default: checkpoint's)")
+    parser.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                        help="reuse / store scores in the studio cache ($MOE_STUDIO_CACHE/scores)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="score cache folder (overrides the default)")
+    parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                        help="reload the written checkpoint and compare logits with the in-memory model (default on)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in DIR/checkpoint")
+
+
+def _slimming_config(args) -> SlimmingConfig:
+    from pydantic import ValidationError
+    try:
+        return SlimmingConfig(expert_keep_ratio=args.expert_keep_ratio, neuron_score=args.neuron_score,
+                              experts_keep=args.experts_keep, expert_score=args.expert_score,
+                              layers_drop=args.layers_drop, sparsity=args.sparsity,
+                              sparsity_allocation=args.allocation)
+    except ValidationError as exc:
+        raise ValueError("; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
+                                   for e in exc.errors())) from None
+
+
+def _analyze_config(cfg: SlimmingConfig):
+    from compressor.importance import AnalyzeConfig
+    want = set()
+    if cfg.expert_keep_ratio < 1.0:
+        want.add("neurons")
+    if cfg.experts_keep is not None:
+        want.add("experts")
+    if cfg.layers_drop:
+        want.add("layers")
+    structural = cfg.expert_keep_ratio < 1.0 or cfg.experts_keep is not None or cfg.layers_drop > 0
+    if cfg.sparsity > 0 and not structural:
+        want.add("wanda")                         # after structural cuts the norms are recollected on the new model
+    taylor = ("neurons" in want and cfg.neuron_score == "taylor") or ("experts" in want and cfg.expert_score == "taylor")
+    return AnalyzeConfig(want=tuple(sorted(want)), taylor=taylor) if want else None
+
+
+def run(args: argparse.Namespace) -> int:
+    from compressor.data import calibration_batches, text_from_file
+    from compressor.importance import load_or_analyze
+    from compressor.slimming.apply import apply_slimming_
+    from compressor.slimming.export import save_checkpoint, verify_reload
+    from compressor.sources import load_model
+
+    t0 = time.perf_counter()
+    cfg = _slimming_config(args)
+    cal = CalibrationConfig(tokens=args.tokens, seq_len=args.seq_len, batch_size=args.batch_size)
+    out = Path(args.out)
+    ckpt = out / "checkpoint"
+    if (ckpt / "config.json").exists() and not args.overwrite:
+        raise ValueError(f"{ckpt} already holds a checkpoint; choose another --out or pass --overwrite")
+    loaded = load_model(args.model, dtype=args.dtype)
+    model = loaded.model
+    analyze_cfg = _analyze_config(cfg)
+    batches, importance, scores_meta = None, None, {}
+    if analyze_cfg is not None:
+        if loaded.tokenizer is None:
+            raise ValueError(f"{args.model}: the model folder has no tokenizer files, so calibration text cannot be "
+                             "tokenised; add tokenizer.json to the folder")
+        text = text_from_file(args.text) if args.text else None
+        batches = calibration_batches(loaded.tokenizer, tokens=cal.tokens, seq_len=cal.seq_len,
+                                      batch_size=cal.batch_size, seed=args.seed, text=text)
+        importance = load_or_analyze(model, batches, config=analyze_cfg, weights_fp=loaded.fingerprint,
+                                     cache_dir=args.cache_dir, use_cache=args.cache, on_progress=_progress_line)
+        scores_meta = {"analyze": analyze_cfg.to_dict(), "cache": importance.meta.get("cache"),
+                       "tokens": importance.meta.get("tokens"), "calibration": cal.model_dump(),
+                       "text": str(args.text) if args.text else "shipped corpus (train split)", "seed": args.seed}
+    result = apply_slimming_(model, importance, cfg, batches=batches)
+    report = {"model": str(loaded.source), "slimming": cfg.model_dump(), **result.to_dict(), "scores": scores_meta}
+    nbytes = save_checkpoint(model, loaded.tokenizer, ckpt, extra_card={"source": str(loaded.source),
+                                                                        "slimming": cfg.model_dump()},
+                             overwrite=args.overwrite)
+    report["checkpoint"] = {"dir": str(ckpt), "bytes": nbytes}
+    if args.verify:
+        probe = batches[0]["input_ids"][:2] if batches else _probe_ids(model)
+        report["checkpoint"]["reload_max_abs_logit_diff"] = verify_reload(ckpt, model, probe)
+    report["total_seconds"] = time.perf_counter() - t0
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    digest = {"checkpoint": str(ckpt), "report": str(out / REPORT_FILE), "params_before": report["params_before"],
+              "params_after": report["params_after"], "seconds": round(report["total_seconds"], 2)}
+    sys.stdout.write(json.dumps(digest, indent=2) + "\n")
+    return 0
+
+
+def _probe_ids(model):
+    import torch
+    vocab = model.get_input_embeddings().weight.shape[0]
+    return torch.randint(0, vocab, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+def _progress_line(event) -> None:
+    if event.total and event.step in (event.total, 1) or event.step % 10 == 0:
+        rate = f", {event.tokens_per_s:,.0f} tok/s" if event.tokens_per_s else ""
+        sys.stderr.write(f"{event.stage}: {event.step}/{event.total or '?'}{rate}\n")

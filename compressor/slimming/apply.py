@@ -1,0 +1,106 @@
+"""Apply a recipe's `slimming` section to a model, with scores from one importance report.
+
+Order (each step's scores stay valid for the next):
+    1. slim_neurons_   neuron score `neuron_score` ([E, I] per MoE layer)     if expert_keep_ratio < 1
+    2. prune_experts_  expert score `expert_score` ([E] per MoE layer)        if experts_keep is set
+    3. drop_layers_    block influence of the original layers ([L])          if layers_drop > 0
+    4. sparsify_       Wanda norms of the model as it is now                  if sparsity > 0
+Steps 1-3 only read scores of layers / experts / neurons they keep, and those are unchanged by earlier steps. Step 4
+needs ||X|| of the final structure: it reuses the report's Wanda statistics when nothing was cut before it, and
+otherwise runs one calibration pass over `batches`.
+
+    importance = load_or_analyze(model, batches)
+    result = apply_slimming_(model, importance, SlimmingConfig(expert_keep_ratio=0.5, experts_keep=6), batches=batches)
+    result.params_after.active / result.params_before.active
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from compressor.inspect import ParamCount, count_params
+from compressor.progress import Reporter
+from compressor.recipe import SlimmingConfig
+from compressor.slimming.config import ExpertPruneConfig, LayerDropConfig, NeuronSlimConfig, SparsifyConfig
+from compressor.slimming.experts import prune_experts_
+from compressor.slimming.layers import drop_layers_
+from compressor.slimming.neurons import slim_neurons_
+from compressor.slimming.sparsify import sparsify_
+from compressor.slimming.wanda_inputs import collect_wanda_inputs, wanda_inputs_from_sums
+
+
+@dataclass
+class SlimmingResult:
+    params_before: ParamCount
+    params_after: ParamCount
+    seconds: float
+    reports: list = field(default_factory=list)       # one report per operation run, in order
+    scores_used: dict = field(default_factory=dict)   # which score drove which cut
+
+    def to_dict(self) -> dict:
+        b, a = self.params_before, self.params_after
+        return {"params_before": b.to_dict(), "params_after": a.to_dict(),
+                "params_total_ratio": a.total / b.total, "params_active_ratio": a.active / b.active,
+                "seconds": self.seconds, "scores_used": self.scores_used,
+                "operations": [r.to_dict() for r in self.reports]}
+
+
+def neuron_scores_from(importance, name: str) -> dict[int, torch.Tensor]:
+    """{decoder layer: [E, I]} from an ImportanceReport's neuron scores `name` (activation | taylor)."""
+    if importance.neurons is None:
+        raise ValueError("the importance report has no neuron scores; analyze with 'neurons' in want")
+    return dict(zip(importance.neurons.layers, importance.neurons.score(name)))
+
+
+def expert_scores_from(importance, name: str) -> dict[int, torch.Tensor]:
+    """{decoder layer: [E]} from an ImportanceReport's expert scores `name` (reap | frequency | man | taylor)."""
+    if importance.experts is None:
+        raise ValueError("the importance report has no expert scores; analyze with 'experts' in want")
+    return dict(zip(importance.experts.layers, importance.experts.score(name)))
+
+
+def layer_scores_from(importance) -> torch.Tensor:
+    """Block influence [L] of every decoder layer (NaN where no token was seen is refused by drop_layers_)."""
+    if importance.layers is None:
+        raise ValueError("the importance report has no layer scores; analyze with 'layers' in want")
+    return importance.layers.block_influence
+
+
+def apply_slimming_(model: nn.Module, importance, cfg: SlimmingConfig, *, batches=None,
+                    reporter: Reporter | None = None) -> SlimmingResult:
+    """Run the cuts `cfg` asks for, in place (order in the module docstring). `importance` is an ImportanceReport of
+    this model before any cut; `batches` (calibration batches) are needed only to sparsify after structural cuts."""
+    t0 = time.perf_counter()
+    reporter = reporter or Reporter()
+    before = count_params(model)
+    reports, used = [], {}
+    if cfg.expert_keep_ratio < 1.0:
+        used["neurons"] = cfg.neuron_score
+        reports.append(slim_neurons_(model, neuron_scores_from(importance, cfg.neuron_score),
+                                     NeuronSlimConfig(keep_ratio=cfg.expert_keep_ratio), reporter=reporter))
+    if cfg.experts_keep is not None:
+        used["experts"] = cfg.expert_score
+        reports.append(prune_experts_(model, expert_scores_from(importance, cfg.expert_score),
+                                      ExpertPruneConfig(experts_keep=cfg.experts_keep), reporter=reporter))
+    if cfg.layers_drop:
+        used["layers"] = "block_influence"
+        reports.append(drop_layers_(model, layer_scores_from(importance), LayerDropConfig(layers_drop=cfg.layers_drop),
+                                    reporter=reporter))
+    if cfg.sparsity > 0:
+        structural = any(r.params_after != r.params_before for r in reports)
+        stored = getattr(importance.layers, "wanda_inputs", None) if importance.layers is not None else None
+        if not structural and stored:
+            inputs, used["sparsity"] = wanda_inputs_from_sums(stored), "wanda (from the importance report)"
+        elif batches is not None:
+            inputs = collect_wanda_inputs(model, batches)
+            used["sparsity"] = "wanda (recollected on the slimmed model)"
+        else:
+            raise ValueError("sparsifying after structural cuts needs Wanda input norms of the slimmed model: pass "
+                             "calibration batches")
+        reports.append(sparsify_(model, inputs, SparsifyConfig(sparsity=cfg.sparsity,
+                                                               allocation=cfg.sparsity_allocation), reporter=reporter))
+    return SlimmingResult(params_before=before, params_after=count_params(model), seconds=time.perf_counter() - t0,
+                          reports=reports, scores_used=used)

@@ -1,0 +1,126 @@
+"""Versioned configs of the slimming operations: small frozen dataclasses, validated on construction, JSON round-trip.
+
+    cfg = NeuronSlimConfig(keep_ratio=0.5)
+    assert NeuronSlimConfig.from_dict(cfg.to_dict()) == cfg
+    SparsifyConfig(sparsity=0.5, allocation="dlp")          # alpha = 0.15 by default
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+SLIMMING_CONFIG_VERSION = 1
+ALLOCATIONS = ("uniform", "owl", "dlp")
+
+
+class _Config:
+    """to_dict / from_dict shared by every config; from_dict refuses unknown fields and other versions."""
+
+    kind: ClassVar[str] = ""
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        data = dict(data)
+        kind = data.pop("kind", cls.kind)
+        if kind != cls.kind:
+            raise ValueError(f"{cls.__name__}: got a config of kind {kind!r}, expected {cls.kind!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(names)}")
+        return cls(**data)
+
+    def _check_version(self):
+        if self.version != SLIMMING_CONFIG_VERSION:
+            raise ValueError(f"{type(self).__name__} version {self.version} is not supported; this studio reads "
+                             f"version {SLIMMING_CONFIG_VERSION}")
+
+
+@dataclass(frozen=True)
+class NeuronSlimConfig(_Config):
+    """Keep `keep_ratio` of the intermediate neurons of every routed expert (one width for the whole model)."""
+
+    kind: ClassVar[str] = "slim_neurons"
+    keep_ratio: float = 1.0
+    version: int = SLIMMING_CONFIG_VERSION
+
+    def __post_init__(self):
+        self._check_version()
+        if not (isinstance(self.keep_ratio, (int, float)) and 0.0 < self.keep_ratio <= 1.0):
+            raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio!r}")
+
+    def target_width(self, width: int) -> int:
+        """round(keep_ratio * width), at least 1."""
+        return max(1, min(width, int(math.floor(self.keep_ratio * width + 0.5))))
+
+
+@dataclass(frozen=True)
+class ExpertPruneConfig(_Config):
+    """Keep `experts_keep` routed experts in every MoE layer (the highest-scoring ones)."""
+
+    kind: ClassVar[str] = "prune_experts"
+    experts_keep: int = 1
+    version: int = SLIMMING_CONFIG_VERSION
+
+    def __post_init__(self):
+        self._check_version()
+        if not isinstance(self.experts_keep, int) or isinstance(self.experts_keep, bool) or self.experts_keep < 1:
+            raise ValueError(f"experts_keep must be a positive integer, got {self.experts_keep!r}")
+
+
+@dataclass(frozen=True)
+class LayerDropConfig(_Config):
+    """Remove the `layers_drop` decoder layers with the lowest score (block influence)."""
+
+    kind: ClassVar[str] = "drop_layers"
+    layers_drop: int = 0
+    version: int = SLIMMING_CONFIG_VERSION
+
+    def __post_init__(self):
+        self._check_version()
+        if not isinstance(self.layers_drop, int) or isinstance(self.layers_drop, bool) or self.layers_drop < 0:
+            raise ValueError(f"layers_drop must be a non-negative integer, got {self.layers_drop!r}")
+
+
+@dataclass(frozen=True)
+class SparsifyConfig(_Config):
+    """Unstructured Wanda sparsity `sparsity` on average, spread over decoder layers by `allocation`.
+
+    owl: outlier threshold `owl_m` x mean, spread `owl_lambda`; dlp: spread `dlp_alpha` (methods.md)."""
+
+    kind: ClassVar[str] = "sparsify"
+    sparsity: float = 0.5
+    allocation: str = "dlp"
+    owl_m: float = 5.0
+    owl_lambda: float = 0.08
+    dlp_alpha: float = 0.15
+    version: int = SLIMMING_CONFIG_VERSION
+
+    def __post_init__(self):
+        self._check_version()
+        if not (isinstance(self.sparsity, (int, float)) and 0.0 <= self.sparsity < 1.0):
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
+        if self.owl_m <= 0:
+            raise ValueError(f"owl_m must be positive, got {self.owl_m!r}")
+        for name in ("owl_lambda", "dlp_alpha"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 0.5:
+                raise ValueError(f"{name} must be in [0, 0.5), got {v!r}")
+
+
+CONFIG_TYPES = {c.kind: c for c in (NeuronSlimConfig, ExpertPruneConfig, LayerDropConfig, SparsifyConfig)}
+
+
+def config_from_dict(data: dict):
+    """Rebuild any slimming config from its `to_dict()` (dispatch on `kind`)."""
+    kind = data.get("kind")
+    if kind not in CONFIG_TYPES:
+        raise ValueError(f"unknown slimming config kind {kind!r}; known: {sorted(CONFIG_TYPES)}")
+    return CONFIG_TYPES[kind].from_dict(data)

@@ -1,0 +1,138 @@
+"""Unstructured Wanda sparsity over every decoder layer's linear maps, with per-layer ratios (uniform / OWL / DLP).
+
+The maps of decoder layer l are its attention and dense-MLP `nn.Linear` weights, shared-expert weights, and every
+routed expert's gate, up and down slices (canonical [E, out, in] views, whatever the stored layout). Never touched:
+routers, shared-expert gates, embeddings, norms, lm_head, biases. Zeros are stored as dense zeros (same shapes, so
+the checkpoint loads anywhere; it only compresses when stored sparse).
+
+`wanda_inputs` maps a key to ||X_j||_2 per input feature j (`collect_wanda_inputs` builds it; the keys are the
+importance package's):
+    "<module>"                          [in]       an nn.Linear, e.g. "model.layers.0.self_attn.q_proj"
+    "<moe block>.experts.gate_up"       [E, H]     input of expert e's gate and up (tokens routed to e only)
+    "<moe block>.experts.down"          [E, I]     input of expert e's down (its intermediate activation)
+An expert no calibration token reached (all-zero norms) is ranked by |W| alone (magnitude pruning).
+
+    inputs = collect_wanda_inputs(model, batches)
+    report = sparsify_(model, inputs, SparsifyConfig(sparsity=0.5, allocation="owl"))
+    [(s.layer, s.target, s.achieved) for s in report.layers]
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from compressor.families import resolve_adapter
+from compressor.inspect import count_params
+from compressor.progress import Reporter
+from compressor.slimming.config import SparsifyConfig
+from compressor.slimming.report import LayerSparsity, SparsifyReport
+from compressor.slimming.wanda import (dlp_sparsities, outlier_share, owl_sparsities, prune_rows_,
+                                       uniform_sparsities, wanda_scores)
+
+
+@dataclass
+class LinearMap:
+    """One linear map (or a stack of E expert maps) of a decoder layer: weight view [..., out, in]."""
+
+    layer: int
+    key: str               # key of its input norms in `wanda_inputs`
+    weight: torch.Tensor   # a view into the parameter: writing zeros into it edits the model
+
+
+def sparsifiable_maps(model: nn.Module) -> list[LinearMap]:
+    """Every map `sparsify_` may prune, in layer order (rule in the module docstring)."""
+    adapter = resolve_adapter(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    blocks = {b.layer: b for b in adapter.moe_blocks(model)}
+    maps = []
+    for i, layer in enumerate(adapter.decoder_layers(model)):
+        blk = blocks.get(i)
+        skip = {id(s) for m in ((blk.router, blk.shared_gate) if blk else ()) if m is not None for s in m.modules()}
+        for mod in layer.modules():
+            if isinstance(mod, nn.Linear) and id(mod) not in skip:
+                maps.append(LinearMap(i, names[id(mod)], mod.weight))
+        if blk is not None:
+            ex = f"{blk.name}.experts"
+            maps.append(LinearMap(i, f"{ex}.gate_up", blk.gate_weight()))     # [E, I, H]
+            maps.append(LinearMap(i, f"{ex}.gate_up", blk.up_weight()))       # [E, I, H]
+            maps.append(LinearMap(i, f"{ex}.down", blk.down_weight()))        # [E, H, I]
+    return maps
+
+
+def _norms(wanda_inputs: Mapping[str, torch.Tensor], m: LinearMap) -> torch.Tensor:
+    if m.key not in wanda_inputs:
+        raise ValueError(f"no Wanda input norms for {m.key!r}; collect them on this model with "
+                         "collect_wanda_inputs(model, batches) (after any structural slimming)")
+    x = torch.as_tensor(wanda_inputs[m.key]).to(m.weight.device).float()
+    want = (*m.weight.shape[:-2], m.weight.shape[-1])
+    if tuple(x.shape) != want:
+        raise ValueError(f"Wanda input norms for {m.key!r} have shape {tuple(x.shape)}, expected {list(want)}")
+    return x
+
+
+def _ranking_norms(x: torch.Tensor) -> torch.Tensor:
+    """Norms used to rank: rows of all zeros (an expert no token reached) become ones, i.e. magnitude pruning."""
+    dead = (x == 0).all(dim=-1, keepdim=True)
+    return torch.where(dead, torch.ones_like(x), x)
+
+
+def layer_statistics(maps: list[LinearMap], wanda_inputs: Mapping[str, torch.Tensor], layers: int, *,
+                     owl_m: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per decoder layer: (mean A, OWL outlier share, weights), one map's scores in memory at a time. The outlier
+    share needs a second pass and is computed only when `owl_m` is given (zeros otherwise)."""
+    total = torch.zeros(layers, dtype=torch.float64)
+    count = torch.zeros(layers, dtype=torch.float64)
+    for m in maps:
+        a = wanda_scores(weight=m.weight, input_norms=_norms(wanda_inputs, m))
+        total[m.layer] += a.sum(-1).double().sum().item()          # float32 row sums, float64 across rows
+        count[m.layer] += a.numel()
+    mean = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+    above = torch.zeros(layers, dtype=torch.float64)
+    if owl_m is not None:
+        for m in maps:
+            a = wanda_scores(weight=m.weight, input_norms=_norms(wanda_inputs, m))
+            above[m.layer] += outlier_share(scores=a, threshold=owl_m * mean[m.layer].item())[0]
+    return mean, above / count.clamp(min=1), count
+
+
+def allocate(cfg: SparsifyConfig, *, means: torch.Tensor, outliers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sparsity per layer, the statistic it came from) for `cfg.allocation`."""
+    if cfg.allocation == "owl":
+        return owl_sparsities(outlier_shares=outliers, sparsity=cfg.sparsity, lam=cfg.owl_lambda), outliers
+    if cfg.allocation == "dlp":
+        return dlp_sparsities(layer_means=means, sparsity=cfg.sparsity, alpha=cfg.dlp_alpha), means
+    return uniform_sparsities(layers=len(means), sparsity=cfg.sparsity), torch.zeros_like(means)
+
+
+@torch.no_grad()
+def sparsify_(model: nn.Module, wanda_inputs: Mapping[str, torch.Tensor], cfg: SparsifyConfig, *,
+              reporter: Reporter | None = None) -> SparsifyReport:
+    """Zero the lowest-Wanda-score weights of every output row, layer l at the sparsity its allocation gives, in
+    place. Reports target and achieved sparsity per layer (zeros / weights over the layer's maps)."""
+    t0 = time.perf_counter()
+    adapter = resolve_adapter(model)
+    L = len(adapter.decoder_layers(model))
+    before = count_params(model)
+    maps = sparsifiable_maps(model)
+    means, outliers, weights = layer_statistics(maps, wanda_inputs, L,
+                                                owl_m=cfg.owl_m if cfg.allocation == "owl" else None)
+    targets, stats = allocate(cfg, means=means, outliers=outliers)
+    zeros = torch.zeros(L, dtype=torch.float64)
+    for j, m in enumerate(maps):
+        if reporter is not None:
+            reporter.report("sparsify", step=j, total=len(maps), message=f"layer {m.layer}: {m.key}")
+        x = _norms(wanda_inputs, m)
+        a = wanda_scores(weight=m.weight, input_norms=_ranking_norms(x))
+        prune_rows_(m.weight, scores=a, sparsity=float(targets[m.layer]))
+        zeros[m.layer] += m.weight.numel() - torch.count_nonzero(m.weight).item()
+    layers = [LayerSparsity(layer=i, target=float(targets[i]), achieved=float(zeros[i] / weights[i]) if weights[i] else 0.0,
+                            weights=int(weights[i]), stat=float(stats[i])) for i in range(L)]
+    achieved = float(zeros.sum() / weights.sum()) if weights.sum() else 0.0
+    return SparsifyReport(params_before=before, params_after=count_params(model), seconds=time.perf_counter() - t0,
+                          config=cfg, layers=layers, achieved=achieved,
+                          maps=sum(math.prod(m.weight.shape[:-2]) for m in maps))

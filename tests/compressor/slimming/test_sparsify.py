@@ -1,0 +1,113 @@
+"""Wanda sparsity: hand-computed scores, OWL and DLP ratios; per-row counts; what is never touched; reload."""
+import pytest
+import torch
+
+from compressor.families import resolve_adapter
+from compressor.slimming import SparsifyConfig, collect_wanda_inputs, sparsifiable_maps, sparsify_
+from compressor.slimming.sparsify import layer_statistics
+from compressor.slimming.wanda import (dlp_sparsities, owl_sparsities, prune_rows_, spread_keep_ratios,
+                                       uniform_sparsities, wanda_scores)
+from compressor.testing import TINY_FAMILIES, tiny_inputs, tiny_moe
+
+
+def test_wanda_prunes_the_lowest_weight_times_norm_in_each_row():
+    w = torch.tensor([[1.0, -2.0, 3.0, 0.5], [4.0, 1.0, -1.0, 2.0]])
+    norms = torch.tensor([1.0, 0.1, 1.0, 4.0])
+    a = wanda_scores(weight=w, input_norms=norms)
+    assert torch.equal(a, torch.tensor([[1.0, 0.2, 3.0, 2.0], [4.0, 0.1, 1.0, 8.0]]))
+    assert prune_rows_(w, scores=a, sparsity=0.5) == 4
+    assert torch.equal(w, torch.tensor([[0.0, 0.0, 3.0, 0.5], [4.0, 0.0, 0.0, 2.0]]))
+
+
+def test_dlp_ratios_match_a_hand_computed_example():
+    # s = [1, 2, 3] -> r = 1 - s/6 = [5/6, 4/6, 3/6] -> minmax [1, .5, 0] * 2*0.15 = [.3, .15, 0]
+    # keep = [.3, .15, 0] - .15 + (1 - .7) = [.45, .30, .15] -> sparsity [.55, .70, .85]
+    s = dlp_sparsities(layer_means=torch.tensor([1.0, 2.0, 3.0]), sparsity=0.7, alpha=0.15)
+    torch.testing.assert_close(s, torch.tensor([0.55, 0.70, 0.85], dtype=torch.float64))
+
+
+def test_owl_ratios_match_a_hand_computed_example():
+    # D = [.02, .05, .01] -> minmax [.25, 1, 0] * 2*0.08 = [.04, .16, 0], mean .2/3
+    # keep = [.04, .16, 0] - .0666.. + .5 -> sparsity = 1 - keep = [.52667, .40667, .56667]
+    s = owl_sparsities(outlier_shares=torch.tensor([0.02, 0.05, 0.01]), sparsity=0.5, lam=0.08)
+    m = 0.2 / 3
+    torch.testing.assert_close(s, torch.tensor([0.5 - 0.04 + m, 0.5 - 0.16 + m, 0.5 + m], dtype=torch.float64))
+    assert abs(s.mean().item() - 0.5) < 1e-12
+
+
+def test_allocation_edge_cases():
+    assert torch.equal(spread_keep_ratios(stat=torch.ones(3), sparsity=0.4, spread=0.1),
+                       torch.full((3,), 0.6, dtype=torch.float64))        # no spread: every layer keeps 1 - S
+    assert torch.equal(owl_sparsities(outlier_shares=torch.tensor([0.0, 1.0]), sparsity=0.0), torch.zeros(2,
+                                                                                                    dtype=torch.float64))
+    assert torch.equal(uniform_sparsities(layers=2, sparsity=0.3), torch.tensor([0.3, 0.3], dtype=torch.float64))
+
+
+def _untouched(model):
+    adapter = resolve_adapter(model)
+    keep = {"embed": model.get_input_embeddings().weight, "lm_head": model.get_output_embeddings().weight}
+    for blk in adapter.moe_blocks(model):
+        keep[f"router{blk.layer}"] = blk.router.weight
+        for name, p in blk.experts.named_parameters():
+            if name.endswith("bias"):
+                keep[f"{blk.layer}.{name}"] = p
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            keep[name] = p
+    return {k: v.detach().clone() for k, v in keep.items()}, keep
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_uniform_sparsity_is_reached_in_every_row(family):
+    model = tiny_moe(family)
+    ids = tiny_inputs()
+    inputs = collect_wanda_inputs(model, [ids])
+    before, live = _untouched(model)
+    report = sparsify_(model, inputs, SparsifyConfig(sparsity=0.5, allocation="uniform"))
+    for m in sparsifiable_maps(model):
+        zeros_per_row = (m.weight == 0).sum(-1)
+        assert torch.all(zeros_per_row == m.weight.shape[-1] // 2), m.key
+    for layer in report.layers:
+        assert layer.target == 0.5 and abs(layer.achieved - 0.5) < 1e-9
+    for k in before:
+        assert torch.equal(live[k], before[k]), f"{k} was changed"
+    # stored tensors really hold the zeros (GPT-OSS's canonical views are strided into [E, H, 2I])
+    blk = resolve_adapter(model).moe_blocks(model)[0]
+    assert (blk.experts.gate_up_proj == 0).sum() == blk.experts.gate_up_proj.numel() // 2
+
+
+@pytest.mark.parametrize("allocation", ["owl", "dlp"])
+def test_layerwise_allocation_follows_the_layer_statistics(allocation):
+    model = tiny_moe("qwen2_moe", layers=3)
+    ids = tiny_inputs(seq=16)
+    inputs = collect_wanda_inputs(model, [ids])
+    means, outliers, weights = layer_statistics(sparsifiable_maps(model), inputs, 3, owl_m=5.0)
+    cfg = SparsifyConfig(sparsity=0.6, allocation=allocation)
+    report = sparsify_(model, inputs, cfg)
+    want = (owl_sparsities(outlier_shares=outliers, sparsity=0.6) if allocation == "owl"
+            else dlp_sparsities(layer_means=means, sparsity=0.6))
+    assert [s.target for s in report.layers] == pytest.approx(want.tolist(), abs=1e-12)
+    assert len({round(s.target, 6) for s in report.layers}) == 3                 # really layer-dependent
+    narrowest = min(m.weight.shape[-1] for m in sparsifiable_maps(model))
+    for s in report.layers:
+        assert s.target - 1.0 / narrowest <= s.achieved <= s.target + 1e-12       # floor per row
+        assert s.weights == int(weights[s.layer])
+
+
+def test_layer_statistics_agree_with_the_importance_package():
+    from compressor.importance import AnalyzeConfig, analyze
+    model = tiny_moe("deepseek_v3")
+    ids = tiny_inputs(seq=16)
+    scores = analyze(model, [ids], config=AnalyzeConfig(want=("wanda",), taylor=False)).layers
+    inputs = collect_wanda_inputs(model, [ids])
+    means, outliers, _ = layer_statistics(sparsifiable_maps(model), inputs, 3, owl_m=5.0)
+    torch.testing.assert_close(means, scores.dlp, rtol=1e-5, atol=0)
+    torch.testing.assert_close(outliers, scores.owl, rtol=0, atol=1e-3)
+
+
+def test_missing_inputs_are_named():
+    model = tiny_moe("mixtral")
+    inputs = collect_wanda_inputs(model, [tiny_inputs()])
+    del inputs["model.layers.1.mlp.experts.down"]
+    with pytest.raises(ValueError, match="model.layers.1.mlp.experts.down"):
+        sparsify_(model, inputs, SparsifyConfig(sparsity=0.5))
