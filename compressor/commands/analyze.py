@@ -1,0 +1,81 @@
+"""`python -m compressor analyze MODEL --out DIR`: one calibration pass, scores written as tables + summary JSON.
+
+    python -m compressor analyze demo --out scores/ --tokens 8192 --seq-len 256 --no-taylor
+    # scores/experts.csv, neurons.csv, layers.csv, summary.json, scores.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from compressor.recipe import CalibrationConfig
+
+NAME = "analyze"
+HELP = ("score experts (frequency, REAP, MAN, Taylor), neurons (activation, Taylor) and layers (block influence, "
+        "DLP/OWL) on calibration text; write CSV/parquet tables and summary.json")
+
+_CAL = CalibrationConfig()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="'demo', a model folder, a .zip/.tar.gz of one, or a hub id")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the tables and summary.json")
+    parser.add_argument("--tokens", type=int, default=_CAL.tokens, help=f"calibration tokens (default {_CAL.tokens})")
+    parser.add_argument("--seq-len", type=int, default=_CAL.seq_len, help=f"window length (default {_CAL.seq_len})")
+    parser.add_argument("--batch-size", type=int, default=_CAL.batch_size,
+                        help=f"windows per forward pass (default {_CAL.batch_size})")
+    parser.add_argument("--taylor", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run the backward pass for first-order Taylor scores (default on)")
+    parser.add_argument("--text", type=Path, default=None,
+                        help="calibration text (.txt or .jsonl with a 'text' field); default: the shipped corpus")
+    parser.add_argument("--seed", type=int, default=0, help="which stretches of text are sampled")
+    parser.add_argument("--format", choices=("csv", "parquet"), default="csv", help="table format (default csv)")
+    parser.add_argument("--dtype", default=None, help="load dtype, e.g. float32 or bfloat16 (default: checkpoint's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy shared machine)")
+    parser.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                        help="reuse / store scores in the studio cache ($MOE_STUDIO_CACHE/scores)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="score cache folder (overrides the default)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from compressor.data import calibration_batches, text_from_file
+    from compressor.importance import AnalyzeConfig, load_or_analyze
+    from compressor.sources import load_model
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    cal = CalibrationConfig(tokens=args.tokens, seq_len=args.seq_len, batch_size=args.batch_size)
+    loaded = load_model(args.model, dtype=args.dtype)
+    if loaded.tokenizer is None:
+        raise ValueError(f"{args.model}: the model folder has no tokenizer files, so calibration text cannot be "
+                         "tokenised; add tokenizer.json (or tokenizer_config.json + vocab) to the folder")
+    text = text_from_file(args.text) if args.text else None
+    batches = calibration_batches(loaded.tokenizer, tokens=cal.tokens, seq_len=cal.seq_len,
+                                  batch_size=cal.batch_size, seed=args.seed, text=text)
+    config = AnalyzeConfig(taylor=args.taylor)
+    with tqdm(total=len(batches), desc="calibrate", unit="batch", file=sys.stderr) as bar:
+        def on_progress(event):
+            bar.update(event.step - bar.n)
+            if event.tokens_per_s:
+                bar.set_postfix(tok_s=f"{event.tokens_per_s:,.0f}", loss=f"{event.loss or 0:.3f}")
+
+        report = load_or_analyze(loaded.model, batches, config=config, weights_fp=loaded.fingerprint,
+                                 cache_dir=args.cache_dir, use_cache=args.cache, on_progress=on_progress)
+    report.meta.update({"model": str(loaded.source), "calibration": cal.model_dump(),
+                        "text": str(args.text) if args.text else "shipped corpus (train split)", "seed": args.seed})
+    out = report.save(args.out, table_format=args.format)
+    cache = report.meta.get("cache", {})
+    digest = {"out": str(out), "family": report.family, "tokens": report.meta["tokens"],
+              "tokens_per_s": round(report.meta["tokens_per_s"], 1), "ce_loss": round(report.meta["ce_loss"], 4),
+              "taylor": report.meta["taylor"], "cache_hit": cache.get("hit", False),
+              "files": sorted(p.name for p in out.iterdir())}
+    sys.stdout.write(json.dumps(digest, indent=2) + "\n")
+    return 0

@@ -1,0 +1,298 @@
+"""Calibration hooks: one context manager adds them, and removes every one of them in a `finally`.
+
+Hooks (all statistics float64, padding kept out through the mask set before each forward):
+- on every MoE block's `experts` module: routing (counts, router weights), REAP / MAN sums, and per-neuron |h| sums,
+  by recomputing each routed expert with `MoEBlock.expert_hidden` / `expert_output` under no_grad. The hook sees
+  `args = (hidden [T, H], top_k_index [T, k], top_k_weights [T, k])` with T = batch x seq in batch-major order;
+- on every decoder layer: cos(h_in, h_out) per token, for block influence;
+- on every nn.Linear inside a decoder layer except routers: sum of x^2 per input feature (Wanda ||X_j||^2).
+After a backward pass, `accumulate_taylor_` reads the expert gradients, adds |w * grad| per expert and per neuron,
+and clears the gradients.
+
+    with collect_scores(model, adapter) as col:
+        for batch in batches:
+            col.set_mask(batch["attention_mask"])
+            model(**batch)
+    experts, neurons, layers = col.result()
+"""
+from __future__ import annotations
+
+import dataclasses
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from compressor.families import FamilyAdapter, MoEBlock
+from compressor.importance import math as M
+from compressor.importance.scores import ExpertScores, LayerScores, NeuronScores
+
+F64 = torch.float64
+WANT_ALL = frozenset({"experts", "neurons", "layers", "wanda"})
+
+
+def wanda_targets(model: nn.Module, adapter: FamilyAdapter) -> dict[int, list[tuple[str, nn.Linear]]]:
+    """The dense linear maps Wanda / DLP score, per decoder layer: every nn.Linear inside the layer except the
+    routers and shared-expert gates (routing maps are never pruned). Names are the model's module names."""
+    names = {id(m): n for n, m in model.named_modules()}
+    skip = set()
+    for blk in adapter.moe_blocks(model):
+        for mod in (blk.router, blk.shared_gate):
+            if mod is not None:
+                skip.update(id(m) for m in mod.modules())
+    out = {}
+    for i, layer in enumerate(adapter.decoder_layers(model)):
+        out[i] = [(names[id(m)], m) for m in layer.modules() if isinstance(m, nn.Linear) and id(m) not in skip]
+    return out
+
+
+class ScoreCollector:
+    """Holds the running sums and the hook handles. Build it through `collect_scores`."""
+
+    def __init__(self, model: nn.Module, adapter: FamilyAdapter, *, want=WANT_ALL, outlier_m: float = 5.0):
+        unknown = set(want) - WANT_ALL
+        if unknown:
+            raise ValueError(f"unknown score kinds {sorted(unknown)}; choose from {sorted(WANT_ALL)}")
+        self.model, self.adapter, self.want, self.outlier_m = model, adapter, frozenset(want), outlier_m
+        self.blocks: list[MoEBlock] = adapter.moe_blocks(model)
+        self.num_layers = len(adapter.decoder_layers(model))
+        self.top_k = adapter.top_k(model.config)
+        self._handles: list = []
+        self._valid: torch.Tensor | None = None
+        self._pending: dict[int, torch.Tensor] = {}
+        self.sums = [_BlockSums(blk, neurons="neurons" in self.want, wanda="wanda" in self.want)
+                     for blk in self.blocks]
+        self.cos_sum = [None] * self.num_layers        # per decoder layer: 0-d float64 on the layer's device
+        self.layer_tokens = [0] * self.num_layers
+        self.linear_sq: dict[str, torch.Tensor] = {}
+        self.taylor_tokens = 0
+
+    # -- padding -----------------------------------------------------------------------------------------------
+    def set_mask(self, attention_mask: torch.Tensor | None) -> None:
+        """The current batch's attention mask [B, S] (1 = real token), or None when every token counts.
+        Hooks see tokens flattened batch-major, so row t of a hook's [T, H] input is mask.reshape(-1)[t]."""
+        if attention_mask is None:
+            self._valid = None
+            return
+        valid = attention_mask.reshape(-1).bool()
+        self._valid = None if bool(valid.all()) else valid
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., D] -> [T', D]: the non-padding rows of the flattened tokens."""
+        flat = x.reshape(-1, x.shape[-1])
+        if self._valid is None:
+            return flat
+        if self._valid.numel() != flat.shape[0]:
+            raise RuntimeError(f"the attention mask set on the collector covers {self._valid.numel()} tokens but a "
+                               f"hook saw {flat.shape[0]}; call set_mask(batch['attention_mask']) before every forward")
+        return flat[self._valid.to(flat.device)]
+
+    # -- hooks -------------------------------------------------------------------------------------------------
+    def register_hooks(self) -> None:
+        if self.want & {"experts", "neurons", "wanda"}:
+            for l, blk in enumerate(self.blocks):
+                self._handles.append(blk.experts.register_forward_hook(self._experts_hook(l, blk)))
+        if "layers" in self.want:
+            for i, layer in enumerate(self.adapter.decoder_layers(self.model)):
+                self._handles.append(layer.register_forward_pre_hook(self._layer_in_hook(i), with_kwargs=True))
+                self._handles.append(layer.register_forward_hook(self._layer_out_hook(i)))
+        if "wanda" in self.want:
+            for maps in wanda_targets(self.model, self.adapter).values():
+                for name, lin in maps:
+                    self.linear_sq[name] = torch.zeros(lin.in_features, dtype=F64, device=lin.weight.device)
+                    self._handles.append(lin.register_forward_pre_hook(self._linear_hook(name)))
+
+    def remove_hooks(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+        self._pending.clear()
+
+    def _experts_hook(self, l: int, blk: MoEBlock):
+        def hook(module, args, output):
+            hidden, top_idx, top_w = args[0], args[1], args[2]
+            with torch.no_grad():
+                T = hidden.reshape(-1, hidden.shape[-1]).shape[0]
+                x = self._rows(hidden.detach())                                   # [T', H]
+                idx = self._rows(top_idx.reshape(T, -1))                          # [T', k]
+                w = self._rows(top_w.detach().reshape(T, -1))                     # [T', k]
+                self.sums[l].add_tokens_(blk, x, idx, w)
+        return hook
+
+    def _layer_in_hook(self, i: int):
+        def hook(module, args, kwargs):
+            h = args[0] if args else kwargs.get("hidden_states")
+            if h is not None:
+                self._pending[i] = h.detach()
+        return hook
+
+    def _layer_out_hook(self, i: int):
+        def hook(module, args, output):
+            h_in = self._pending.pop(i, None)
+            h_out = output[0] if isinstance(output, (tuple, list)) else output
+            if h_in is None or not torch.is_tensor(h_out):
+                return
+            with torch.no_grad():
+                a, b = self._rows(h_in), self._rows(h_out.detach())
+                c = M.cosine_sum(h_in=a, h_out=b)
+                self.cos_sum[i] = c if self.cos_sum[i] is None else self.cos_sum[i] + c
+                self.layer_tokens[i] += a.shape[0]
+        return hook
+
+    def _linear_hook(self, name: str):
+        def hook(module, args):
+            with torch.no_grad():
+                x = self._rows(args[0].detach())
+                self.linear_sq[name] += x.float().square().sum(0, dtype=F64)
+        return hook
+
+    # -- Taylor ------------------------------------------------------------------------------------------------
+    def expert_parameters(self) -> list[nn.Parameter]:
+        """Every tensor of every routed expert (the ones the Taylor pass needs gradients for)."""
+        return [p for blk in self.blocks for p in blk.experts.parameters(recurse=False)]
+
+    @torch.no_grad()
+    def accumulate_taylor_(self, *, tokens: int) -> None:
+        """Add |w * grad| per expert and per neuron from the gradients of a summed loss over `tokens` loss tokens,
+        then clear the gradients (set to None). Raises if a gradient is missing."""
+        for blk, sums in zip(self.blocks, self.sums):
+            params = list(blk.experts.named_parameters(recurse=False))
+            if any(p.grad is None for _, p in params):
+                raise RuntimeError(f"{blk.name}: expert parameters have no gradient; the Taylor pass needs "
+                                   "requires_grad on them and a backward() before accumulate_taylor_")
+            expert = torch.cat([M.taylor_expert_scores(params=[(p[e:e + 1], p.grad[e:e + 1]) for _, p in params])
+                                for e in range(blk.num_experts)])                 # one expert at a time
+            sums.add_taylor_(expert, _neuron_taylor(blk))
+            for _, p in params:
+                p.grad = None
+        self.taylor_tokens += int(tokens)
+
+    # -- result ------------------------------------------------------------------------------------------------
+    def result(self) -> tuple[ExpertScores | None, NeuronScores | None, LayerScores | None]:
+        """Scores from the sums so far, on the CPU (copies; the collector may keep collecting)."""
+        layer_ids = [b.layer for b in self.blocks]
+        st = lambda name: _stack([getattr(s, name) for s in self.sums])  # noqa: E731  [L, ...] float64 on CPU
+        experts = neurons = layers = None
+        tokens = max(s.tokens for s in self.sums)
+        taylor = self.taylor_tokens > 0
+        if "experts" in self.want:
+            experts = ExpertScores(layers=layer_ids, tokens=tokens, top_k=self.top_k, counts=st("counts"),
+                                   gate_sum=st("gate_sum"), reap_sum=st("reap_sum"), man_sum=st("man_sum"),
+                                   max_abs=st("max_abs"), taylor_sum=st("taylor_expert") if taylor else None,
+                                   taylor_tokens=self.taylor_tokens)
+        if "neurons" in self.want:
+            down_norm = _stack([M.down_column_norms(down=b.down_weight()) for b in self.blocks])
+            neurons = NeuronScores(layers=layer_ids, counts=st("counts"), abs_sum=st("abs_sum"), down_norm=down_norm,
+                                   taylor_sum=st("taylor_neuron") if taylor else None,
+                                   taylor_tokens=self.taylor_tokens)
+        if self.want & {"layers", "wanda"}:
+            cos = torch.tensor([0.0 if c is None else float(c) for c in self.cos_sum], dtype=F64)
+            layers = LayerScores(layers=list(range(self.num_layers)), cos_sum=cos,
+                                 tokens=torch.tensor(self.layer_tokens, dtype=F64), outlier_m=self.outlier_m)
+            if "wanda" in self.want:
+                layers.wanda_inputs, layers.dlp, layers.owl = self._wanda()
+        return experts, neurons, layers
+
+    @torch.no_grad()
+    def _wanda(self) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        inputs = {name: sq.detach().cpu().clone() for name, sq in self.linear_sq.items()}
+        per_layer = {i: [(lin.weight, inputs[name]) for name, lin in maps]
+                     for i, maps in wanda_targets(self.model, self.adapter).items()}
+        for blk, sums in zip(self.blocks, self.sums):
+            x_sq, h_sq = sums.x_sq.cpu(), sums.h_sq.cpu()
+            inputs[f"{blk.name}.experts.gate_up"], inputs[f"{blk.name}.experts.down"] = x_sq, h_sq
+            per_layer[blk.layer] += [(blk.gate_weight(), x_sq), (blk.up_weight(), x_sq), (blk.down_weight(), h_sq)]
+        dlp, owl = torch.zeros(self.num_layers, dtype=F64), torch.zeros(self.num_layers, dtype=F64)
+        for i, maps in per_layer.items():
+            dlp[i], owl[i] = M.wanda_layer_stats(maps=maps, outlier_m=self.outlier_m)
+        return inputs, dlp, owl
+
+
+class _BlockSums:
+    """Running float64 sums of one MoE block, kept on the block's device (no host sync per expert)."""
+
+    def __init__(self, blk: MoEBlock, *, neurons: bool, wanda: bool):
+        E, I, H = blk.num_experts, blk.intermediate_size, blk.hidden_size
+        z = lambda *shape: torch.zeros(*shape, dtype=F64, device=blk.experts.gate_up_proj.device)  # noqa: E731
+        self.tokens = 0
+        self.counts, self.gate_sum, self.reap_sum, self.man_sum, self.max_abs = (z(E) for _ in range(5))
+        self.abs_sum = z(E, I) if neurons else None
+        self.x_sq = z(E, H) if wanda else None               # sum x^2 over the inputs routed to each expert
+        self.h_sq = z(E, I) if wanda else None               # sum h^2 over their intermediate activations
+        self.taylor_expert, self.taylor_neuron = z(E), z(E, I)
+
+    def add_tokens_(self, blk: MoEBlock, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> None:
+        """x [T, H] non-padding tokens, idx / w [T, k] their experts and router weights: recompute each routed
+        expert on its tokens and add counts, gate / REAP / MAN sums, max |f|, and per-neuron sums."""
+        E, k = blk.num_experts, idx.shape[1]
+        self.tokens += x.shape[0]
+        flat = idx.reshape(-1)
+        ok = (flat >= 0) & (flat < E)
+        order = torch.argsort(torch.where(ok, flat, torch.full_like(flat, E)), stable=True)
+        per_expert = torch.bincount(flat[ok], minlength=E).tolist()
+        order = order[: sum(per_expert)]                                          # pairs grouped by expert
+        tok, eid = order // k, flat[order]                                        # [P], [P]
+        xs = x[tok]                                                               # [P, H]
+        norms, peaks, start = [], [], 0
+        for e, n in enumerate(per_expert):
+            if n == 0:
+                continue
+            xe = xs[start:start + n]                                              # [n, H]
+            start += n
+            h = blk.expert_hidden(xe, e)                                          # [n, I]
+            norm, peak = M.output_norm_and_peak(output=blk.expert_output(h, e))   # [n], [n]
+            norms.append(norm)
+            peaks.append(peak)
+            if self.abs_sum is not None:
+                self.abs_sum[e] += h.abs().sum(0, dtype=F64)
+            if self.x_sq is not None:
+                self.x_sq[e] += xe.float().square().sum(0, dtype=F64)
+                self.h_sq[e] += h.float().square().sum(0, dtype=F64)
+        if not norms:
+            return
+        s = M.routed_expert_sums(expert=eid, gate=w.reshape(-1)[order], out_norm=torch.cat(norms),
+                                 out_peak=torch.cat(peaks), num_experts=E)
+        self.counts += s["count"]
+        self.gate_sum += s["gate_sum"]
+        self.reap_sum += s["reap_sum"]
+        self.man_sum += s["man_sum"]
+        torch.maximum(self.max_abs, s["max_abs"], out=self.max_abs)
+
+    def add_taylor_(self, expert: torch.Tensor, neuron: torch.Tensor) -> None:
+        self.taylor_expert += expert.to(self.taylor_expert.device)
+        self.taylor_neuron += neuron.to(self.taylor_neuron.device)
+
+
+def _stack(ts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([t.detach().to("cpu", F64) for t in ts])
+
+
+def _neuron_taylor(blk: MoEBlock) -> torch.Tensor:
+    """Per-neuron Taylor [E, I] of one block from its current gradients, in the canonical layout: the gradients
+    go through the same views as the weights (a copy of the block whose 'experts' hold the gradients)."""
+    ex = blk.experts
+    grads = dataclasses.replace(blk, experts=SimpleNamespace(gate_up_proj=ex.gate_up_proj.grad,
+                                                             down_proj=ex.down_proj.grad))
+    w = dict(gate=blk.gate_weight(), up=blk.up_weight(), down=blk.down_weight(), gate_grad=grads.gate_weight(),
+             up_grad=grads.up_weight(), down_grad=grads.down_weight())        # views, no copies
+    if blk.has_bias and getattr(ex, "gate_up_proj_bias", None) is not None:
+        g_pos, u_pos = blk.gate_up_positions(torch.arange(blk.intermediate_size, device=ex.gate_up_proj.device))
+        b, gb = ex.gate_up_proj_bias, ex.gate_up_proj_bias.grad
+        w.update(gate_bias=b[:, g_pos], up_bias=b[:, u_pos], gate_bias_grad=gb[:, g_pos], up_bias_grad=gb[:, u_pos])
+    return torch.cat([M.taylor_neuron_scores(**{k: v[e:e + 1] for k, v in w.items()})
+                      for e in range(blk.num_experts)])                          # one expert at a time
+
+
+@contextmanager
+def collect_scores(model: nn.Module, adapter: FamilyAdapter, *, want=WANT_ALL, outlier_m: float = 5.0
+                   ) -> Iterator[ScoreCollector]:
+    """Register the calibration hooks on `model`, yield the collector, remove every hook on exit (also on error).
+
+    want: subset of {"experts", "neurons", "layers", "wanda"}; outlier_m: OWL's M for the outlier ratio."""
+    collector = ScoreCollector(model, adapter, want=want, outlier_m=outlier_m)
+    try:
+        collector.register_hooks()
+        yield collector
+    finally:
+        collector.remove_hooks()
