@@ -1,0 +1,151 @@
+"""MoE Compression Studio: `python app.py` serves the studio on http://127.0.0.1:7860.
+
+With no REDIS_URL it starts a private Redis and one Celery worker (workers.embedded) and stops them on exit; with
+REDIS_URL (and DATABASE_URL) it uses the given broker and database and workers started with
+`celery -A workers worker`.
+
+    python app.py                                   # embedded services, SQLite under ./studio-data
+    python app.py --host 0.0.0.0 --port 8080 --auth alice:secret
+    REDIS_URL=redis://h:6379/0 DATABASE_URL=postgresql+psycopg://u:p@h/db python app.py
+
+Environment: MOE_STUDIO_AUTH (user:password), MOE_STUDIO_HOST, MOE_STUDIO_PORT, MOE_STUDIO_MAX_UPLOAD (e.g. 20gb),
+DATABASE_URL, REDIS_URL, MOE_STUDIO_HOME (data directory).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+from ui import compare, compress, download, explore, model, runs  # noqa: E402
+from ui.common import CSS, TITLE, theme  # noqa: E402
+
+HEADER = (f"<div style='margin:2px 0 6px'><div style='font-size:24px;font-weight:700;white-space:nowrap'>{TITLE}"
+          "</div><div style='color:#64748b;font-size:14px;margin-top:2px'>pick a model → see which experts and layers "
+          "matter → slim it → watch the job → compare the outputs → download the result</div></div>")
+
+
+def _show_runs(run_id):
+    """After a successful Enqueue: open the Runs tab with the new run selected."""
+    if run_id is None:
+        return gr.skip(), gr.skip()
+    return gr.Tabs(selected="runs"), gr.update(choices=[(f"#{run_id} · queued", run_id)], value=run_id)
+
+
+def build_app() -> gr.Blocks:
+    """The studio's Blocks: six tabs, each built by its ui/ module and then wired."""
+    with gr.Blocks(title=TITLE) as demo:
+        gr.HTML(HEADER)
+        model_state = gr.State(None)
+        with gr.Tabs() as tabs:
+            with gr.Tab("1 · Model", id="model"):
+                m = model.build()
+            with gr.Tab("2 · Explore", id="explore") as t_explore:
+                e = explore.build()
+            with gr.Tab("3 · Compress", id="compress"):
+                c = compress.build()
+            with gr.Tab("4 · Runs", id="runs"):
+                r = runs.build()
+            with gr.Tab("5 · Compare", id="compare") as t_compare:
+                cmp = compare.build()
+            with gr.Tab("6 · Download", id="download") as t_download:
+                d = download.build()
+        model.wire(m, model_state=model_state)
+        explore.wire(e, model_state=model_state, tab_item=t_explore)
+        refresh_in, refresh_out = runs.wire(r)
+        enqueued, run_id = compress.wire(c, model_state=model_state)
+        enqueued.then(_show_runs, run_id, [tabs, r.run], api_name="show_runs", show_progress="hidden").then(
+            runs.refresh, refresh_in, refresh_out, api_name="runs_after_enqueue", show_progress="hidden")
+        compare.wire(cmp, model_state=model_state, tab_item=t_compare)
+        download.wire(d, tab_item=t_download)
+        demo.load(model.open_model, [m.kind, m.path, m.hub, m.files], [m.status, m.summary, model_state],
+                  api_name="startup_model")
+    return demo
+
+
+def parse_auth(text: str | None) -> list[tuple[str, str]] | None:
+    """"user:password" (several separated by commas) -> [(user, password)]; None/empty -> no auth."""
+    if not text:
+        return None
+    pairs = []
+    for item in text.split(","):
+        user, sep, password = item.strip().partition(":")
+        if not sep or not user or not password:
+            raise SystemExit(f"--auth / MOE_STUDIO_AUTH: expected user:password, got {item.strip()!r}")
+        pairs.append((user, password))
+    return pairs
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="MoE Compression Studio (Gradio UI + job workers)")
+    p.add_argument("--host", default=os.environ.get("MOE_STUDIO_HOST", "127.0.0.1"),
+                   help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it, use --auth)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("MOE_STUDIO_PORT", "7860")))
+    p.add_argument("--database-url", default=None, help="SQLAlchemy URL (default $DATABASE_URL or SQLite file)")
+    p.add_argument("--redis-url", default=None, help="broker (default $REDIS_URL; unset = private Redis + worker)")
+    p.add_argument("--auth", default=os.environ.get("MOE_STUDIO_AUTH"), help="user:password for basic login")
+    p.add_argument("--max-upload", default=os.environ.get("MOE_STUDIO_MAX_UPLOAD", "20gb"),
+                   help="largest upload, e.g. 500mb or 20gb")
+    return p.parse_args(argv)
+
+
+def launch(demo: gr.Blocks, *, host: str, port: int, auth=None, max_upload: str = "20gb", block: bool = True):
+    """Queue and launch with the studio's theme, CSS, upload cap and no stack traces in the page."""
+    demo.queue(default_concurrency_limit=4)
+    return demo.launch(server_name=host, server_port=port, auth=auth, theme=theme(), css=CSS,
+                       max_file_size=max_upload, show_error=False, prevent_thread_lock=not block,
+                       auth_message="MoE Compression Studio: sign in" if auth else None, quiet=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.database_url:
+        os.environ["DATABASE_URL"] = args.database_url
+    if args.redis_url:
+        os.environ["REDIS_URL"] = args.redis_url
+    os.environ["MOE_STUDIO_MAX_UPLOAD"] = args.max_upload
+    auth = parse_auth(args.auth)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not auth:
+        logging.warning("serving on %s without --auth: anyone who can reach this port can use the studio",
+                        args.host)
+    from workers.embedded import EmbeddedServices
+
+    # SIGTERM ends the studio like Ctrl-C: Gradio closes its server, then the embedded services stop.
+    signal.signal(signal.SIGTERM, _interrupt)
+    # The page does not wait for the worker: runs queued before it is ready wait in Redis. Its readiness is checked
+    # in the background so a worker that cannot start is still reported.
+    with EmbeddedServices(wait_ready_s=0) as services:
+        mode = "embedded Redis + 1 worker" if services.embedded else f"broker {services.redis_url}"
+        logging.info("studio on http://%s:%d (%s)", args.host, args.port, mode)
+        if services.worker_proc is not None:
+            threading.Thread(target=_check_worker, args=(services,), daemon=True, name="worker-ready").start()
+        demo = build_app()
+        try:
+            launch(demo, host=args.host, port=args.port, auth=auth, max_upload=args.max_upload, block=True)
+        finally:
+            demo.close()
+    return 0
+
+
+def _check_worker(services) -> None:
+    try:
+        services.wait_ready(120)
+        logging.info("embedded worker ready")
+    except RuntimeError as exc:
+        logging.error("%s", exc)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""What a slimming recipe will leave, computed from the inspect summary alone (no model, no job): pure arithmetic.
+
+Notation (from `compressor.inspect.inspect_model`): L layers, M of them MoE, E experts, top-k k, expert width I,
+hidden H, vocabulary V, T = params_total, A = params_active (T minus the routed experts a token does not use).
+
+    P_e  = (T - A) / (M (E - k))          parameters of one routed expert, read off the summary, biases included
+    n_e  = 3H (+2 when P_e > 3HI: GPT-OSS-style gate/up/down biases)   parameters per intermediate neuron
+    R    = E H                            router of one MoE layer
+    emb  = V H (tied) or 2 V H (untied)   input embedding + LM head
+    rest = (T - emb - H - M (E P_e + R)) / L      attention, norms, shared experts of one average layer
+
+After the slimming settings (I' = round(r I), E' experts kept, d layers dropped, MoE layers first, s sparsity):
+
+    P_e'  = P_e - (I - I') n_e
+    T'    = T - d (rest + E P_e + R) - M' (E P_e - E' P_e' + (E - E') H)          M' = M - d
+    A'    = A - d (rest + k P_e + R) - M' (k (P_e - P_e') + (E - E') H)
+    bytes = T' * bytes per parameter of the dtype (zeros of unstructured sparsity are stored: the file keeps its size)
+    FLOPs per token = 2 x active matmul parameters = 2 (A - [V H if untied])   (attention scores over the context
+                      are left out; the input embedding is a lookup)
+    nonzero A'_s = A' - s * (A' - emb - M' E' H - (2 L' + 1) H)       sparsity applies to the decoder's linear maps
+    speed-up = FLOPs before / FLOPs after; with sparsity it is theoretical (it needs sparse kernels to materialise)
+
+    shape = ModelShape.from_summary(inspect_model(model) | {"tie_word_embeddings": True})
+    est = estimate(shape, SlimSettings(expert_keep_ratio=0.5))
+    est.params_active_after, est.checkpoint_bytes_after, est.speedup
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+DTYPE_BYTES = {"float32": 4, "float": 4, "float64": 8, "bfloat16": 2, "float16": 2, "half": 2, "int8": 1,
+               "uint8": 1, "float8_e4m3fn": 1, "float8_e5m2": 1}
+
+
+def kept_width(width: int, keep_ratio: float) -> int:
+    """I' = round(keep_ratio * I), at least 1: the rule of `NeuronSlimConfig.target_width` and of the pipeline's
+    final stage (kept here so the estimate imports no torch; a test checks the two agree)."""
+    return max(1, min(width, int(math.floor(keep_ratio * width + 0.5))))
+
+
+def bytes_per_param(dtype: str) -> float:
+    """Bytes of one stored parameter for a torch dtype name; `mixed(a,b)` takes the widest."""
+    names = dtype.removeprefix("mixed(").removesuffix(")").split(",")
+    sizes = [DTYPE_BYTES.get(n.strip().removeprefix("torch.")) for n in names]
+    if not sizes or any(s is None for s in sizes):
+        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(sorted(DTYPE_BYTES))}")
+    return float(max(sizes))
+
+
+def _single(value, name: str) -> int:
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise ValueError(f"{name} differs between layers ({sorted(set(value))}); the estimate needs one value")
+        value = value[0]
+    return int(value)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    num_layers: int
+    moe_layers: int
+    num_experts: int
+    top_k: int
+    expert_width: int
+    hidden: int
+    vocab: int
+    params_total: int
+    params_active: int
+    bytes_per_param: float
+    tied_embeddings: bool = False
+
+    @classmethod
+    def from_summary(cls, summary: dict) -> "ModelShape":
+        """From `inspect_model(...)`; `tie_word_embeddings` (from the config) is read when present."""
+        moe = summary["moe_layers"]
+        return cls(num_layers=int(summary["num_layers"]), moe_layers=len(moe) if isinstance(moe, list) else int(moe),
+                   num_experts=_single(summary["num_experts"], "num_experts"), top_k=int(summary["top_k"]),
+                   expert_width=_single(summary["expert_intermediate_size"], "expert_intermediate_size"),
+                   hidden=int(summary["hidden_size"]), vocab=int(summary["vocab_size"]),
+                   params_total=int(summary["params_total"]), params_active=int(summary["params_active"]),
+                   bytes_per_param=bytes_per_param(str(summary.get("dtype", "float32"))),
+                   tied_embeddings=bool(summary.get("tie_word_embeddings", False)))
+
+    # -- derived parts (formulas in the module docstring) -----------------------------------------------------------
+    @property
+    def expert_params(self) -> float:
+        inactive = self.params_total - self.params_active
+        unused = self.moe_layers * (self.num_experts - self.top_k)
+        return inactive / unused if unused > 0 else 3.0 * self.hidden * self.expert_width
+
+    @property
+    def neuron_params(self) -> int:
+        return 3 * self.hidden + (2 if self.expert_params > 3 * self.hidden * self.expert_width + 0.5 else 0)
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+
+    @property
+    def layer_rest_params(self) -> float:
+        moe = self.moe_layers * (self.num_experts * self.expert_params + self.num_experts * self.hidden)
+        return (self.params_total - self.embedding_params - self.hidden - moe) / self.num_layers
+
+    def matmul_params(self, active: float) -> float:
+        return active - (0 if self.tied_embeddings else self.vocab * self.hidden)
+
+
+@dataclass(frozen=True)
+class SlimSettings:
+    expert_keep_ratio: float = 1.0
+    experts_keep: int | None = None
+    layers_drop: int = 0
+    sparsity: float = 0.0
+
+    @classmethod
+    def from_recipe(cls, slimming) -> "SlimSettings":
+        """From a recipe's `slimming` section (a SlimmingConfig or its dict)."""
+        d = slimming if isinstance(slimming, dict) else slimming.model_dump()
+        return cls(expert_keep_ratio=float(d.get("expert_keep_ratio", 1.0)), experts_keep=d.get("experts_keep"),
+                   layers_drop=int(d.get("layers_drop", 0)), sparsity=float(d.get("sparsity", 0.0)))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    params_total_before: int
+    params_active_before: int
+    params_total_after: int
+    params_active_after: int
+    nonzero_total_after: int
+    nonzero_active_after: int
+    expert_width_after: int
+    experts_after: int
+    layers_after: int
+    moe_layers_after: int
+    checkpoint_bytes_before: int
+    checkpoint_bytes_after: int
+    flops_per_token_before: float
+    flops_per_token_after: float          # structural cuts only
+    flops_per_token_sparse: float         # also skipping the zeros (needs sparse kernels)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def speedup(self) -> float:
+        return self.flops_per_token_before / self.flops_per_token_after
+
+    @property
+    def speedup_sparse(self) -> float:
+        return self.flops_per_token_before / self.flops_per_token_sparse
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "speedup": self.speedup, "speedup_sparse": self.speedup_sparse}
+
+
+def check_settings(shape: ModelShape, s: SlimSettings) -> None:
+    """Refuse settings the slimming operations would refuse, with the reason (ValueError)."""
+    if not 0.0 < s.expert_keep_ratio <= 1.0:
+        raise ValueError(f"expert keep ratio {s.expert_keep_ratio} must be in (0, 1]")
+    if s.experts_keep is not None and not shape.top_k <= s.experts_keep <= shape.num_experts:
+        raise ValueError(f"experts kept per layer must be between top-k ({shape.top_k}) and the "
+                         f"{shape.num_experts} experts the model has; got {s.experts_keep}")
+    if not 0 <= s.layers_drop < shape.num_layers:
+        raise ValueError(f"layers dropped must be between 0 and {shape.num_layers - 1} (the model has "
+                         f"{shape.num_layers} layers); got {s.layers_drop}")
+    if not 0.0 <= s.sparsity < 1.0:
+        raise ValueError(f"sparsity {s.sparsity} must be in [0, 1)")
+
+
+def estimate(shape: ModelShape, settings: SlimSettings) -> Estimate:
+    """Parameters, checkpoint bytes and active FLOPs after `settings` (formulas in the module docstring)."""
+    check_settings(shape, settings)
+    H, E, k, M, L = shape.hidden, shape.num_experts, shape.top_k, shape.moe_layers, shape.num_layers
+    p_e, rest = shape.expert_params, shape.layer_rest_params
+    width = kept_width(shape.expert_width, settings.expert_keep_ratio)
+    p_e2 = p_e - (shape.expert_width - width) * shape.neuron_params
+    e2 = settings.experts_keep or E
+    d = settings.layers_drop
+    d_moe, d_dense = min(d, M), max(d - M, 0)
+    m2, l2 = M - d_moe, L - d
+    total = (shape.params_total - d_moe * (rest + E * p_e + E * H) - d_dense * rest
+             - m2 * (E * p_e - e2 * p_e2 + (E - e2) * H))
+    active = (shape.params_active - d_moe * (rest + k * p_e + E * H) - d_dense * rest
+              - m2 * (k * (p_e - p_e2) + (E - e2) * H))
+    fixed = shape.embedding_params + m2 * e2 * H + (2 * l2 + 1) * H      # never sparsified
+    s = settings.sparsity
+    nz_total, nz_active = total - s * (total - fixed), active - s * (active - fixed)
+    notes = []
+    if d_dense:
+        notes.append(f"{d} layers dropped but only {M} are MoE layers: the rest are counted as dense layers")
+    if d and M < L:
+        notes.append("dropped layers are assumed to be MoE layers of average size; the job drops the layers with "
+                     "the lowest block influence")
+    if s:
+        notes.append("unstructured zeros are stored: the checkpoint keeps its size, and the sparse speed-up needs "
+                     "sparse kernels")
+    bpp = shape.bytes_per_param
+    return Estimate(
+        params_total_before=shape.params_total, params_active_before=shape.params_active,
+        params_total_after=round(total), params_active_after=round(active),
+        nonzero_total_after=round(nz_total), nonzero_active_after=round(nz_active),
+        expert_width_after=width, experts_after=e2, layers_after=l2, moe_layers_after=m2,
+        checkpoint_bytes_before=round(shape.params_total * bpp), checkpoint_bytes_after=round(total * bpp),
+        flops_per_token_before=2.0 * shape.matmul_params(shape.params_active),
+        flops_per_token_after=2.0 * shape.matmul_params(active),
+        flops_per_token_sparse=2.0 * shape.matmul_params(nz_active), notes=notes)

@@ -1,0 +1,69 @@
+"""app.py without launching: flags and environment, and the composed Blocks (every event named once)."""
+import collections
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import app
+
+
+def test_defaults_bind_loopback_on_7860(monkeypatch):
+    for k in ("MOE_STUDIO_HOST", "MOE_STUDIO_PORT", "MOE_STUDIO_AUTH", "MOE_STUDIO_MAX_UPLOAD"):
+        monkeypatch.delenv(k, raising=False)
+    args = app.parse_args([])
+    assert (args.host, args.port, args.auth, args.max_upload) == ("127.0.0.1", 7860, None, "20gb")
+
+
+def test_environment_and_flags(monkeypatch):
+    monkeypatch.setenv("MOE_STUDIO_AUTH", "alice:s3cret")
+    monkeypatch.setenv("MOE_STUDIO_PORT", "9000")
+    args = app.parse_args(["--host", "0.0.0.0", "--redis-url", "redis://h:6379/0"])
+    assert (args.host, args.port, args.redis_url) == ("0.0.0.0", 9000, "redis://h:6379/0")
+    assert app.parse_auth(args.auth) == [("alice", "s3cret")]
+    assert app.parse_auth("a:1, b:2:3") == [("a", "1"), ("b", "2:3")]
+    assert app.parse_auth("") is None
+    with pytest.raises(SystemExit, match="user:password"):
+        app.parse_auth("alice")
+
+
+def test_every_event_has_its_own_api_name():
+    demo = app.build_app()
+    names = [fn.api_name for fn in demo.fns.values()]
+    assert all(names) and not [n for n, c in collections.Counter(names).items() if c > 1]
+    for needed in ("open_model", "analyze", "explore_poll", "estimate", "enqueue", "runs_refresh", "cancel_run",
+                   "rerun", "delete_run", "compare", "compare_position", "download_zip"):
+        assert needed in names
+
+
+def test_the_page_does_not_wait_for_torch():
+    """Importing the app (what stands between `python app.py` and the first page) loads no torch; models load it
+    when they are opened."""
+    out = subprocess.run([sys.executable, "-c", "import sys, app; print('torch' in sys.modules)"],
+                         capture_output=True, text=True, timeout=120, cwd=Path(app.__file__).parent)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_basic_auth_guards_the_studio():
+    """With --auth, the page and the API answer only after login."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = app.build_app()
+    app.launch(demo, host="127.0.0.1", port=port, auth=[("alice", "s3cret")], block=False)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(f"{url}/config", timeout=10)
+        assert denied.value.code == 401
+        from gradio_client import Client
+        with pytest.raises(Exception):
+            Client(url, verbose=False)
+        assert Client(url, auth=("alice", "s3cret"), verbose=False).view_api(return_format="dict")
+    finally:
+        demo.close()

@@ -1,0 +1,75 @@
+"""Compare and Download tabs over HTTP, on a finished tiny run: side-by-side generations with the same settings,
+per-token agreement and top-5 at a position, metrics side by side; the zip by run id loads in stock transformers."""
+import zipfile
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.ui.studio import figure, open_demo
+
+
+def test_compare_original_with_a_finished_run(studio, finished_run):
+    c = studio.client()
+    open_demo(c)
+    a, b = c.predict(api_name="/compare_choices")
+    assert (f"run:{finished_run}" in [v for _, v in b["choices"]]) and b["value"] == f"run:{finished_run}"
+    out = c.predict("original", f"run:{finished_run}", "The state of our union is", 12, False, 0.8, 0.95, 0, 0,
+                    api_name="/compare")
+    status, text_a, text_b, agreement, position, top, metrics = out
+    assert "msg-ok" in status and "Top-1 agreement" in status
+    assert text_a and text_b
+    tokens = [t for t in agreement if t["class_or_confidence"] in ("agree", "differ")]
+    assert len(tokens) == 12 and agreement[0]["token"] == "The state of our union is"
+    fig = figure(top)
+    assert len(fig["data"]) == 2 and len(fig["data"][0]["x"]) == 5       # top-5 of both models
+    assert sum(fig["data"][0]["x"]) <= 1.0 + 1e-6
+    later = figure(c.predict(5, api_name="/compare_position"))
+    assert later["layout"]["title"]["text"] != fig["layout"]["title"]["text"]
+    rows = {r[0]: r for r in metrics["data"]}
+    assert "perplexity" in rows and rows["perplexity"][1] and rows["perplexity"][2]
+    assert float(rows["params_active"][3]) < 1.0                           # the run is smaller
+
+
+def test_same_model_twice_agrees_everywhere(studio):
+    c = studio.client()
+    open_demo(c)
+    out = c.predict("original", "original", "The economy", 8, True, 0.9, 0.95, 0, 7, api_name="/compare")
+    assert out[1] == out[2]                                                # same weights, same seed
+    assert "Top-1 agreement 100%" in out[0]
+
+
+def test_compare_refuses_unknown_runs(studio):
+    c = studio.client()
+    open_demo(c)
+    out = c.predict("original", "run:99999", "x", 4, False, 0.8, 0.95, 0, 0, api_name="/compare")
+    assert "msg-error" in out[0] and "does not exist" in out[0]
+    out = c.predict("original", "../../etc", "x", 4, False, 0.8, 0.95, 0, 0, api_name="/compare")
+    assert "msg-error" in out[0]
+
+
+def test_download_zip_by_run_id_loads_in_transformers(studio, finished_run, tmp_path):
+    c = studio.client()
+    choice = c.predict(None, api_name="/download_choices")
+    assert finished_run in [v for _, v in choice["choices"]]
+    status, button = c.predict(finished_run, api_name="/download_zip")
+    assert f"run-{finished_run}.zip is ready" in status
+    path = button["value"] if isinstance(button, dict) else button
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        assert f"run-{finished_run}/recipe.yaml" in names and f"run-{finished_run}/metrics.json" in names
+        zf.extractall(tmp_path)
+    ckpt = tmp_path / f"run-{finished_run}" / "checkpoint"
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    ids = tok("The state of our union is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids).logits).all()
+    status, _ = c.predict(123456, api_name="/download_zip")
+    assert "msg-error" in status and "does not exist" in status
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "1; rm -rf /"])
+def test_download_takes_run_ids_only(studio, bad):
+    status, _ = studio.client().predict(bad, api_name="/download_zip")
+    assert "msg-error" in status

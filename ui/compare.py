@@ -1,0 +1,181 @@
+"""Tab 5, Compare: the original or any finished run against another, one prompt and one set of decoding settings.
+
+Shows both generations side by side, the per-token top-1 agreement (on the prompt plus A's continuation), the top-5
+next tokens of both at a chosen position, and their metrics side by side. The models are served by run id.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from ui import figures, services
+from ui.common import box, fmt_count, guard
+from ui.runs import ACTIVE, PPL, baseline_metric, metric
+
+DEFAULT_PROMPT = "The state of our union is"
+
+
+@dataclass
+class CompareTab:
+    a: gr.Dropdown
+    b: gr.Dropdown
+    prompt: gr.Textbox
+    max_new: gr.Slider
+    sample: gr.Checkbox
+    temperature: gr.Slider
+    top_p: gr.Slider
+    top_k: gr.Number
+    seed: gr.Number
+    go: gr.Button
+    status: gr.HTML
+    out_a: gr.Textbox
+    out_b: gr.Textbox
+    agreement: gr.HighlightedText
+    position: gr.Slider
+    top: gr.Plot
+    metrics: gr.Dataframe
+    steps: gr.State
+
+
+def build() -> CompareTab:
+    gr.Markdown("### Compare two models\nSame prompt, same decoding settings, same seed.")
+    with gr.Row():
+        a = gr.Dropdown([("original (the model of tab 1)", services.ORIGINAL)], value=services.ORIGINAL,
+                        label="model A", elem_id="cmp-a", allow_custom_value=True)
+        b = gr.Dropdown([("original (the model of tab 1)", services.ORIGINAL)], value=services.ORIGINAL,
+                        label="model B", elem_id="cmp-b", allow_custom_value=True)
+    prompt = gr.Textbox(DEFAULT_PROMPT, label="prompt", lines=2)
+    with gr.Row():
+        max_new = gr.Slider(1, 200, value=40, step=1, label="new tokens")
+        sample = gr.Checkbox(False, label="sample (off = greedy)")
+        temperature = gr.Slider(0.1, 2.0, value=0.8, step=0.1, label="temperature")
+        top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="top-p")
+        top_k = gr.Number(0, label="top-k (0 = off)", precision=0, minimum=0)
+        seed = gr.Number(0, label="seed", precision=0)
+    go = gr.Button("Compare", variant="primary")
+    status = gr.HTML("", elem_classes="status-box")
+    with gr.Row(equal_height=True):
+        out_a = gr.Textbox(label="A", lines=6, interactive=False, elem_classes="gen-box", elem_id="gen-a")
+        out_b = gr.Textbox(label="B", lines=6, interactive=False, elem_classes="gen-box", elem_id="gen-b")
+    agreement = gr.HighlightedText(label="per-token top-1 agreement on A's text (green = both models' most likely "
+                                   "next token agree)", color_map={"agree": "#10b981", "differ": "#ef4444"},
+                                   combine_adjacent=False, show_legend=True)
+    position = gr.Slider(0, 39, value=0, step=1, label="position in the continuation (top-5 below)")
+    top = gr.Plot(figures.message_figure("top-5 next tokens of both models"), show_label=False)
+    metrics = gr.Dataframe(pd.DataFrame(columns=["metric", "A", "B", "B / A"]), interactive=False,
+                           label="metrics side by side")
+    return CompareTab(a, b, prompt, max_new, sample, temperature, top_p, top_k, seed, go, status, out_a, out_b,
+                      agreement, position, top, metrics, gr.State(None))
+
+
+def choices(model: dict | None) -> list[tuple[str, str]]:
+    label = f"original · {model['label']}" if model else "original (open a model in tab 1)"
+    out = [(label, services.ORIGINAL)]
+    for r in services.finished_runs():
+        out.append((f"run #{r.id}" + (f" · {r.name}" if r.name else ""), f"run:{r.id}"))
+    return out
+
+
+@guard(outputs=2, status=None, toast=False)
+def refresh_choices(model: dict | None, a: str, b: str):
+    """Choices for A and B; B defaults to the newest finished run."""
+    opts = choices(model)
+    values = [v for _, v in opts]
+    b_value = b if b in values and b != services.ORIGINAL else (values[1] if len(values) > 1 else services.ORIGINAL)
+    return (gr.update(choices=opts, value=a if a in values else services.ORIGINAL),
+            gr.update(choices=opts, value=b_value))
+
+
+def _metrics_of(choice: str, model: dict | None) -> dict:
+    if choice == services.ORIGINAL:
+        out = {"params_active": (model or {}).get("summary", {}).get("params_active"),
+               "params_total": (model or {}).get("summary", {}).get("params_total")}
+        for r in services.finished_runs():          # the original's evaluation, as stored by a run
+            ppl = baseline_metric(r.metrics, *PPL)
+            if ppl is not None and (r.recipe or {}).get("model") == (model or {}).get("source"):
+                out["perplexity"] = ppl
+                break
+        return out
+    run = services.get_run(int(choice.split(":")[1]))
+    return {"perplexity": metric(run.metrics, *PPL), "params_active": metric(run.metrics, *ACTIVE),
+            "params_total": metric(run.metrics, "params_total", "total_params"),
+            "top1_agreement": metric(run.metrics, "top1_agreement", "agreement"),
+            "kl_to_baseline": metric(run.metrics, "kl", "kl_to_baseline"),
+            "prefill_speedup": metric(run.metrics, "prefill_speedup", "speedup_prefill"),
+            "decode_speedup": metric(run.metrics, "decode_speedup", "speedup_decode")}
+
+
+def _fmt(name: str, v) -> str:
+    if v is None:
+        return ""
+    return fmt_count(v) if name.startswith("params") else f"{v:.4g}"
+
+
+def metrics_frame(a: str, b: str, model: dict | None) -> pd.DataFrame:
+    ma, mb = _metrics_of(a, model), _metrics_of(b, model)
+    rows = []
+    for k in dict.fromkeys([*ma, *mb]):
+        va, vb = ma.get(k), mb.get(k)
+        if va is None and vb is None:
+            continue
+        ratio = f"{vb / va:.3f}" if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and va else ""
+        rows.append([k, _fmt(k, va), _fmt(k, vb), ratio])
+    return pd.DataFrame(rows, columns=["metric", "A", "B", "B / A"])
+
+
+def _label(choice: str) -> str:
+    return "original" if choice == services.ORIGINAL else f"run #{choice.split(':')[1]}"
+
+
+def top_figure(steps: list[dict] | None, position: int, names: tuple[str, str]):
+    if not steps:
+        return figures.message_figure("no continuation to inspect")
+    i = max(0, min(int(position), len(steps) - 1))
+    st = steps[i]
+    return figures.top_tokens([tuple(x) for x in st["top_a"]], [tuple(x) for x in st["top_b"]], names=names,
+                              context=st["context"])
+
+
+@guard(outputs=8, status=0)
+def run_compare(model: dict | None, a: str, b: str, prompt: str, max_new, sample, temperature, top_p, top_k, seed):
+    """(status, A text, B text, agreement, position slider, top-5 figure, metrics, steps state)."""
+    from compressor.compare import DecodeSettings
+
+    if not model:
+        raise ValueError("open a model first (tab 1): it is the original")
+    settings = DecodeSettings(max_new_tokens=int(max_new), do_sample=bool(sample), temperature=float(temperature),
+                              top_p=float(top_p), top_k=int(top_k or 0), seed=int(seed or 0))
+    cmp = services.compare(a, b, original=model["source"], prompt=prompt, settings=settings)
+    names = (f"A · {_label(a)}", f"B · {_label(b)}")
+    steps, text = [], prompt
+    for s in cmp.steps:
+        steps.append({"top_a": s.top_a, "top_b": s.top_b, "context": text[-40:], "token": s.token})
+        text += s.token
+    highlighted = [(prompt, None)] + [(s.token, "agree" if s.agree else "differ") for s in cmp.steps]
+    msg = (f"Top-1 agreement {cmp.agreement_rate:.0%} over {len(cmp.steps)} tokens; the two generations are "
+           f"identical for the first {cmp.same_prefix} tokens.")
+    return (box(msg, "ok"), cmp.a.text, cmp.b.text, highlighted,
+            gr.update(maximum=max(len(steps) - 1, 1), value=0), top_figure(steps, 0, names),
+            metrics_frame(a, b, model), {"steps": steps, "names": names})
+
+
+@guard(outputs=1, status=None)
+def at_position(state: dict | None, position):
+    """The top-5 figure at another position of the last comparison (no model call)."""
+    state = state or {}
+    return top_figure(state.get("steps"), position, tuple(state.get("names") or ("A", "B")))
+
+
+def wire(tab: CompareTab, *, model_state: gr.State, tab_item: gr.Tab) -> None:
+    tab_item.select(refresh_choices, [model_state, tab.a, tab.b], [tab.a, tab.b], api_name="compare_choices",
+                    show_progress="hidden")
+    model_state.change(refresh_choices, [model_state, tab.a, tab.b], [tab.a, tab.b],
+                       api_name="compare_model", show_progress="hidden")
+    tab.go.click(run_compare, [model_state, tab.a, tab.b, tab.prompt, tab.max_new, tab.sample, tab.temperature,
+                               tab.top_p, tab.top_k, tab.seed],
+                 [tab.status, tab.out_a, tab.out_b, tab.agreement, tab.position, tab.top, tab.metrics, tab.steps],
+                 api_name="compare")
+    tab.position.input(at_position, [tab.steps, tab.position], tab.top, api_name="compare_position",
+                       show_progress="hidden")

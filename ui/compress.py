@@ -1,0 +1,192 @@
+"""Tab 3, Compress: a control for every recipe field, a live estimate (pure arithmetic, no job), the recipe as
+YAML, and Enqueue, which stores a queued run and sends it to the worker.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gradio as gr
+
+from compressor.recipe import Recipe
+from ui import services
+from ui.common import box, card, fmt_bytes, fmt_count, guard
+
+DEFAULTS = Recipe()
+
+
+@dataclass
+class CompressTab:
+    keep_ratio: gr.Slider
+    neuron_score: gr.Radio
+    experts_keep: gr.Slider
+    expert_score: gr.Dropdown
+    layers_drop: gr.Slider
+    sparsity: gr.Slider
+    allocation: gr.Radio
+    stages: gr.Slider
+    steps: gr.Slider
+    temperature: gr.Slider
+    loss: gr.Dropdown
+    lr: gr.Number
+    ce_weight: gr.Slider
+    calib_tokens: gr.Number
+    calib_seq: gr.Number
+    eval_tokens: gr.Number
+    perplexity: gr.Checkbox
+    speed: gr.Checkbox
+    seed: gr.Number
+    name: gr.Textbox
+    estimate: gr.HTML
+    yaml: gr.Code
+    status: gr.HTML
+    enqueue_btn: gr.Button
+    controls: list = field(default_factory=list)
+
+
+def build() -> CompressTab:
+    d = DEFAULTS
+    gr.Markdown("### Slim the model\nMove a slider: the estimate on the right updates at once. Enqueue runs the recipe "
+                "as a job; follow it in Runs.")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, min_width=380):
+            with gr.Group():
+                gr.Markdown("**Experts** · SlimMoE neuron slimming and expert pruning", padding=True)
+                keep_ratio = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="expert keep ratio (share of neurons "
+                                       "kept in every expert)", elem_id="keep-ratio")
+                neuron_score = gr.Radio(["taylor", "activation"], value=d.slimming.neuron_score,
+                                        label="neuron score")
+                experts_keep = gr.Slider(1, 8, value=8, step=1, label="experts kept per layer (all = no pruning)")
+                expert_score = gr.Dropdown(["reap", "frequency", "man", "taylor"], value=d.slimming.expert_score,
+                                           label="expert score (which experts to keep)")
+            with gr.Group():
+                gr.Markdown("**Layers and sparsity**", padding=True)
+                layers_drop = gr.Slider(0, 3, value=0, step=1, label="layers dropped (lowest block influence)")
+                sparsity = gr.Slider(0.0, 0.9, value=0.0, step=0.05, label="unstructured sparsity (Wanda)")
+                allocation = gr.Radio(["uniform", "owl", "dlp"], value=d.slimming.sparsity_allocation,
+                                      label="sparsity allocation over layers")
+            with gr.Group():
+                gr.Markdown("**Schedule and distillation**", padding=True)
+                stages = gr.Slider(1, 6, value=d.stages, step=1, label="stages (1 = one-shot)")
+                steps = gr.Slider(0, 2000, value=d.distill.steps, step=10, label="distillation steps (all stages)")
+                temperature = gr.Slider(0.5, 8.0, value=d.distill.temperature, step=0.5, label="temperature")
+                with gr.Row():
+                    loss = gr.Dropdown(["forward_kl", "reverse_kl", "jsd"], value=d.distill.loss, label="loss")
+                    lr = gr.Number(d.distill.lr, label="learning rate", minimum=1e-7, maximum=1.0)
+                ce_weight = gr.Slider(0.0, 2.0, value=d.distill.ce_weight, step=0.1,
+                                      label="next-token cross-entropy weight")
+            with gr.Accordion("Calibration, evaluation, seed", open=False):
+                with gr.Row():
+                    calib_tokens = gr.Number(d.calibration.tokens, label="calibration tokens", precision=0)
+                    calib_seq = gr.Number(d.calibration.seq_len, label="calibration seq_len", precision=0)
+                with gr.Row():
+                    eval_tokens = gr.Number(d.evaluate.tokens, label="evaluation tokens", precision=0)
+                    perplexity = gr.Checkbox(d.evaluate.perplexity, label="perplexity")
+                    speed = gr.Checkbox(d.evaluate.speed, label="speed")
+                seed = gr.Number(d.seed, label="seed", precision=0)
+        with gr.Column(scale=2, min_width=340):
+            estimate = gr.HTML(box("Open a model to see the estimate.", "info"), elem_id="estimate")
+            name = gr.Textbox(label="run name (optional)", placeholder="e.g. half-width, 3 stages")
+            enqueue_btn = gr.Button("Enqueue", variant="primary", size="lg")
+            status = gr.HTML("", elem_classes="status-box")
+            yaml = gr.Code("", language="yaml", label="recipe (YAML: copy it, or save it for the CLI)",
+                           interactive=False, buttons=["copy", "download"], max_lines=30)
+    tab = CompressTab(keep_ratio, neuron_score, experts_keep, expert_score, layers_drop, sparsity, allocation,
+                      stages, steps, temperature, loss, lr, ce_weight, calib_tokens, calib_seq, eval_tokens,
+                      perplexity, speed, seed, name, estimate, yaml, status, enqueue_btn)
+    tab.controls = [keep_ratio, neuron_score, experts_keep, expert_score, layers_drop, sparsity, allocation, stages,
+                    steps, temperature, loss, lr, ce_weight, calib_tokens, calib_seq, eval_tokens, perplexity, speed,
+                    seed]
+    return tab
+
+
+def form(model: dict, keep_ratio, neuron_score, experts_keep, expert_score, layers_drop, sparsity, allocation,
+         stages, steps, temperature, loss, lr, ce_weight, calib_tokens, calib_seq, eval_tokens, perplexity, speed,
+         seed) -> dict:
+    """The recipe sections of the form (everything but `model`). experts_keep == E means no pruning (null)."""
+    n_experts = int((model or {}).get("summary", {}).get("num_experts") or 0)
+    keep_e = None if experts_keep is None or int(experts_keep) >= n_experts else int(experts_keep)
+    return {
+        "calibration": {"tokens": int(calib_tokens), "seq_len": int(calib_seq),
+                        "batch_size": DEFAULTS.calibration.batch_size},
+        "slimming": {"expert_keep_ratio": float(keep_ratio), "neuron_score": neuron_score, "experts_keep": keep_e,
+                     "expert_score": expert_score, "layers_drop": int(layers_drop), "sparsity": float(sparsity),
+                     "sparsity_allocation": allocation},
+        "stages": int(stages),
+        "distill": {"steps": int(steps), "lr": float(lr), "temperature": float(temperature), "loss": loss,
+                    "ce_weight": float(ce_weight)},
+        "evaluate": {"perplexity": bool(perplexity), "speed": bool(speed), "tokens": int(eval_tokens)},
+        "seed": int(seed),
+    }
+
+
+def estimate_card(model: dict, slimming: dict) -> str:
+    est = services.estimate_slimming(model["summary"], slimming)
+    t0, t1, a0, a1 = est.params_total_before, est.params_total_after, est.params_active_before, est.params_active_after
+    cells = [
+        ("params total", fmt_count(t1), f"from {fmt_count(t0)} ({t1 / t0:.0%})"),
+        ("params active", fmt_count(a1), f"from {fmt_count(a0)} ({a1 / a0:.0%}) per token"),
+        ("checkpoint", fmt_bytes(est.checkpoint_bytes_after), f"from {fmt_bytes(est.checkpoint_bytes_before)}"),
+        ("speed-up", f"{est.speedup:.2f}x", "theoretical, active FLOPs before / after"),
+        ("experts", f"{est.experts_after} x {est.expert_width_after}", "per layer x width"),
+        ("layers", str(est.layers_after), f"{est.moe_layers_after} MoE"),
+    ]
+    if slimming.get("sparsity"):
+        cells.append(("non-zero active", fmt_count(est.nonzero_active_after),
+                      f"{est.speedup_sparse:.2f}x with sparse kernels"))
+    notes = "".join(f"<div style='font-size:12px;color:#64748b'>· {n}</div>" for n in est.notes)
+    return "<div style='font-weight:600;margin:2px 0'>Estimated result</div>" + card(cells) + notes
+
+
+@guard(outputs=2, status=0, toast=False)
+def preview(model: dict, *values):
+    """Estimate card and recipe YAML for the current form (no job, pure arithmetic)."""
+    if not model:
+        return box("Open a model to see the estimate.", "info"), ""
+    f = form(model, *values)
+    recipe = services.recipe_from(model["source"], f)
+    return estimate_card(model, f["slimming"]), recipe.to_yaml()
+
+
+@guard(outputs=2, status=None, toast=False)
+def on_model(model: dict, *values):
+    """A new model: fit the slider ranges to it (experts: top-k..E, layers: 0..L-1), then preview."""
+    if not model:
+        return gr.skip(), gr.skip()
+    s = model["summary"]
+    n_exp = s["num_experts"] if isinstance(s["num_experts"], int) else max(s["num_experts"])
+    return (gr.update(minimum=s["top_k"], maximum=n_exp, value=n_exp),
+            gr.update(maximum=max(s["num_layers"] - 1, 1), value=0))
+
+
+def enqueue(model: dict, name: str, *values):
+    """Store and queue the run; (status, run id). The run id is None when nothing was queued, so the app only
+    switches to Runs after a success."""
+    try:
+        if not model:
+            raise ValueError("open a model first (tab 1)")
+        f = form(model, *values)
+        recipe = services.recipe_from(model["source"], f)
+        services.estimate_slimming(model["summary"], f["slimming"])   # refuses what the slimming would refuse
+        run_id = services.enqueue(recipe, name=(name or "").strip()[:200])
+    except Exception as exc:  # noqa: BLE001 - shown in the page; guard() logs unexpected ones
+        return _failed(exc)
+    return box(f"Run #{run_id} queued. It is listed in Runs.", "ok"), run_id
+
+
+@guard(outputs=2, status=0)
+def _failed(exc: Exception):
+    raise exc
+
+
+def wire(tab: CompressTab, *, model_state: gr.State) -> tuple[gr.events.Dependency, gr.State]:
+    """Wire the tab; returns the Enqueue event and the queued run id (None after a failure) for the app to chain."""
+    inputs = [model_state, *tab.controls]
+    gr.on([c.change for c in tab.controls], preview, inputs, [tab.estimate, tab.yaml], api_name="estimate",
+          show_progress="hidden", trigger_mode="always_last")
+    model_state.change(on_model, model_state, [tab.experts_keep, tab.layers_drop], api_name="compress_model",
+                       show_progress="hidden").then(preview, inputs, [tab.estimate, tab.yaml],
+                                                    api_name="compress_preview", show_progress="hidden")
+    run_id = gr.State(None)
+    event = tab.enqueue_btn.click(enqueue, [model_state, tab.name, *tab.controls], [tab.status, run_id],
+                                  api_name="enqueue")
+    return event, run_id

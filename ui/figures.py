@@ -1,0 +1,193 @@
+"""Plotly figures of the studio, drawn from plain tables (pandas) and dicts: no torch, no I/O.
+
+    fig = expert_heatmap(frames["experts"], "reap")          # layer x expert, values on hover
+    fig = pareto(points, original={"params_active": 5.1e6, "perplexity": 31.2})
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+ACCENT, MUTED, GOOD, BAD = "#4f46e5", "#94a3b8", "#059669", "#dc2626"
+SCORE_LABELS = {"frequency": "routing frequency", "reap": "REAP", "man": "MAN (mean output norm)",
+                "taylor": "Taylor", "activation": "activation x ||down column||", "weighted_frequency": "router mass"}
+
+
+def _layout(fig: go.Figure, *, title: str, height: int = 420, **kw) -> go.Figure:
+    kw.setdefault("margin", {"l": 60, "r": 20, "t": 50, "b": 50})
+    fig.update_layout(title={"text": title, "x": 0.01, "font": {"size": 15}}, template="plotly_white", height=height,
+                      font={"size": 12}, hoverlabel={"font_size": 12}, **kw)
+    return fig
+
+
+def message_figure(text: str, *, height: int = 300) -> go.Figure:
+    """An empty figure that says why there is nothing to draw."""
+    fig = go.Figure()
+    fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
+                       font={"size": 14, "color": "#64748b"})
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, title="", height=height)
+
+
+# -- Explore ----------------------------------------------------------------------------------------------------------
+def expert_heatmap(experts: pd.DataFrame, score: str) -> go.Figure:
+    """Layer x expert heatmap of `score`; hover shows layer, expert, the score and the routed token count."""
+    if score not in experts.columns:
+        return message_figure(f"no {SCORE_LABELS.get(score, score)} scores in this analysis")
+    z = experts.pivot(index="layer", columns="expert", values=score).sort_index()
+    tokens = experts.pivot(index="layer", columns="expert", values="tokens").reindex(z.index)
+    fig = go.Figure(go.Heatmap(
+        z=z.values, x=[str(c) for c in z.columns], y=[f"L{i}" for i in z.index], customdata=tokens.values,
+        colorscale="Viridis", colorbar={"title": {"text": score, "side": "right"}, "thickness": 14},
+        hovertemplate="layer %{y} · expert %{x}<br>" + score + " = %{z:.4g}<br>routed tokens %{customdata}"
+                      "<extra></extra>", xgap=1 if z.shape[1] <= 64 else 0, ygap=1))
+    fig.update_xaxes(title="expert", type="category", tickangle=0,
+                     dtick=1 if z.shape[1] <= 32 else 4)
+    fig.update_yaxes(title="MoE layer", type="category", autorange="reversed")
+    height = max(260, min(640, 90 + 34 * z.shape[0]))
+    return _layout(fig, title=f"{SCORE_LABELS.get(score, score)} per layer and expert", height=height)
+
+
+def layer_importance(layers: pd.DataFrame, *, drop: int = 0) -> go.Figure:
+    """Block influence (1 - cos(h_in, h_out)) and the DLP layer score per decoder layer; the `drop` layers with the
+    lowest block influence (those a layer drop removes) are drawn in red."""
+    has_dlp = "dlp_score" in layers.columns
+    fig = make_subplots(rows=1, cols=2 if has_dlp else 1, horizontal_spacing=0.12,
+                        subplot_titles=["block influence (higher = keep)"] + (["DLP score (mean |W|·‖X‖)"]
+                                                                              if has_dlp else []))
+    labels = [f"L{i}" + ("" if moe else " (dense)") for i, moe in zip(layers["layer"], layers["moe"])]
+    order = layers["block_influence"].rank(method="first").astype(int)
+    colors = [BAD if r <= drop else ACCENT for r in order]
+    fig.add_trace(go.Bar(x=labels, y=layers["block_influence"], marker_color=colors, name="block influence",
+                         hovertemplate="%{x}<br>block influence %{y:.4f}<extra></extra>"), row=1, col=1)
+    if has_dlp:
+        fig.add_trace(go.Bar(x=labels, y=layers["dlp_score"], marker_color=GOOD, name="DLP score",
+                             hovertemplate="%{x}<br>DLP score %{y:.4g}<extra></extra>"), row=1, col=2)
+    title = "Per-layer importance" + (f" · red: the {drop} layer(s) a drop of {drop} removes" if drop else "")
+    fig.update_annotations(font_size=12, yshift=4)
+    return _layout(fig, title=title, height=360, showlegend=False, margin={"l": 50, "r": 20, "t": 80, "b": 40})
+
+
+def neuron_distribution(neurons: pd.DataFrame, *, layer: int, expert: int, score: str,
+                        keep_ratio: float) -> go.Figure:
+    """Histogram of one expert's neuron scores, with the cut that keeps the top `keep_ratio` of them."""
+    sel = neurons[(neurons["layer"] == layer) & (neurons["expert"] == expert)]
+    if sel.empty:
+        return message_figure(f"no neurons for layer {layer}, expert {expert}")
+    if score not in sel.columns:
+        return message_figure(f"no {score} neuron scores in this analysis")
+    values = sel[score].sort_values(ascending=False).to_numpy()
+    keep = max(1, min(len(values), int(math.floor(keep_ratio * len(values) + 0.5))))
+    cut = values[keep - 1]
+    fig = go.Figure(go.Histogram(x=values, nbinsx=min(60, max(10, len(values) // 8)), marker_color=ACCENT,
+                                 hovertemplate="score %{x}<br>%{y} neurons<extra></extra>"))
+    fig.add_vline(x=cut, line_dash="dash", line_color=BAD,
+                  annotation_text=f"keep {keep}/{len(values)} (ratio {keep_ratio:.2f})", annotation_position="top")
+    fig.update_xaxes(title=SCORE_LABELS.get(score, score))
+    fig.update_yaxes(title="neurons")
+    return _layout(fig, title=f"Neuron scores of expert {expert} in layer {layer}", height=340, bargap=0.05)
+
+
+def load_balance(experts: pd.DataFrame) -> go.Figure:
+    """Per MoE layer, each expert's share of the routed tokens sorted high to low, against the uniform share 1/E.
+    Legend entries give max share / uniform share (1.0 = perfectly balanced)."""
+    fig = go.Figure()
+    n_exp = int(experts["expert"].nunique())
+    for layer, grp in experts.groupby("layer", sort=True):
+        tokens = grp["tokens"].to_numpy(dtype=float)
+        share = tokens / tokens.sum() if tokens.sum() > 0 else tokens
+        order = share.argsort()[::-1]
+        ratio = share.max() * n_exp if tokens.sum() > 0 else float("nan")
+        fig.add_trace(go.Scatter(
+            x=list(range(1, n_exp + 1)), y=share[order], mode="lines+markers", marker={"size": 5},
+            name=f"L{layer} (max/uniform {ratio:.2f})", customdata=grp["expert"].to_numpy()[order],
+            hovertemplate=f"layer {layer}<br>rank %{{x}}: expert %{{customdata}}<br>share %{{y:.3%}}<extra></extra>"))
+    fig.add_hline(y=1.0 / n_exp, line_dash="dot", line_color=MUTED, annotation_text="uniform",
+                  annotation_position="top right")
+    fig.update_xaxes(title="experts, sorted by load")
+    fig.update_yaxes(title="share of routed tokens", tickformat=".0%")
+    return _layout(fig, title="Routing load balance", height=360, legend={"font": {"size": 11}})
+
+
+# -- Runs -------------------------------------------------------------------------------------------------------------
+def pareto(points: list[dict], *, original: dict | None) -> go.Figure:
+    """Active parameters against perplexity for finished runs (`{"run_id", "params_active", "perplexity",
+    "label"}`), the original as a star, and the Pareto front (no other point is both smaller and better)."""
+    pts = [p for p in points if p.get("params_active") and p.get("perplexity") is not None
+           and math.isfinite(p["perplexity"])]
+    if not pts and not original:
+        return message_figure("finished runs appear here: active parameters against perplexity")
+    fig = go.Figure()
+    if pts:
+        front, best = [], math.inf
+        for p in sorted(pts, key=lambda p: (p["params_active"], p["perplexity"])):
+            if p["perplexity"] < best:
+                front.append(p)
+                best = p["perplexity"]
+        fig.add_trace(go.Scatter(x=[p["params_active"] for p in front], y=[p["perplexity"] for p in front],
+                                 mode="lines", line={"color": MUTED, "dash": "dot", "shape": "hv"},
+                                 name="Pareto front", hoverinfo="skip"))
+        fig.add_trace(go.Scatter(
+            x=[p["params_active"] for p in pts], y=[p["perplexity"] for p in pts], mode="markers+text",
+            text=[f"#{p['run_id']}" for p in pts], textposition="top center", name="runs",
+            marker={"size": 11, "color": ACCENT, "line": {"width": 1, "color": "white"}},
+            customdata=[p.get("label", "") for p in pts],
+            hovertemplate="%{text}<br>active %{x:.3s}<br>perplexity %{y:.2f}<br>%{customdata}<extra></extra>"))
+    if original and original.get("params_active") and original.get("perplexity") is not None:
+        fig.add_trace(go.Scatter(x=[original["params_active"]], y=[original["perplexity"]], mode="markers+text",
+                                 marker={"symbol": "star", "size": 17, "color": "#f59e0b"}, text=["original"],
+                                 textposition="bottom center", name="original",
+                                 hovertemplate="original<br>active %{x:.3s}<br>perplexity %{y:.2f}<extra></extra>"))
+    fig.update_xaxes(title="active parameters per token")
+    fig.update_yaxes(title="held-out perplexity (lower is better)")
+    return _layout(fig, title="Finished runs: size against quality", height=380)
+
+
+def loss_curve(points: list[tuple[int, float]], *, stages: list[int] | None = None, title: str = "") -> go.Figure:
+    """Distillation loss against the global step; dotted lines where a new stage starts."""
+    if not points:
+        return message_figure("no loss recorded yet (distillation writes it step by step)")
+    fig = go.Figure(go.Scatter(x=[s for s, _ in points], y=[v for _, v in points], mode="lines+markers",
+                               marker={"size": 4}, line={"color": ACCENT},
+                               hovertemplate="step %{x}<br>loss %{y:.4f}<extra></extra>"))
+    for s in stages or []:
+        fig.add_vline(x=s, line_dash="dot", line_color=MUTED)
+    fig.update_xaxes(title="step")
+    fig.update_yaxes(title="loss")
+    return _layout(fig, title=title or "Distillation loss", height=320)
+
+
+# -- Compare ----------------------------------------------------------------------------------------------------------
+def top_tokens(top_a: list[tuple[str, float]], top_b: list[tuple[str, float]], *, names: tuple[str, str],
+               context: str) -> go.Figure:
+    """The two models' top-k next tokens at one position, side by side (bars = probability)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=list(names), horizontal_spacing=0.18)
+    top_p = max([p for _, p in top_a + top_b] or [1.0])
+    for col, (top, color) in enumerate(((top_a, ACCENT), (top_b, GOOD)), start=1):
+        labels = [repr(t)[1:-1] or "∅" for t, _ in top][::-1]              # lowest first: plotly draws upwards
+        ranks = range(len(labels), 0, -1)
+        fig.add_trace(go.Bar(x=[p for _, p in top][::-1], y=[f"{i}. {name}" for i, name in zip(ranks, labels)],
+                             orientation="h", marker_color=color, text=[f"{p:.1%}" for _, p in top][::-1],
+                             textposition="auto", hovertemplate="%{y}<br>p = %{x:.2%}<extra></extra>"),
+                      row=1, col=col)
+        fig.update_xaxes(range=[0, min(1.0, top_p * 1.25)], tickformat=".0%", row=1, col=col)
+    return _layout(fig, title=f"Top-5 next tokens after “{context}”", height=300, showlegend=False)
+
+
+def metrics_bars(rows: list[dict], *, names: tuple[str, str]) -> go.Figure:
+    """Metric ratios B / A (1.0 = equal) for the metrics both models have: `{"metric", "a", "b"}` rows."""
+    rows = [r for r in rows if isinstance(r.get("a"), (int, float)) and isinstance(r.get("b"), (int, float))
+            and r["a"] not in (0, None)]
+    if not rows:
+        return message_figure("no metrics to compare (the original has metrics once a run evaluated it)")
+    fig = go.Figure(go.Bar(x=[r["b"] / r["a"] for r in rows], y=[r["metric"] for r in rows], orientation="h",
+                           marker_color=ACCENT, customdata=[[r["a"], r["b"]] for r in rows],
+                           hovertemplate="%{y}<br>" + names[0] + " %{customdata[0]:.4g}<br>" + names[1]
+                                         + " %{customdata[1]:.4g}<br>ratio %{x:.3f}<extra></extra>"))
+    fig.add_vline(x=1.0, line_dash="dot", line_color=MUTED)
+    fig.update_xaxes(title=f"{names[1]} / {names[0]}")
+    return _layout(fig, title="Metrics side by side (ratio)", height=max(220, 60 + 28 * len(rows)))
