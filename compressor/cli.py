@@ -27,12 +27,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     handlers = {}
     for name in COMMANDS:
-        try:
-            mod = _load(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"compressor.commands.{name}":
-                raise
-            continue
+        mod = _load(name)
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
         handlers[mod.NAME] = mod.run

@@ -20,6 +20,8 @@ _CAL = CalibrationConfig()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from compressor.commands.model_args import add_model_safety_arguments
+    add_model_safety_arguments(parser)
     parser.add_argument("model", metavar="MODEL", help="'demo', a model folder, a .zip/.tar.gz of one, or a hub id")
     parser.add_argument("--out", required=True, type=Path, help="folder for the tables and summary.json")
     parser.add_argument("--tokens", type=int, default=_CAL.tokens, help=f"calibration tokens (default {_CAL.tokens})")
@@ -46,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     from compressor.data import calibration_batches, text_from_file
     from compressor.importance import AnalyzeConfig, load_or_analyze
+    from compressor.commands.model_args import model_safety_kwargs
     from compressor.sources import load_model
 
     if args.threads is not None:
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     cal = CalibrationConfig(tokens=args.tokens, seq_len=args.seq_len, batch_size=args.batch_size)
-    loaded = load_model(args.model, dtype=args.dtype)
+    loaded = load_model(args.model, dtype=args.dtype, **model_safety_kwargs(args))
     if loaded.tokenizer is None:
         raise ValueError(f"{args.model}: the model folder has no tokenizer files, so calibration text cannot be "
                          "tokenised; add tokenizer.json (or tokenizer_config.json + vocab) to the folder")

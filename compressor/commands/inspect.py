@@ -15,15 +15,18 @@ HELP = "print a JSON summary of a MoE model: family, layers, experts, top-k, wid
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from compressor.commands.model_args import add_model_safety_arguments
+    add_model_safety_arguments(parser)
     parser.add_argument("model", metavar="MODEL", help="'demo', a model folder, a .zip/.tar.gz of one, or a hub id")
     parser.add_argument("--dtype", default=None, help="load dtype, e.g. float32 or bfloat16 (default: checkpoint's)")
 
 
 def run(args: argparse.Namespace) -> int:
     from compressor.inspect import inspect_model
+    from compressor.commands.model_args import model_safety_kwargs
     from compressor.sources import load_model
 
-    loaded = load_model(args.model, dtype=args.dtype)
+    loaded = load_model(args.model, dtype=args.dtype, **model_safety_kwargs(args))
     info = {"model": str(loaded.source), **inspect_model(loaded.model)}
     sys.stdout.write(json.dumps(info, indent=2) + "\n")
     return 0

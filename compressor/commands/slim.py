@@ -26,6 +26,8 @@ REPORT_FILE = "slim_report.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from compressor.commands.model_args import add_model_safety_arguments
+    add_model_safety_arguments(parser)
     parser.add_argument("model", metavar="MODEL", help="'demo', a model folder, a .zip/.tar.gz of one, or a hub id")
     parser.add_argument("--out", required=True, type=Path, help="output folder: checkpoint/ + slim_report.json")
     parser.add_argument("--expert-keep-ratio", type=float, default=1.0,
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from compressor.importance import load_or_analyze
     from compressor.slimming.apply import apply_slimming_
     from compressor.slimming.export import save_checkpoint, verify_reload
+    from compressor.commands.model_args import model_safety_kwargs
     from compressor.sources import load_model
 
     t0 = time.perf_counter()
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     ckpt = out / "checkpoint"
     if (ckpt / "config.json").exists() and not args.overwrite:
         raise ValueError(f"{ckpt} already holds a checkpoint; choose another --out or pass --overwrite")
-    loaded = load_model(args.model, dtype=args.dtype)
+    loaded = load_model(args.model, dtype=args.dtype, **model_safety_kwargs(args))
     model = loaded.model
     analyze_cfg = _analyze_config(cfg)
     batches, importance, scores_meta = None, None, {}
