@@ -1,0 +1,56 @@
+"""The model-card section a pipeline run adds to its checkpoint's README.md: the recipe, the headline figures
+against the original, each stage, and the wall time per phase.
+
+    text = pipeline_card(recipe, result.metrics, result.stages)      # markdown
+"""
+from __future__ import annotations
+
+from compressor.recipe import Recipe
+
+_HEADLINE = (("perplexity", "baseline_perplexity", "held-out perplexity"),
+             ("top1_agreement", None, "next-token top-1 agreement with the original"),
+             ("kl_to_baseline", None, "KL(original || compressed), nats/token"),
+             ("params_total", "baseline_params_total", "parameters, total"),
+             ("params_active", "baseline_params_active", "parameters, active per token"),
+             ("prefill_tokens_per_s", None, "prefill tokens/s"),
+             ("prefill_speedup", None, "prefill speed-up over the original"),
+             ("decode_tokens_per_s", None, "decode tokens/s"),
+             ("decode_speedup", None, "decode speed-up over the original"))
+
+
+def _num(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def pipeline_card(recipe: Recipe, metrics: dict, stages: list[dict]) -> str:
+    lines = ["## How this model was made", "",
+             f"Compressed from `{recipe.model}` with `python -m compressor run recipe.yaml`, in {recipe.stages} "
+             f"stage(s) of scoring, slimming and distillation. Recipe:", "", "```yaml", recipe.to_yaml().rstrip(),
+             "```", "", "## Results", "", "| metric | this model | original |", "|---|---:|---:|"]
+    for key, base, label in _HEADLINE:
+        if metrics.get(key) is not None:
+            lines.append(f"| {label} | {_num(metrics[key])} | {_num(metrics.get(base)) if base else '-'} |")
+    speed = (metrics.get("evaluation") or {}).get("speed") or {}
+    if speed:
+        st = speed.get("settings", {})
+        lines += ["", f"Speed measured on {st.get('device')} with {st.get('threads')} threads, kernels "
+                      f"{st.get('kernels')}, {'interleaved with' if st.get('interleaved') else 'after'} the "
+                      "original's measurement."]
+    if stages:
+        lines += ["", "### Stages", "", "| stage | expert width | experts | perplexity | top-1 agreement | "
+                  "distil loss (first -> last) |", "|---|---:|---:|---:|---:|---|"]
+        for s in stages:
+            tgt, dist = s.get("target", {}), s.get("distill") or {}
+            loss = (f"{_num(dist.get('first_loss'))} -> {_num(dist.get('last_loss'))}" if dist else "-")
+            lines.append(f"| {s['stage']} | {_num(tgt.get('width'))} | {_num(tgt.get('experts'))} | "
+                         f"{_num(s.get('perplexity'))} | {_num(s.get('top1_agreement'))} | {loss} |")
+    timings = metrics.get("timings") or {}
+    if timings:
+        lines += ["", "### Wall time (s)", "", " · ".join(f"{k} {v:.1f}" for k, v in timings.items())]
+    return "\n".join(lines) + "\n"

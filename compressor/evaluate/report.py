@@ -1,0 +1,201 @@
+"""One call evaluates a model against a baseline: quality, tasks, size, speed, and the expert kernel used.
+
+    report = evaluate(model, baseline, tokenizer, EvaluateConfig(tokens=8192))
+    print(render_table(report))          # the CLI prints; the library only returns text
+    json.dumps(report.to_dict())
+
+Order of work: choose each model's expert kernel by a timed probe (when speed is measured), quality over the
+held-out windows, local JSONL / lm-eval tasks, size (parameters, checkpoint bytes, peak memory), then speed,
+interleaved. With a `BaselineReference` instead of a baseline model, quality uses its cached top-k log-probs and
+speed uses the baseline figures it carries (measured earlier, so `speed.settings["interleaved"]` is False).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compressor.evaluate.kernels import KernelChoice, apply_kernel_, choose_experts_kernel, safe_default_kernel_
+from compressor.evaluate.quality import BaselineReference, QualityStats, compare_quality
+from compressor.evaluate.size import SizeStats, size_metrics
+from compressor.evaluate.speed import SpeedStats, measure_speed
+from compressor.evaluate.tasks import check_tasks, run_tasks
+from compressor.progress import Reporter
+from compressor.recipe import EvaluateConfig
+
+EVAL_BATCH = 8
+SPEED_PREFILL_ROWS = 2
+
+
+@dataclass
+class EvalReport:
+    quality: QualityStats | None = None
+    tasks: dict = field(default_factory=dict)            # task -> {"model": {...}, "baseline": {...}}
+    size: SizeStats | None = None
+    baseline_size: SizeStats | None = None
+    speed: SpeedStats | None = None
+    kernels: dict = field(default_factory=dict)          # "model" / "baseline" -> KernelChoice.to_dict()
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"quality": self.quality.to_dict() if self.quality else None, "tasks": self.tasks,
+                "size": self.size.to_dict() if self.size else None,
+                "baseline_size": self.baseline_size.to_dict() if self.baseline_size else None,
+                "speed": self.speed.to_dict() if self.speed else None, "kernels": self.kernels,
+                "seconds": self.seconds}
+
+    def headline(self) -> dict:
+        """The figures a run summary shows: flat name -> number."""
+        out: dict = {}
+        if self.quality:
+            q = self.quality
+            out.update(perplexity=q.perplexity, baseline_perplexity=q.baseline_perplexity,
+                       top1_agreement=q.agreement, kl_to_baseline=q.kl_to_baseline)
+        if self.size:
+            out.update(params_total=self.size.params_total, params_active=self.size.params_active,
+                       checkpoint_bytes=self.size.checkpoint_bytes, peak_memory_bytes=self.size.peak_memory_bytes)
+        if self.baseline_size:
+            out.update(baseline_params_total=self.baseline_size.params_total,
+                       baseline_params_active=self.baseline_size.params_active)
+        if self.speed:
+            s = self.speed
+            out.update(prefill_tokens_per_s=s.prefill_tokens_per_s, decode_tokens_per_s=s.decode_tokens_per_s,
+                       prefill_speedup=s.prefill_speedup, decode_speedup=s.decode_speedup)
+        for name, res in self.tasks.items():
+            out[f"task:{name}"] = res.get("model", {}).get("accuracy")
+        return {k: v for k, v in out.items() if v is not None}
+
+
+def evaluate(model: nn.Module, baseline: nn.Module | BaselineReference | None, tokenizer, cfg: EvaluateConfig, *,
+             windows: torch.Tensor | None = None, checkpoint_dir: Path | None = None,
+             baseline_checkpoint_dir: Path | None = None, reporter: Reporter | None = None) -> EvalReport:
+    """Evaluate `model` against `baseline` (a model, a `BaselineReference`, or None) per `cfg`.
+
+    windows: evaluation token windows [N, L]; by default `cfg.tokens // cfg.seq_len` windows of the held-out text.
+    """
+    reporter = reporter or Reporter()
+    t0 = time.perf_counter()
+    check_tasks(cfg.tasks)
+    if windows is None:
+        from compressor.data import eval_windows
+        windows = eval_windows(tokenizer, tokens=cfg.tokens, seq_len=cfg.seq_len)
+    live_base = baseline if isinstance(baseline, nn.Module) else None
+    report = EvalReport()
+    for m in (model, live_base):
+        if m is not None:
+            safe_default_kernel_(m)
+    choices: dict[str, KernelChoice] = {}
+    if cfg.speed:
+        reporter.report("evaluate", message="timing expert kernels")
+        for name, m in (("model", model), ("baseline", live_base)):
+            if m is not None:
+                choices[name] = choose_experts_kernel(m, sample_ids=windows[:SPEED_PREFILL_ROWS])
+                apply_kernel_(m, choices[name])
+                report.kernels[name] = choices[name].to_dict()
+    if cfg.perplexity:
+        report.quality = compare_quality(model, baseline, windows, batch_size=EVAL_BATCH,
+                                         reporter=reporter.span(0.0, 0.6))
+    if cfg.tasks:
+        report.tasks = run_tasks(model, live_base, tokenizer, cfg.tasks)
+    sample = windows[:EVAL_BATCH]
+    report.size = size_metrics(model, sample_ids=sample, checkpoint_dir=checkpoint_dir)
+    if live_base is not None:
+        report.baseline_size = size_metrics(live_base, sample_ids=sample, checkpoint_dir=baseline_checkpoint_dir)
+    elif isinstance(baseline, BaselineReference):
+        report.baseline_size = baseline.size
+    if cfg.speed:
+        report.speed = _speed(model, live_base, baseline, choices, windows, reporter.span(0.6, 1.0))
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _speed(model, live_base, baseline, choices: dict, windows: torch.Tensor, reporter: Reporter) -> SpeedStats:
+    """Speed in each model's chosen dtype (bf16 copies when the probe picked bf16 for an fp32 model)."""
+    def in_dtype(m, choice):
+        want = getattr(torch, choice.dtype)
+        if next(m.parameters()).dtype == want:
+            return m
+        c = copy.deepcopy(m).to(want)
+        apply_kernel_(c, choice)
+        return c
+
+    m = in_dtype(model, choices["model"])
+    b = in_dtype(live_base, choices["baseline"]) if live_base is not None else None
+    stats = measure_speed(m, b, prompt_ids=windows[:SPEED_PREFILL_ROWS], reporter=reporter)
+    stats.settings["interleaved"] = b is not None
+    stats.settings["kernels"] = {k: c.label for k, c in choices.items()}
+    ref_speed = getattr(baseline, "speed", None) if isinstance(baseline, BaselineReference) else None
+    if b is None and ref_speed is not None:
+        stats.baseline_prefill_tokens_per_s = ref_speed.prefill_tokens_per_s
+        stats.baseline_decode_tokens_per_s = ref_speed.decode_tokens_per_s
+        stats.prefill_speedup = stats.prefill_tokens_per_s / ref_speed.prefill_tokens_per_s
+        stats.decode_speedup = stats.decode_tokens_per_s / ref_speed.decode_tokens_per_s
+        stats.settings["kernels"]["baseline"] = ref_speed.settings.get("kernels", {}).get("model")
+    return stats
+
+
+# -- rendering -----------------------------------------------------------------------------------------------------
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.4f}" if abs(v) < 10 else f"{v:,.1f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.3f}x" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else "-"
+
+
+def report_rows(report: EvalReport) -> list[tuple[str, object, object, str]]:
+    """(metric, model, baseline, model / baseline) rows of the table."""
+    rows = []
+    q, s, bs, sp = report.quality, report.size, report.baseline_size, report.speed
+    if q:
+        rows += [("perplexity", q.perplexity, q.baseline_perplexity, _ratio(q.perplexity, q.baseline_perplexity)),
+                 ("top-1 agreement", q.agreement, 1.0 if q.agreement is not None else None, ""),
+                 ("KL to baseline (nats/token)" + ("" if q.kl_exact else ", top-k"), q.kl_to_baseline,
+                  0.0 if q.kl_to_baseline is not None else None, "")]
+    for name, res in report.tasks.items():
+        mr, br = res.get("model", {}), res.get("baseline", {})
+        rows.append((f"{name} accuracy", mr.get("accuracy"), br.get("accuracy"),
+                     _ratio(mr.get("accuracy"), br.get("accuracy"))))
+    if s:
+        for label, attr in (("params total", "params_total"), ("params active / token", "params_active"),
+                            ("checkpoint bytes", "checkpoint_bytes"),
+                            (f"peak memory bytes ({s.peak_memory_method})", "peak_memory_bytes")):
+            mine, base = getattr(s, attr), getattr(bs, attr, None)
+            rows.append((label, mine, base, _ratio(mine, base)))
+    if sp:
+        rows += [("prefill tokens/s", sp.prefill_tokens_per_s, sp.baseline_prefill_tokens_per_s,
+                  _ratio(sp.prefill_tokens_per_s, sp.baseline_prefill_tokens_per_s)),
+                 ("decode tokens/s", sp.decode_tokens_per_s, sp.baseline_decode_tokens_per_s,
+                  _ratio(sp.decode_tokens_per_s, sp.baseline_decode_tokens_per_s))]
+    return rows
+
+
+def render_table(report: EvalReport) -> str:
+    """A plain-text table: metric | model | baseline | ratio, then the kernels used."""
+    rows = [("metric", "model", "baseline", "model/baseline")]
+    rows += [(m, _fmt(a), _fmt(b), r) for m, a, b, r in report_rows(report)]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = []
+    for i, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    if report.speed:
+        st = report.speed.settings
+        kern = ", ".join(f"{k}: {v}" for k, v in st.get("kernels", {}).items())
+        lines.append(f"speed: prefill {st['prefill_batch']}x{st['prefill_len']}, decode {st['decode_batch']}x"
+                     f"{st['new_tokens']} tokens, {st['rounds']} rounds, {st['threads']} threads on {st['device']}"
+                     f"{', interleaved' if st.get('interleaved') else ', baseline measured earlier'}; kernels {kern}")
+    if report.quality:
+        lines.append(f"quality over {report.quality.tokens:,} held-out tokens; evaluation took {report.seconds:.1f} s")
+    return "\n".join(lines)

@@ -1,0 +1,325 @@
+"""The whole job: load, then per stage score -> slim -> distil -> evaluate, then a final evaluation and the export.
+
+    result = run_recipe(Recipe.load("recipe.yaml"), "out/run1", on_progress=print)
+    result.metrics["perplexity"], result.checkpoint_dir      # out/run1/checkpoint (HF folder + README.md)
+
+Stage i of N slims to the cumulative target of `distill.schedule.plan_stages` (geometric steps toward the recipe's
+slimming; one stage is one-shot), rescoring the current model first (scores are cached on disk by weights, data and
+settings), then distils for its share of `distill.steps` from the teacher (the original model, or the previous
+stage's student) and evaluates against the original. The model is trained in float32; the export casts it back to
+the source checkpoint's dtype, and the final evaluation runs on exactly those rounded weights.
+
+Files: `out_dir/checkpoint/` (safetensors + config + tokenizer + README.md model card with the recipe and metrics),
+`out_dir/recipe.yaml`, `out_dir/metrics.json`. Everything is written under `out_dir/.partial/` first and moved into
+place at the end; on `Cancelled` (or any error) the partial folder is removed, and so is `out_dir` if this run
+created it and it is empty, before the exception propagates.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from transformers.utils import logging as hf_logging
+
+from compressor.data import calibration_batches, eval_windows
+from compressor.distill import TeacherCache, distill_, plan_stages, split_steps
+from compressor.distill.schedule import StageTarget
+from compressor.evaluate import (BaselineReference, apply_kernel_, baseline_reference, choose_experts_kernel,
+                                 evaluate, measure_speed, safe_default_kernel_, size_metrics)
+from compressor.evaluate.card import pipeline_card
+from compressor.evaluate.tasks import check_tasks
+from compressor.families import resolve_adapter
+from compressor.importance import AnalyzeConfig, load_or_analyze
+from compressor.progress import CancelFn, ProgressFn, Reporter
+from compressor.recipe import EvaluateConfig, Recipe, SlimmingConfig
+from compressor.slimming.apply import apply_slimming_
+from compressor.slimming.export import model_card, save_checkpoint, verify_reload
+from compressor.slimming.report import LayerDropReport
+from compressor.sources import load_model
+
+PARTIAL = ".partial"
+OUTPUTS = ("checkpoint", "recipe.yaml", "metrics.json")
+LOAD_SPAN, STAGES_END = 0.04, 0.88
+
+
+@dataclass
+class PipelineResult:
+    metrics: dict                      # headline figures at the top level, plus timings and the full evaluation
+    stages: list[dict]                 # one dict per stage (stage, target, params, quality, distil loss, seconds)
+    checkpoint_dir: Path
+    timings: dict = field(default_factory=dict)   # wall seconds per phase
+
+
+@contextmanager
+def _no_hf_bars():
+    """transformers draws its own progress bars when loading and saving; the library never prints, so hide them."""
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+class _Timings(dict):
+    @contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[phase] = self.get(phase, 0.0) + time.perf_counter() - t0
+
+
+def run_recipe(recipe: Recipe, out_dir: str | Path, *, on_progress: ProgressFn | None = None,
+               should_cancel: CancelFn | None = None) -> PipelineResult:
+    """Run `recipe` and write its outputs into `out_dir` (see the module docstring). Raises `Cancelled` when
+    `should_cancel()` turns True, leaving no partial files; outputs of an earlier run in `out_dir` are replaced
+    only when this run succeeds."""
+    out_dir = Path(out_dir)
+    check_tasks(recipe.evaluate.tasks)
+    created = not out_dir.exists()
+    staging = out_dir / PARTIAL
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        with _no_hf_bars():
+            result = _run(recipe, staging, Reporter(on_progress, should_cancel), on_progress, should_cancel)
+        for name in OUTPUTS:                                   # move into place only once everything succeeded
+            target = out_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(staging / name, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    result.checkpoint_dir = out_dir / "checkpoint"
+    return result
+
+
+@dataclass
+class _Job:
+    """What every stage of one run shares."""
+
+    recipe: Recipe
+    model: torch.nn.Module
+    tokenizer: object
+    calib: list[dict]
+    windows: torch.Tensor
+    baseline: torch.nn.Module | BaselineReference
+    original_layers: int
+    layer_map: list[int]                     # original index of every current decoder layer
+    timings: _Timings
+    on_progress: ProgressFn | None
+    should_cancel: CancelFn | None
+
+
+def _run(recipe: Recipe, staging: Path, reporter: Reporter, on_progress, should_cancel) -> PipelineResult:
+    t, d = _Timings(), recipe.distill
+    torch.manual_seed(recipe.seed)
+    with t("load"):
+        reporter.report("load", message=f"loading {recipe.model}")
+        loaded = load_model(recipe.model, dtype=torch.float32)
+        model, tokenizer = loaded.model, loaded.tokenizer
+        if tokenizer is None:
+            raise ValueError(f"{recipe.model} ships no tokenizer files; the pipeline needs one for calibration, "
+                             "distillation and evaluation data")
+        source_dtype = _source_dtype(loaded.local_dir)
+        adapter = resolve_adapter(model)
+        safe_default_kernel_(model)
+    with t("data"):
+        calib, distil_batches, windows = _data(recipe, tokenizer)
+    cached = d.cache_teacher_topk > 0 and d.steps > 0
+    with t("baseline"):
+        reporter.span(0, LOAD_SPAN).report("load", message="preparing the baseline")
+        baseline = (_reference(model, windows, loaded.local_dir, recipe.evaluate) if cached
+                    else copy.deepcopy(model).requires_grad_(False).eval())
+    teacher = baseline if d.teacher == "original" and not cached else None
+    if cached and d.teacher == "original":
+        with t("teacher_cache"):
+            teacher = TeacherCache.build(model, distil_batches, directory=staging / "teacher-cache",
+                                         k=d.cache_teacher_topk, temperature=d.temperature,
+                                         reporter=reporter.span(0, LOAD_SPAN))
+    layers = len(adapter.decoder_layers(model))
+    job = _Job(recipe, model, tokenizer, calib, windows, baseline, layers, list(range(layers)), t, on_progress,
+               should_cancel)
+    blk = adapter.moe_blocks(model)[0]
+    plan = plan_stages(recipe.slimming, stages=recipe.stages, num_experts=blk.num_experts,
+                       width=blk.intermediate_size, expert_multiple=adapter.num_groups(model.config))
+    steps = split_steps(total=d.steps, stages=recipe.stages)
+    stages, done, span = [], 0, (STAGES_END - LOAD_SPAN) / recipe.stages
+    for i, target in enumerate(plan):
+        sub = reporter.span(LOAD_SPAN + i * span, LOAD_SPAN + (i + 1) * span)
+        batches = distil_batches[done:done + steps[i] * d.grad_accum]
+        if d.teacher == "previous_stage" and batches:
+            teacher = None                                      # free the last stage's teacher first
+            with t("teacher_cache" if cached else "teacher_copy"):
+                teacher = (TeacherCache.build(model, batches, directory=staging / "teacher-cache",
+                                              k=d.cache_teacher_topk, temperature=d.temperature,
+                                              reporter=sub.span(0, 0.05)) if cached
+                           else copy.deepcopy(model).requires_grad_(False).eval())
+            stage_teacher = teacher
+        else:
+            stage_teacher = teacher.slice(done, done + len(batches)) if cached else teacher
+        stages.append(_stage(job, i, target, batches, stage_teacher, sub, loaded.fingerprint if i == 0 else None))
+        done += len(batches)
+    teacher = stage_teacher = None
+    fin = reporter.span(STAGES_END, 1.0)
+    with t("export"):
+        fin.report("export", message="saving the checkpoint")
+        ckpt = staging / "checkpoint"
+        _save(model, tokenizer, ckpt, source_dtype, windows)
+    with t("final_evaluate"):
+        final = evaluate(model, baseline, tokenizer, recipe.evaluate, windows=windows, checkpoint_dir=ckpt,
+                         baseline_checkpoint_dir=loaded.local_dir, reporter=fin.span(0.1, 1.0))
+    timings = {**t, "total": sum(t.values())}
+    metrics = {**final.headline(), "timings": timings, "evaluation": final.to_dict(),
+               "source": {"model": recipe.model, "fingerprint": loaded.fingerprint,
+                          "dtype": str(source_dtype).removeprefix("torch.")}}
+    (ckpt / "README.md").write_text(model_card(model, pipeline_card(recipe, metrics, stages)))
+    (staging / "recipe.yaml").write_text(recipe.to_yaml())
+    (staging / "metrics.json").write_text(json.dumps({**metrics, "stages": stages}, indent=2, default=str))
+    shutil.rmtree(staging / "teacher-cache", ignore_errors=True)
+    fin.report("done", step=1, total=1, message="finished")
+    return PipelineResult(metrics=metrics, stages=stages, checkpoint_dir=ckpt, timings=timings)
+
+
+def _stage(job: _Job, i: int, target: StageTarget, batches: list[dict], teacher, reporter: Reporter,
+           weights_fp: str | None) -> dict:
+    """One stage: score, slim to `target`, distil on `batches`, evaluate. Updates `job.layer_map` in place."""
+    recipe, model, t = job.recipe, job.model, job.timings
+    before = dict(t)
+    cfg = _stage_slimming(recipe.slimming, target, model, dropped=job.original_layers - len(job.layer_map))
+    row: dict = {"stage": f"stage {i + 1}/{recipe.stages}", "index": i + 1, "target": target.to_dict()}
+    if not cfg.is_identity:
+        with t("calibrate"):
+            want, taylor = _analysis_needs(cfg)
+            importance = load_or_analyze(model, job.calib, config=AnalyzeConfig(want=want, taylor=taylor),
+                                         weights_fp=weights_fp, should_cancel=job.should_cancel,
+                                         on_progress=_mapped(job.on_progress, reporter.span(0, .15)))
+            row["scores_cache_hit"] = bool(importance.meta.get("cache", {}).get("hit"))
+        with t("slim"):
+            res = apply_slimming_(model, importance, cfg, batches=job.calib, reporter=reporter.span(.15, .2))
+            for rep in res.reports:
+                if isinstance(rep, LayerDropReport):
+                    job.layer_map[:] = [job.layer_map[k] for k in rep.kept]
+            safe_default_kernel_(model)
+            row["slimming"] = res.to_dict()
+    if batches:
+        with t("distill"):
+            dr = distill_(model, teacher=teacher, batches=batches, config=recipe.distill,
+                          steps=len(batches) // recipe.distill.grad_accum, reporter=reporter.span(.2, .9),
+                          layer_map=job.layer_map, seed=recipe.seed + i)
+            row["distill"] = dr.to_dict()
+    with t("stage_evaluate"):
+        light = EvaluateConfig(perplexity=True, speed=False, tokens=recipe.evaluate.tokens,
+                               seq_len=recipe.evaluate.seq_len)
+        ev = evaluate(model, job.baseline, job.tokenizer, light, windows=job.windows, reporter=reporter.span(.9, 1.0))
+        row.update({k: v for k, v in ev.headline().items() if not k.startswith("peak")})
+    row["seconds"] = {k: v - before.get(k, 0.0) for k, v in t.items() if v - before.get(k, 0.0) > 0}
+    return row
+
+
+def _stage_slimming(final: SlimmingConfig, target: StageTarget, model, *, dropped: int) -> SlimmingConfig:
+    """The recipe's slimming restated relative to the current model (which has lost `dropped` layers so far), so
+    that applying it reaches `target`: keep ratio = target width / current width, and so on."""
+    blk = resolve_adapter(model).moe_blocks(model)[0]
+    width, experts = blk.intermediate_size, blk.num_experts
+    return SlimmingConfig(
+        expert_keep_ratio=target.width / width if target.width is not None and target.width < width else 1.0,
+        neuron_score=final.neuron_score,
+        experts_keep=target.experts if target.experts is not None and target.experts < experts else None,
+        expert_score=final.expert_score,
+        layers_drop=max(0, target.layers_dropped - dropped),
+        sparsity=target.sparsity, sparsity_allocation=final.sparsity_allocation)
+
+
+def _analysis_needs(cfg: SlimmingConfig) -> tuple[tuple[str, ...], bool]:
+    """(what to score, whether a Taylor pass is needed) for one stage's cuts. Wanda norms are scored only when
+    nothing structural is cut in the same stage; otherwise `apply_slimming_` recollects them on the cut model."""
+    want = []
+    if cfg.expert_keep_ratio < 1.0:
+        want.append("neurons")
+    if cfg.experts_keep is not None:
+        want.append("experts")
+    if cfg.layers_drop:
+        want.append("layers")
+    if cfg.sparsity > 0 and not want:
+        want.append("wanda")
+    taylor = (cfg.expert_keep_ratio < 1.0 and cfg.neuron_score == "taylor") or \
+        (cfg.experts_keep is not None and cfg.expert_score == "taylor")
+    if taylor and "neurons" not in want and "experts" not in want:
+        taylor = False
+    return tuple(want), taylor
+
+
+def _mapped(on_progress: ProgressFn | None, sub: Reporter) -> ProgressFn | None:
+    """A callback that maps a sub-operation's own 0..1 fraction onto `sub`'s share of the whole job."""
+    if on_progress is None:
+        return None
+    return lambda ev: on_progress(replace(ev, fraction=sub.lo + (sub.hi - sub.lo) * ev.fraction))
+
+
+def _data(recipe: Recipe, tokenizer):
+    c, d, e = recipe.calibration, recipe.distill, recipe.evaluate
+    calib = calibration_batches(tokenizer, tokens=c.tokens, seq_len=c.seq_len, batch_size=c.batch_size,
+                                seed=recipe.seed)
+    distil = []
+    if d.steps:
+        n = d.steps * d.grad_accum * d.batch_size
+        distil = calibration_batches(tokenizer, tokens=n * d.seq_len, seq_len=d.seq_len, batch_size=d.batch_size,
+                                     seed=recipe.seed + 1)
+        distil = [{"input_ids": b["input_ids"]} for b in distil]
+    windows = eval_windows(tokenizer, tokens=e.tokens, seq_len=e.seq_len)
+    return calib, distil, windows
+
+
+def _reference(model, windows: torch.Tensor, local_dir: Path, cfg: EvaluateConfig) -> BaselineReference:
+    """Everything evaluation needs from the original, measured before it is slimmed in place."""
+    ref = baseline_reference(model, windows, batch_size=8)
+    ref.size = size_metrics(model, sample_ids=windows[:8], checkpoint_dir=local_dir)
+    if cfg.speed:
+        choice = choose_experts_kernel(model, sample_ids=windows[:2], allow_bf16=False)
+        apply_kernel_(model, choice)
+        ref.speed = measure_speed(model, prompt_ids=windows[:2])
+        ref.speed.settings["kernels"] = {"model": choice.label}
+    return ref
+
+
+def _source_dtype(local_dir: Path) -> torch.dtype:
+    try:
+        cfg = json.loads((Path(local_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return torch.float32
+    name = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
+    dtype = getattr(torch, str(name), None)
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
+
+
+def _save(model, tokenizer, ckpt: Path, dtype: torch.dtype, windows: torch.Tensor) -> None:
+    """Save in the source dtype; the in-memory model keeps float32 copies of exactly the saved values.
+
+    Non-persistent buffers (rotary inv_freq) are not saved, a reload recomputes them in float32, so they are put
+    back unrounded after the round trip."""
+    work = next(model.parameters()).dtype
+    transient = [(mod, name, buf.detach().clone()) for mod in model.modules()
+                 for name, buf in mod.named_buffers(recurse=False) if name in mod._non_persistent_buffers_set]
+    model.to(dtype)
+    try:
+        save_checkpoint(model, tokenizer, ckpt, overwrite=True)
+    finally:
+        model.to(work)
+        for mod, name, buf in transient:
+            setattr(mod, name, buf)
+    verify_reload(ckpt, model, windows[:1, :32], experts_implementation="eager", atol=1e-4)

@@ -1,0 +1,74 @@
+"""Recipes: YAML / JSON round trips, messages naming the bad field, and the `recipe` command."""
+import json
+
+import pytest
+
+from compressor.cli import main
+from compressor.commands.recipe import example_recipe
+from compressor.recipe import DistillConfig, Recipe, RecipeError
+
+SPEC_YAML = """
+model: demo
+calibration: {tokens: 32768, seq_len: 256}
+slimming:
+  expert_keep_ratio: 0.5
+  neuron_score: taylor
+  experts_keep: null
+  expert_score: reap
+  layers_drop: 0
+  sparsity: 0.0
+  sparsity_allocation: dlp
+stages: 3
+distill: {steps: 300, lr: 3.0e-4, temperature: 2.0, loss: forward_kl, ce_weight: 0.0, on_policy: 0.0}
+evaluate: {perplexity: true, speed: true, tasks: []}
+seed: 0
+"""
+
+
+def test_the_issue_yaml_parses_and_round_trips():
+    recipe = Recipe.from_yaml(SPEC_YAML)
+    assert recipe.slimming.expert_keep_ratio == 0.5 and recipe.stages == 3 and recipe.distill.steps == 300
+    assert Recipe.from_yaml(recipe.to_yaml()) == recipe
+    assert Recipe.parse(json.loads(json.dumps(recipe.to_dict()))) == recipe
+    assert Recipe.from_yaml(json.dumps(recipe.to_dict())) == recipe          # JSON is YAML
+    assert recipe == example_recipe()
+
+
+@pytest.mark.parametrize("text, names", [
+    ("slimming: {expert_keep_ratio: 1.5}", ["slimming.expert_keep_ratio"]),
+    ("slimming: {expert_keep_ratio: 0.5, neuron_scor: taylor}", ["slimming.neuron_scor", "unknown field"]),
+    ("distill: {loss: cross_entropy}", ["distill.loss", "forward_kl"]),
+    ("stages: 0", ["stages"]),
+    ("calibration: {tokens: 100, seq_len: 256}", ["calibration", "seq_len"]),
+    ("distill: {cache_teacher_topk: 16, on_policy: 0.5}", ["distill", "cache_teacher_topk", "on_policy"]),
+    ("version: 7", ["version 7"]),
+    ("- just a list", ["mapping"]),
+])
+def test_bad_fields_are_named(text, names):
+    with pytest.raises(RecipeError) as info:
+        Recipe.from_yaml(text)
+    for name in names:
+        assert name in str(info.value)
+
+
+def test_distill_cache_rule_on_the_config_itself():
+    with pytest.raises(ValueError, match="hidden_mse_weight"):
+        DistillConfig(cache_teacher_topk=8, hidden_mse_weight=1.0)
+    assert DistillConfig(cache_teacher_topk=8).cache_teacher_topk == 8
+
+
+def test_recipe_command_example_and_validate(tmp_path, capsys):
+    assert main(["recipe", "--example"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("# MoE Compression Studio recipe") and Recipe.from_yaml(text) == example_recipe()
+    good = tmp_path / "r.yaml"
+    good.write_text(text)
+    assert main(["recipe", "validate", str(good)]) == 0
+    captured = capsys.readouterr()
+    assert Recipe.from_yaml(captured.out) == example_recipe() and "valid recipe" in captured.err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("slimming: {experts_keep: 0}\n")
+    assert main(["recipe", "validate", str(bad)]) == 1
+    assert "slimming.experts_keep" in capsys.readouterr().err
+    assert main(["recipe", "validate", str(tmp_path / "missing.yaml")]) == 1
+    assert "not found" in capsys.readouterr().err
