@@ -29,14 +29,16 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from compressor.widths import align_width
+
 DTYPE_BYTES = {"float32": 4, "float": 4, "float64": 8, "bfloat16": 2, "float16": 2, "half": 2, "int8": 1,
                "uint8": 1, "float8_e4m3fn": 1, "float8_e5m2": 1}
 
 
 def kept_width(width: int, keep_ratio: float) -> int:
-    """I' = round(keep_ratio * I), at least 1: the rule of `NeuronSlimConfig.target_width` and of the pipeline's
-    final stage (kept here so the estimate imports no torch; a test checks the two agree)."""
-    return max(1, min(width, int(math.floor(keep_ratio * width + 0.5))))
+    """I' = align_width(round(keep_ratio * I)), at least 1: the rule of `NeuronSlimConfig.target_width` followed by
+    `FamilyAdapter.valid_expert_width` (kept torch-free here; a test checks the two agree)."""
+    return align_width(max(1, min(width, int(math.floor(keep_ratio * width + 0.5)))))
 
 
 def bytes_per_param(dtype: str) -> float:

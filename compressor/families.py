@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from compressor.widths import WIDTH_ALIGN
+
 
 class UnsupportedModelError(ValueError):
     """The model is not a mixture-of-experts causal LM of a supported family."""
@@ -264,17 +266,21 @@ class FamilyAdapter:
         return int(getattr(config, self.spec.group_field, 1) or 1) if self.spec.group_field else 1
 
     def valid_expert_width(self, config, width: int) -> int:
-        """Largest width <= `width` this family's config can express with the shared expert left intact.
+        """Largest width <= `width` that the config can express and every expert kernel can run.
 
-        DeepSeek sizes its shared MLP as width * n_shared_experts, so the new width must divide the shared width."""
+        Rules: widths of 8 or more are multiples of `WIDTH_ALIGN` (8): torch's grouped_mm, transformers' default
+        expert kernel, needs 16-byte-aligned rows, and a bf16 down_proj row is 2 * width bytes, so an unaligned
+        width gives a checkpoint that crashes on its first forward in stock transformers. DeepSeek sizes its shared
+        MLP as width * n_shared_experts, so there the width must also divide the shared width."""
         if width < 1:
             raise ValueError("expert width must be at least 1")
-        if not self.spec.shared_multiplier_field:
-            return width
-        shared = self.shared_width(config)
+        shared = self.shared_width(config) if self.spec.shared_multiplier_field else 0
         for w in range(width, 0, -1):
-            if shared % w == 0:
-                return w
+            if w >= WIDTH_ALIGN and w % WIDTH_ALIGN:
+                continue
+            if shared and shared % w:
+                continue
+            return w
         return 1
 
     def set_expert_width_(self, config, width: int) -> None:

@@ -67,10 +67,15 @@ def test_refused_settings_say_why(bad, words):
 
 
 def test_kept_width_is_the_slimming_rule():
+    from compressor.families import resolve_adapter
     from compressor.slimming.config import NeuronSlimConfig
+    from compressor.testing import tiny_config
+    adapter, config = resolve_adapter(tiny_config("qwen3_moe")), tiny_config("qwen3_moe")
     for width in (1, 7, 16, 384, 1024):
         for r in (0.01, 0.05, 0.25, 0.3, 0.5, 0.63, 0.794, 0.999, 1.0):
-            assert kept_width(width, r) == NeuronSlimConfig(keep_ratio=r).target_width(width), (width, r)
+            rule = adapter.valid_expert_width(config, NeuronSlimConfig(keep_ratio=r).target_width(width))
+            assert kept_width(width, r) == rule, (width, r)
+    assert kept_width(384, 0.4) == 152          # round(153.6) = 154 -> aligned down to a multiple of 8
 
 
 def test_dtype_bytes():

@@ -101,3 +101,10 @@ def test_dense_model_refused_with_a_clear_message():
                          num_attention_heads=2, num_key_value_heads=1)
     with pytest.raises(UnsupportedModelError, match="'llama' is a dense model.*Supported MoE families"):
         resolve_adapter(cfg)
+
+
+def test_widths_stay_aligned_for_grouped_mm():
+    """A bf16 down_proj row of 154 neurons is 308 bytes, not 16-byte aligned: grouped_mm would crash on it."""
+    cfg = tiny_moe("qwen3_moe").config
+    a = resolve_adapter(cfg)
+    assert [a.valid_expert_width(cfg, w) for w in (154, 152, 9, 8, 7, 1)] == [152, 152, 8, 8, 7, 1]

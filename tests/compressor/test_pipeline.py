@@ -133,9 +133,10 @@ def test_cancel_leaves_no_partial_files(env, model_dir, tmp_path):
     assert [p.name for p in keep.iterdir()] == ["notes.txt"]
 
 
-def test_layer_drop_with_hidden_state_loss(env, model_dir, tmp_path):
+def test_layer_drop_with_hidden_state_loss_from_the_previous_stage(env, model_dir, tmp_path):
     recipe = tiny_recipe(model_dir, stages=1, slimming={"expert_keep_ratio": 1.0, "layers_drop": 1},
-                         distill={"steps": 2, "hidden_mse_weight": 0.5, "loss": "reverse_kl", "ce_weight": 0.5},
+                         distill={"steps": 2, "hidden_mse_weight": 0.5, "loss": "reverse_kl", "ce_weight": 0.5,
+                                  "teacher": "previous_stage"},
                          evaluate={"speed": False})
     result = run_recipe(recipe, tmp_path / "run")
     dropped = result.stages[0]["slimming"]["operations"][0]
