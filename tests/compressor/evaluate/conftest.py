@@ -2,15 +2,6 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two threads on a shared 2-core runner can be 10-50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def char_tokenizer():
     """One token per printable ASCII character (ids 3..97) plus pad/bos/eos: fits the tiny models' vocab of 128."""
