@@ -85,12 +85,12 @@ def test_finished_run_has_metrics_in_the_table(finished_run, studio):
 
 
 def test_a_failing_run_shows_its_error(studio):
-    """2000 distillation steps of 8 x 256 tokens need more text than the shipped corpus has: the pipeline refuses,
-    and Runs shows the run as failed with the pipeline's message."""
+    """Two million evaluation tokens need more held-out text than the shipped corpus has (~0.3 M tokens): the
+    pipeline refuses when it builds the evaluation windows, and Runs shows the run as failed with that message."""
     c = studio.client()
     open_demo(c)
-    status = c.predict("too long", *compress_args(keep_ratio=0.5, steps=2000, stages=1, calib_tokens=512,
-                                                  calib_seq=64, eval_tokens=512), api_name="/enqueue")
+    status = c.predict("too long", *compress_args(keep_ratio=0.5, steps=0, stages=1, calib_tokens=512,
+                                                  calib_seq=64, eval_tokens=2_000_000), api_name="/enqueue")
     run_id = int(re.search(r"Run #(\d+) queued", status).group(1))
     row = wait_run(c, run_id, timeout=120)
     assert "failed" in row["status"]
