@@ -39,7 +39,7 @@ from compressor.families import resolve_adapter
 from compressor.importance import AnalyzeConfig, load_or_analyze
 from compressor.progress import CancelFn, ProgressFn, Reporter
 from compressor.recipe import EvaluateConfig, Recipe, SlimmingConfig
-from compressor.slimming.apply import apply_slimming_
+from compressor.slimming.apply import analysis_needs, apply_slimming_
 from compressor.slimming.export import model_card, save_checkpoint, verify_reload
 from compressor.slimming.report import LayerDropReport
 from compressor.sources import load_model
@@ -204,7 +204,7 @@ def _stage(job: _Job, i: int, target: StageTarget, batches: list[dict], teacher,
     row: dict = {"stage": f"stage {i + 1}/{recipe.stages}", "index": i + 1, "target": target.to_dict()}
     if not cfg.is_identity:
         with t("calibrate"):
-            want, taylor = _analysis_needs(cfg)
+            want, taylor = analysis_needs(cfg)
             importance = load_or_analyze(model, job.calib, config=AnalyzeConfig(want=want, taylor=taylor),
                                          weights_fp=weights_fp, should_cancel=job.should_cancel,
                                          on_progress=_mapped(job.on_progress, reporter.span(0, .15)))
@@ -243,25 +243,6 @@ def _stage_slimming(final: SlimmingConfig, target: StageTarget, model, *, droppe
         expert_score=final.expert_score,
         layers_drop=max(0, target.layers_dropped - dropped),
         sparsity=target.sparsity, sparsity_allocation=final.sparsity_allocation)
-
-
-def _analysis_needs(cfg: SlimmingConfig) -> tuple[tuple[str, ...], bool]:
-    """(what to score, whether a Taylor pass is needed) for one stage's cuts. Wanda norms are scored only when
-    nothing structural is cut in the same stage; otherwise `apply_slimming_` recollects them on the cut model."""
-    want = []
-    if cfg.expert_keep_ratio < 1.0:
-        want.append("neurons")
-    if cfg.experts_keep is not None:
-        want.append("experts")
-    if cfg.layers_drop:
-        want.append("layers")
-    if cfg.sparsity > 0 and not want:
-        want.append("wanda")
-    taylor = (cfg.expert_keep_ratio < 1.0 and cfg.neuron_score == "taylor") or \
-        (cfg.experts_keep is not None and cfg.expert_score == "taylor")
-    if taylor and "neurons" not in want and "experts" not in want:
-        taylor = False
-    return tuple(want), taylor
 
 
 def _mapped(on_progress: ProgressFn | None, sub: Reporter) -> ProgressFn | None:

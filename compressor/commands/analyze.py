@@ -46,9 +46,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from compressor.data import calibration_batches, text_from_file
     from compressor.importance import AnalyzeConfig, load_or_analyze
-    from compressor.commands.model_args import model_safety_kwargs
+    from compressor.commands.model_args import calibration_from_args, model_safety_kwargs
     from compressor.sources import load_model
 
     if args.threads is not None:
@@ -57,12 +56,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cal = CalibrationConfig(tokens=args.tokens, seq_len=args.seq_len, batch_size=args.batch_size)
     loaded = load_model(args.model, dtype=args.dtype, **model_safety_kwargs(args))
-    if loaded.tokenizer is None:
-        raise ValueError(f"{args.model}: the model folder has no tokenizer files, so calibration text cannot be "
-                         "tokenised; add tokenizer.json (or tokenizer_config.json + vocab) to the folder")
-    text = text_from_file(args.text) if args.text else None
-    batches = calibration_batches(loaded.tokenizer, tokens=cal.tokens, seq_len=cal.seq_len,
-                                  batch_size=cal.batch_size, seed=args.seed, text=text)
+    batches = calibration_from_args(loaded, args, cal)
     config = AnalyzeConfig(taylor=args.taylor)
     with tqdm(total=len(batches), desc="calibrate", unit="batch", file=sys.stderr) as bar:
         def on_progress(event):

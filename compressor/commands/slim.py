@@ -70,26 +70,16 @@ def _slimming_config(args) -> SlimmingConfig:
 
 def _analyze_config(cfg: SlimmingConfig):
     from compressor.importance import AnalyzeConfig
-    want = set()
-    if cfg.expert_keep_ratio < 1.0:
-        want.add("neurons")
-    if cfg.experts_keep is not None:
-        want.add("experts")
-    if cfg.layers_drop:
-        want.add("layers")
-    structural = cfg.expert_keep_ratio < 1.0 or cfg.experts_keep is not None or cfg.layers_drop > 0
-    if cfg.sparsity > 0 and not structural:
-        want.add("wanda")                         # after structural cuts the norms are recollected on the new model
-    taylor = ("neurons" in want and cfg.neuron_score == "taylor") or ("experts" in want and cfg.expert_score == "taylor")
-    return AnalyzeConfig(want=tuple(sorted(want)), taylor=taylor) if want else None
+    from compressor.slimming.apply import analysis_needs
+    want, taylor = analysis_needs(cfg)
+    return AnalyzeConfig(want=want, taylor=taylor) if want else None
 
 
 def run(args: argparse.Namespace) -> int:
-    from compressor.data import calibration_batches, text_from_file
     from compressor.importance import load_or_analyze
     from compressor.slimming.apply import apply_slimming_
     from compressor.slimming.export import save_checkpoint, verify_reload
-    from compressor.commands.model_args import model_safety_kwargs
+    from compressor.commands.model_args import calibration_from_args, model_safety_kwargs
     from compressor.sources import load_model
 
     t0 = time.perf_counter()
@@ -104,12 +94,7 @@ def run(args: argparse.Namespace) -> int:
     analyze_cfg = _analyze_config(cfg)
     batches, importance, scores_meta = None, None, {}
     if analyze_cfg is not None:
-        if loaded.tokenizer is None:
-            raise ValueError(f"{args.model}: the model folder has no tokenizer files, so calibration text cannot be "
-                             "tokenised; add tokenizer.json to the folder")
-        text = text_from_file(args.text) if args.text else None
-        batches = calibration_batches(loaded.tokenizer, tokens=cal.tokens, seq_len=cal.seq_len,
-                                      batch_size=cal.batch_size, seed=args.seed, text=text)
+        batches = calibration_from_args(loaded, args, cal)
         importance = load_or_analyze(model, batches, config=analyze_cfg, weights_fp=loaded.fingerprint,
                                      cache_dir=args.cache_dir, use_cache=args.cache, on_progress=_progress_line)
         scores_meta = {"analyze": analyze_cfg.to_dict(), "cache": importance.meta.get("cache"),

@@ -104,3 +104,26 @@ def apply_slimming_(model: nn.Module, importance, cfg: SlimmingConfig, *, batche
                                                                allocation=cfg.sparsity_allocation), reporter=reporter))
     return SlimmingResult(params_before=before, params_after=count_params(model), seconds=time.perf_counter() - t0,
                           reports=reports, scores_used=used)
+
+
+def analysis_needs(cfg: SlimmingConfig) -> tuple[tuple[str, ...], bool]:
+    """What `apply_slimming_(model, report, cfg)` needs scored: (score kinds, whether a Taylor pass is needed).
+
+    neurons if expert_keep_ratio < 1; experts if experts_keep is set; layers if layers_drop > 0; Wanda input norms
+    only when nothing structural is cut (otherwise `apply_slimming_` recollects them on the cut model). Taylor only
+    when the chosen neuron or expert score is "taylor" and that cut is made.
+
+        analysis_needs(SlimmingConfig(expert_keep_ratio=0.5)) == (("neurons",), True)
+    """
+    want = []
+    if cfg.expert_keep_ratio < 1.0:
+        want.append("neurons")
+    if cfg.experts_keep is not None:
+        want.append("experts")
+    if cfg.layers_drop:
+        want.append("layers")
+    if cfg.sparsity > 0 and not want:
+        want.append("wanda")
+    taylor = ("neurons" in want and cfg.neuron_score == "taylor") or \
+        ("experts" in want and cfg.expert_score == "taylor")
+    return tuple(want), taylor
