@@ -8,12 +8,19 @@ held-out windows, because those depend only on the recipe's data settings and se
     (b) drop 4 of 8 experts per layer by REAP                        experts_keep=4, expert_score=reap
     (c) one-shot neuron slimming to half the expert width (Taylor)   expert_keep_ratio=0.5, stages=1, no distillation
     (d) (c) + distillation from the original                         stages=1, distill.steps=S
-    (e) multi-stage: 3 stages (widths 304, 240, 192) + distillation  stages=3, distill.steps=S (S/3 per stage)
+    (e) multi-stage: 3 stages (widths 304, 240, 192) + distillation  stages=3, distill.steps=S (the recipe default
+        split: 10% / 10% / 80%, i.e. 15, 15, 120 of 150)
+    (e') (e) with the steps split evenly over the stages (recipe version 1: 50, 50, 50)
+    deeper cut, keep 0.25 (width 96): (c25) one-shot, (d25) one-shot + S steps, (e25) 3 stages (240, 152, 96) + S steps
     Wanda unstructured sparsity 50/60/70% with uniform, OWL and DLP allocation (no distillation)
+
+(d), (e), (d25) and (e25) run once per seed of `--seeds` (the seed moves the calibration and distillation data and
+the data order); the table gives every seed and the mean, because (d) and (e) differ by less than the spread
+between seeds at keep 0.5.
 
 Target (issue 3): (e) within 10% of the original perplexity and better than every baseline (a)-(d).
 
-    OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python -m bench.quality            # about 20-25 min on 2 cores
+    OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python -m bench.quality            # about 35 min on 2 quiet cores
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python -m bench.quality --quick    # smoke run, about 3 min
 """
 from __future__ import annotations
@@ -23,6 +30,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 from bench.common import (fmt, log, parse_args, setup_threads, start, table,
                           write_result)
@@ -35,21 +43,38 @@ ALLOCATIONS = ("uniform", "owl", "dlp")
 def _extra(p):
     p.add_argument("--steps", type=int, default=None,
                    help="total distillation steps of rows (d) and (e) (default 150; 6 with --quick)")
-    p.add_argument("--rows", default=None, help="comma-separated row keys to run (a,b,c,d,e,w); default all")
-    p.add_argument("--seed", type=int, default=0, help="recipe seed: calibration and distillation data, init")
+    p.add_argument("--rows", default=None,
+                   help="comma-separated row keys to run (a,b,c,d,e,v,c25,d25,e25,w); default all")
+    p.add_argument("--seeds", default="0,1,2",
+                   help="recipe seeds for rows d, e, d25, e25 (comma-separated; the first also serves the other rows)")
+
+
+SEEDED = ("d", "e", "d25", "e25")
 
 
 def rows(steps: int, quick: bool) -> list[tuple[str, str, dict]]:
     """(key, label, recipe overrides) of every row, in table order."""
+    from compressor.distill import split_steps
+    from compressor.recipe import DistillConfig
     half = {"expert_keep_ratio": 0.5, "neuron_score": "taylor"}
+    quarter = {"expert_keep_ratio": 0.25, "neuron_score": "taylor"}
+    split = "/".join(map(str, split_steps(total=steps, stages=3, final_share=DistillConfig().final_stage_share)))
+    even = "/".join(map(str, split_steps(total=steps, stages=3, final_share=None)))
     out = [
         ("a", "(a) drop 4/8 experts by frequency", {"slimming": {"experts_keep": 4, "expert_score": "frequency"}}),
         ("b", "(b) drop 4/8 experts by REAP", {"slimming": {"experts_keep": 4, "expert_score": "reap"}}),
         ("c", "(c) one-shot neuron slimming (keep 0.5), no distillation", {"slimming": half}),
         ("d", f"(d) one-shot slimming + distillation ({steps} steps)",
          {"slimming": half, "distill": {"steps": steps}}),
-        ("e", f"(e) 3-stage slimming + distillation ({steps} steps in all)",
+        ("e", f"(e) 3-stage slimming + distillation ({split} steps)",
          {"slimming": half, "stages": 3, "distill": {"steps": steps}}),
+        ("v", f"(e') 3 stages, steps split evenly ({even}; recipe version 1)",
+         {"slimming": half, "stages": 3, "distill": {"steps": steps, "final_stage_share": None}}),
+        ("c25", "(c25) one-shot slimming to keep 0.25, no distillation", {"slimming": quarter}),
+        ("d25", f"(d25) one-shot keep 0.25 + distillation ({steps} steps)",
+         {"slimming": quarter, "distill": {"steps": steps}}),
+        ("e25", f"(e25) 3-stage keep 0.25 + distillation ({split} steps)",
+         {"slimming": quarter, "stages": 3, "distill": {"steps": steps}}),
     ]
     for s in (SPARSITIES[:1] if quick else SPARSITIES):
         for a in ALLOCATIONS:
@@ -98,18 +123,26 @@ def run_row(label: str, recipe, work: Path) -> dict:
     return row
 
 
-def _main_table(results: dict, base: dict) -> str:
+def _mean(runs: list[dict], key: str):
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _rows_table(results: dict, keys: Sequence[str], base: dict) -> str:
+    """One line per row key: the mean over its runs (seeds), and every seed's perplexity."""
     ppl0 = base["baseline_perplexity"]
-    body = [["original (bf16 weights, computed in fp32)", ppl0, "1.000", 1.0, 0.0, base["baseline_total"],
+    body = [["original (bf16 weights, computed in fp32)", ppl0, "-", "1.000", 1.0, 0.0, base["baseline_total"],
              base["baseline_active"], "-"]]
-    for key in "abcde":
-        if key not in results:
+    for key in keys:
+        runs = results.get(key)
+        if not runs:
             continue
-        r = results[key]
-        body.append([r["label"], r["perplexity"], f"{r['perplexity'] / ppl0:.3f}", r["agreement"], r["kl"],
-                     r["params_total"], r["params_active"], f"{r['seconds']:.0f}"])
-    return table(["row", "held-out ppl", "ppl / original", "top-1 agreement", "KL to original (nats/tok)",
-                  "params total", "params active / token", "wall s"], body)
+        ppl = _mean(runs, "perplexity")
+        seeds = ", ".join(f"{r['seed']}: {r['perplexity']:.2f}" for r in runs)
+        body.append([runs[0]["label"], ppl, seeds, f"{ppl / ppl0:.3f}", _mean(runs, "agreement"), _mean(runs, "kl"),
+                     runs[0]["params_total"], runs[0]["params_active"], f"{_mean(runs, 'seconds'):.0f}"])
+    return table(["row", "held-out ppl (mean)", "ppl per seed", "ppl / original", "top-1 agreement",
+                  "KL to original (nats/tok)", "params total", "params active / token", "wall s"], body)
 
 
 def _stage_table(r: dict) -> str:
@@ -137,22 +170,38 @@ def _wanda_table(results: list[dict], ppl0: float) -> str:
         "(attention and experts; embeddings, router and lm_head stay dense)."
 
 
+def _paired(results: dict, a: str, b: str) -> tuple[int, int]:
+    """(seeds where row a has the lower perplexity than row b, seeds both ran)."""
+    pa = {r["seed"]: r["perplexity"] for r in results.get(a, [])}
+    pb = {r["seed"]: r["perplexity"] for r in results.get(b, [])}
+    common = sorted(set(pa) & set(pb))
+    return sum(pa[k] < pb[k] for k in common), len(common)
+
+
 def verdict(results: dict, ppl0: float) -> str:
     if "e" not in results:
         return "Row (e) was not run; no verdict."
-    e = results["e"]["perplexity"]
+    e = _mean(results["e"], "perplexity")
     over = e / ppl0 - 1
     within = over <= TARGET_PPL_MARGIN
-    others = {k: results[k]["perplexity"] for k in "abcd" if k in results}
-    best_k = min(others, key=others.get) if others else None
-    beats = all(e < p for p in others.values())
-    lines = [f"- (e) perplexity {e:.2f} is {over:+.1%} from the original {ppl0:.2f} (target: at most "
-             f"{TARGET_PPL_MARGIN:+.0%}, i.e. <= {ppl0 * (1 + TARGET_PPL_MARGIN):.2f}): "
+    others = {k: _mean(results[k], "perplexity") for k in "abcd" if k in results}
+    lines = [f"- (e) perplexity {e:.2f} (mean of {len(results['e'])} seed(s)) is {over:+.1%} from the original "
+             f"{ppl0:.2f} (target: at most {TARGET_PPL_MARGIN:+.0%}, i.e. <= {ppl0 * (1 + TARGET_PPL_MARGIN):.2f}): "
              f"**{'met' if within else f'missed by {over - TARGET_PPL_MARGIN:.1%} of the original perplexity'}**."]
     if others:
-        gap = (e / others[best_k] - 1)
-        lines.append(f"- (e) against the best baseline, {results[best_k]['label']} at {others[best_k]:.2f}: "
-                     f"{gap:+.1%} -> **{'beats every baseline' if beats else 'does not beat every baseline'}**.")
+        best_k = min(others, key=others.get)
+        beats = all(e < p for p in others.values())
+        gap = e / others[best_k] - 1
+        lines.append(f"- (e) against the best baseline, {results[best_k][0]['label']} at {others[best_k]:.2f} "
+                     f"(mean): {gap:+.2%} -> **{'beats every baseline' if beats else 'does not beat every baseline'}**"
+                     " on the mean.")
+    for a, b in (("e", "d"), ("e", "v"), ("e25", "d25")):
+        won, n = _paired(results, a, b)
+        if n:
+            la, lb = results[a][0]["label"].split(" ")[0], results[b][0]["label"].split(" ")[0]
+            ma, mb = _mean(results[a], "perplexity"), _mean(results[b], "perplexity")
+            lines.append(f"- {la} vs {lb}: lower perplexity in {won} of {n} paired seed(s); means {ma:.2f} vs "
+                         f"{mb:.2f} ({ma / mb - 1:+.2%}).")
     return "\n".join(lines)
 
 
@@ -160,7 +209,10 @@ def main() -> None:
     args = parse_args("quality", __doc__, _extra)
     setup_threads(args.threads)
     steps = args.steps if args.steps is not None else (6 if args.quick else 150)
-    wanted = set(args.rows.split(",")) if args.rows else set("abcdew")
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    if not seeds:
+        raise SystemExit("--seeds needs at least one seed, e.g. --seeds 0 or --seeds 0,1,2")
+    wanted = set(args.rows.split(",")) if args.rows else {k for k, _, _ in rows(steps, args.quick)}
     run = start()
     work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
     os.environ["MOE_STUDIO_CACHE"] = str(work / "cache")      # fresh score cache, shared by the rows of this run
@@ -169,35 +221,48 @@ def main() -> None:
         for key, label, over in rows(steps, args.quick):
             if key not in wanted:
                 continue
-            log(f"row {label}")
-            r = run_row(label, recipe_for(over, args.quick, args.seed), work)
-            if key == "w":
-                r.update(sparsity=over["slimming"]["sparsity"], allocation=over["slimming"]["sparsity_allocation"])
-                wanda.append(r)
-            else:
-                results[key] = r
+            for seed in (seeds if key in SEEDED else seeds[:1]):
+                log(f"row {label}, seed {seed}")
+                r = run_row(label, recipe_for(over, args.quick, seed), work)
+                r["seed"] = seed
+                if key == "w":
+                    r.update(sparsity=over["slimming"]["sparsity"],
+                             allocation=over["slimming"]["sparsity_allocation"])
+                    wanda.append(r)
+                else:
+                    results.setdefault(key, []).append(r)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    base = next(iter(results.values()), None) or wanda[0]
+    base = next(iter(results.values()), [None])[0] or wanda[0]
     ppl0 = base["baseline_perplexity"]
-    rec = recipe_for({}, args.quick, args.seed)
+    rec = recipe_for({}, args.quick, seeds[0])
+    d = rec.distill
     sections = [
         "## Setup\n"
         f"- Demo model (Qwen3-MoE, 4 layers, 8 experts, top-2, expert width 384), loaded in float32.\n"
         f"- Calibration: {rec.calibration.tokens:,} tokens ({rec.calibration.seq_len}-token windows of the train "
-        f"split, seed {rec.seed}); held-out evaluation: {rec.evaluate.tokens // rec.evaluate.seq_len} windows of "
-        f"{rec.evaluate.seq_len} tokens spread over the test split. The same for every row.\n"
-        f"- Distillation budget: **{steps} optimizer steps in total** for (d) and (e) (batch "
-        f"{rec.distill.batch_size} x {rec.distill.seq_len} tokens = {steps * rec.distill.batch_size * rec.distill.seq_len:,}"
-        f" tokens), forward KL at T={rec.distill.temperature}, lr {rec.distill.lr}, {rec.distill.warmup_steps} "
-        "warm-up steps then cosine (per stage), teacher = the original model. (e) spends "
-        f"{steps // 3}-{-(-steps // 3)} steps per stage. Chosen to keep the whole benchmark near 20-25 min on this "
-        "shared 2-core machine; the recipe default is 300.\n"
+        f"split); held-out evaluation: {rec.evaluate.tokens // rec.evaluate.seq_len} windows of "
+        f"{rec.evaluate.seq_len} tokens spread over the test split, the same for every row and seed.\n"
+        f"- Seeds: {', '.join(map(str, seeds))} for (d), (e), (d25), (e25) (a seed moves the calibration and "
+        f"distillation windows and their order); the other rows use seed {seeds[0]}.\n"
+        f"- Distillation budget: **{steps} optimizer steps in total** for every distilled row (batch "
+        f"{d.batch_size} x {d.seq_len} tokens = {steps * d.batch_size * d.seq_len:,} tokens), forward KL at "
+        f"T={d.temperature}, lr {d.lr}, {d.warmup_steps} warm-up steps then cosine (per stage), teacher = the "
+        f"original model. Multi-stage rows split the steps by `distill.final_stage_share` "
+        f"(default {d.final_stage_share}: the last stage gets that share, the earlier stages split the rest); "
+        "(e') splits them evenly. The recipe default is 300 steps; 150 keeps the benchmark near half an hour.\n"
         "- Every row is one `run_recipe` call; its figures are measured on the exported bf16 checkpoint weights.",
-        "## 50% of expert parameters\n" + _main_table(results, base),
+        "## 50% of expert parameters\n" + _rows_table(results, ("a", "b", "c", "d", "e", "v"), base),
     ]
     if "e" in results:
-        sections.append("### Stages of (e)\n" + _stage_table(results["e"]))
+        sections.append(f"### Stages of (e), seed {results['e'][0]['seed']}\n" + _stage_table(results["e"][0]))
+    if "v" in results:
+        sections.append(f"### Stages of (e'), seed {results['v'][0]['seed']}\n" + _stage_table(results["v"][0]))
+    if any(k in results for k in ("c25", "d25", "e25")):
+        sections.append("## Deeper cut: 25% of the expert width\n" + _rows_table(results, ("c25", "d25", "e25"), base))
+        if "e25" in results:
+            sections.append(f"### Stages of (e25), seed {results['e25'][0]['seed']}\n" +
+                            _stage_table(results["e25"][0]))
     sections.append("## Target\n" + verdict(results, ppl0))
     if wanda:
         sections.append("## Wanda sparsity (perplexity, no distillation)\n" + _wanda_table(wanda, ppl0))

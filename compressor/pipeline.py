@@ -5,7 +5,8 @@
 
 Stage i of N slims to the cumulative target of `distill.schedule.plan_stages` (geometric steps toward the recipe's
 slimming; one stage is one-shot), rescoring the current model first (scores are cached on disk by weights, data and
-settings), then distils for its share of `distill.steps` from the teacher (the original model, or the previous
+settings), then distils for its share of `distill.steps` (`distill.final_stage_share`, 80% by default, for the last stage, the
+rest split evenly over the earlier ones) from the teacher (the original model, or the previous
 stage's student) and evaluates against the original. The model is trained in float32; the export casts it back to
 the source checkpoint's dtype, and the final evaluation runs on exactly those rounded weights.
 
@@ -157,7 +158,7 @@ def _run(recipe: Recipe, staging: Path, reporter: Reporter, on_progress, should_
     blk = adapter.moe_blocks(model)[0]
     plan = plan_stages(recipe.slimming, stages=recipe.stages, num_experts=blk.num_experts,
                        width=blk.intermediate_size, expert_multiple=adapter.num_groups(model.config))
-    steps = split_steps(total=d.steps, stages=recipe.stages)
+    steps = split_steps(total=d.steps, stages=recipe.stages, final_share=d.final_stage_share)
     stages, done, span = [], 0, (STAGES_END - LOAD_SPAN) / recipe.stages
     for i, target in enumerate(plan):
         sub = reporter.span(LOAD_SPAN + i * span, LOAD_SPAN + (i + 1) * span)

@@ -15,7 +15,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
+# Version 2 added distill.final_stage_share (default 0.8: the last stage gets 80% of the distillation steps).
+# A version-1 document is upgraded on load with final_stage_share = null, the even split it ran with.
 
 
 class RecipeError(ValueError):
@@ -75,6 +77,9 @@ class DistillConfig(_Strict):
     warmup_steps: int = Field(10, ge=0)
     weight_decay: float = Field(0.0, ge=0.0, le=10.0)
     clip_grad: float = Field(1.0, gt=0.0)
+    final_stage_share: float | None = Field(
+        0.8, gt=0.0, le=1.0, description="share of `steps` the last stage gets when stages > 1; the earlier stages "
+                                         "split the rest evenly; null = every stage the same share (version 1)")
     teacher: Literal["original", "previous_stage"] = "original"
     cache_teacher_topk: int = Field(0, ge=0, description="0 = teacher in memory; k > 0 = cache teacher top-k logits on disk")
     bf16: bool = Field(False, description="bf16 autocast where the hardware supports it")
@@ -108,10 +113,21 @@ class Recipe(_Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     seed: int = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data):
+        """Version 1 -> 2: version 1 split the distillation steps evenly over the stages; keep that."""
+        if isinstance(data, dict) and data.get("version") in (1, "1"):
+            distill = data.get("distill") or {}
+            if isinstance(distill, dict):                 # anything else is left for validation to name
+                data = {**data, "version": RECIPE_VERSION, "distill": {"final_stage_share": None, **distill}}
+        return data
+
     @model_validator(mode="after")
     def _known_version(self):
         if self.version != RECIPE_VERSION:
-            raise ValueError(f"version {self.version} is not supported; this studio reads recipe version {RECIPE_VERSION}")
+            raise ValueError(f"version {self.version} is not supported; this studio reads recipe versions 1 to "
+                             f"{RECIPE_VERSION} (it writes {RECIPE_VERSION})")
         if not self.model.strip():
             raise ValueError("model must name `demo`, a directory, an archive or a hub id")
         return self

@@ -25,6 +25,7 @@ class CompressTab:
     allocation: gr.Radio
     stages: gr.Slider
     steps: gr.Slider
+    final_share: gr.Slider
     temperature: gr.Slider
     loss: gr.Dropdown
     lr: gr.Number
@@ -68,6 +69,8 @@ def build() -> CompressTab:
                 gr.Markdown("**Schedule and distillation**", padding=True)
                 stages = gr.Slider(1, 6, value=d.stages, step=1, label="stages (1 = one-shot)")
                 steps = gr.Slider(0, 2000, value=d.distill.steps, step=10, label="distillation steps (all stages)")
+                final_share = gr.Slider(0.1, 1.0, value=d.distill.final_stage_share, step=0.05,
+                                        label="last stage's share of the steps (the earlier stages split the rest)")
                 temperature = gr.Slider(0.5, 8.0, value=d.distill.temperature, step=0.5, label="temperature")
                 with gr.Row():
                     loss = gr.Dropdown(["forward_kl", "reverse_kl", "jsd"], value=d.distill.loss, label="loss")
@@ -91,17 +94,17 @@ def build() -> CompressTab:
             yaml = gr.Code("", language="yaml", label="recipe (YAML: copy it, or save it for the CLI)",
                            interactive=False, buttons=["copy", "download"], max_lines=30)
     tab = CompressTab(keep_ratio, neuron_score, experts_keep, expert_score, layers_drop, sparsity, allocation,
-                      stages, steps, temperature, loss, lr, ce_weight, calib_tokens, calib_seq, eval_tokens,
-                      perplexity, speed, seed, name, estimate, yaml, status, enqueue_btn)
+                      stages, steps, final_share, temperature, loss, lr, ce_weight, calib_tokens, calib_seq,
+                      eval_tokens, perplexity, speed, seed, name, estimate, yaml, status, enqueue_btn)
     tab.controls = [keep_ratio, neuron_score, experts_keep, expert_score, layers_drop, sparsity, allocation, stages,
-                    steps, temperature, loss, lr, ce_weight, calib_tokens, calib_seq, eval_tokens, perplexity, speed,
-                    seed]
+                    steps, final_share, temperature, loss, lr, ce_weight, calib_tokens, calib_seq, eval_tokens,
+                    perplexity, speed, seed]
     return tab
 
 
 def form(model: dict, keep_ratio, neuron_score, experts_keep, expert_score, layers_drop, sparsity, allocation,
-         stages, steps, temperature, loss, lr, ce_weight, calib_tokens, calib_seq, eval_tokens, perplexity, speed,
-         seed) -> dict:
+         stages, steps, final_share, temperature, loss, lr, ce_weight, calib_tokens, calib_seq, eval_tokens,
+         perplexity, speed, seed) -> dict:
     """The recipe sections of the form (everything but `model`). experts_keep == E means no pruning (null)."""
     n_experts = int((model or {}).get("summary", {}).get("num_experts") or 0)
     keep_e = None if experts_keep is None or int(experts_keep) >= n_experts else int(experts_keep)
@@ -112,8 +115,8 @@ def form(model: dict, keep_ratio, neuron_score, experts_keep, expert_score, laye
                      "expert_score": expert_score, "layers_drop": int(layers_drop), "sparsity": float(sparsity),
                      "sparsity_allocation": allocation},
         "stages": int(stages),
-        "distill": {"steps": int(steps), "lr": float(lr), "temperature": float(temperature), "loss": loss,
-                    "ce_weight": float(ce_weight)},
+        "distill": {"steps": int(steps), "final_stage_share": float(final_share), "lr": float(lr),
+                    "temperature": float(temperature), "loss": loss, "ce_weight": float(ce_weight)},
         "evaluate": {"perplexity": bool(perplexity), "speed": bool(speed), "tokens": int(eval_tokens)},
         "seed": int(seed),
     }

@@ -22,6 +22,7 @@ HEADER = """\
 # This example keeps every default except expert_keep_ratio (default 1.0 = no slimming), set to 0.5 here.
 # stages: the target is reached in this many geometric steps, each scored, slimmed, distilled and evaluated
 # distill.steps: optimizer steps over all stages (0 = no distillation); loss: forward_kl | reverse_kl | jsd
+# distill.final_stage_share: the last stage's share of the steps (0.8: 300 steps in 3 stages -> 30, 30, 240)
 """
 
 

@@ -92,11 +92,29 @@ def plan_stages(slimming: SlimmingConfig, *, stages: int, num_experts: int, widt
             for i in range(stages)]
 
 
-def split_steps(*, total: int, stages: int) -> list[int]:
-    """Distillation steps of each stage: `total` split as evenly as possible, earlier stages rounding down."""
+def split_steps(*, total: int, stages: int, final_share: float | None = 0.8) -> list[int]:
+    """Distillation steps of each stage: the last stage gets F = round(total * final_share) (all of them for one
+    stage), the N - 1 earlier stages split the remaining total - F as evenly as possible (cumulative counts rounded).
+    final_share=None splits all N stages evenly (recipe version 1).
+
+    The last stage's model is the one that ships, and its recovery is what limits quality at a fixed budget (see
+    bench/results/quality.md), so it gets the most steps; the earlier stages only have to carry knowledge over to
+    the neurons that survive the next cut.
+
+        split_steps(total=300, stages=3)                     # [30, 30, 240]
+        split_steps(total=300, stages=3, final_share=None)   # [100, 100, 100]
+    """
     _check_stages(stages)
-    cum = linear_counts(total=total, stages=stages)
-    return [b - a for a, b in zip([0] + cum[:-1], cum)]
+    if final_share is None:
+        cum = linear_counts(total=total, stages=stages)
+        return [b - a for a, b in zip([0] + cum[:-1], cum)]
+    if not 0.0 < final_share <= 1.0:
+        raise ValueError(f"final_share must be in (0, 1], got {final_share}")
+    if stages == 1:
+        return [total]
+    last = int(math.floor(total * final_share + 0.5))
+    cum = linear_counts(total=total - last, stages=stages - 1)
+    return [b - a for a, b in zip([0] + cum[:-1], cum)] + [last]
 
 
 def _check_stages(stages: int) -> None:

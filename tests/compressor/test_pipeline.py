@@ -81,7 +81,8 @@ def test_cli_run_writes_checkpoint_recipe_and_metrics(cli_run, model_dir):
     assert metrics["params_active"] < metrics["baseline_params_active"]
     assert 0 < metrics["top1_agreement"] <= 1 and metrics["kl_to_baseline"] > 0 and metrics["prefill_speedup"] > 0
     assert [s["target"]["width"] for s in metrics["stages"]] == [24, 16]    # 32 * 0.71 -> 24 (multiple of 8), 16
-    assert all(s["distill"]["steps"] == 2 and s["perplexity"] > 0 for s in metrics["stages"])
+    assert [s["distill"]["steps"] for s in metrics["stages"]] == [1, 3]         # 4 steps, last stage 80%: round(3.2)
+    assert all(s["perplexity"] > 0 for s in metrics["stages"])
     assert {"load", "calibrate", "slim", "distill", "final_evaluate", "export"} <= set(metrics["timings"])
     card = (out / "checkpoint" / "README.md").read_text()
     assert "expert_keep_ratio: 0.5" in card and "held-out perplexity" in card and "stage 2/2" in card

@@ -34,6 +34,14 @@ def test_the_issue_yaml_parses_and_round_trips():
     assert recipe == example_recipe()
 
 
+def test_version_1_recipes_keep_their_even_step_split():
+    old = Recipe.from_yaml("version: 1\nstages: 3\ndistill: {steps: 300}\n")
+    assert old.version == 2 and old.distill.final_stage_share is None
+    assert Recipe.from_yaml(old.to_yaml()) == old                              # the upgrade is written out
+    assert Recipe.from_yaml("version: 1\ndistill: {final_stage_share: 0.5}").distill.final_stage_share == 0.5
+    assert Recipe.from_yaml("stages: 3").distill.final_stage_share == 0.8     # no version: the current one
+
+
 @pytest.mark.parametrize("text, names", [
     ("slimming: {expert_keep_ratio: 1.5}", ["slimming.expert_keep_ratio"]),
     ("slimming: {expert_keep_ratio: 0.5, neuron_scor: taylor}", ["slimming.neuron_scor", "unknown field"]),

@@ -8,7 +8,7 @@ import uuid
 import pytest
 import redis
 
-from compressor.recipe import RecipeError
+from compressor.recipe import RECIPE_VERSION, Recipe, RecipeError
 from storage import artifacts, repo
 from tests.storage.databases import flushed_test_redis
 from workers.celery_app import PromptRecycle, get_app, make_app
@@ -68,7 +68,8 @@ def test_enqueue_stores_the_validated_recipe_and_sends_only_the_id(queue):
     run_id = enqueue_run({"model": "demo", "slimming": {"experts_keep": 4}}, name="half")
     run = repo.get_run(run_id)
     assert run.status == "queued" and run.name == "half"
-    assert run.recipe["slimming"]["experts_keep"] == 4 and run.recipe["version"] == 1  # defaults filled in
+    assert run.recipe["slimming"]["experts_keep"] == 4 and run.recipe["version"] == RECIPE_VERSION  # defaults filled
+    assert run.recipe["distill"]["final_stage_share"] == 0.8
     assert queue() == [f"[{run_id}]"]
 
 
@@ -76,6 +77,14 @@ def test_invalid_recipe_is_refused_naming_the_field_and_nothing_is_stored(queue)
     with pytest.raises(RecipeError, match=r"calibration\.seq_len: .*; stages: Input should be less than or equal"):
         enqueue_run({"calibration": {"seq_len": "long"}, "stages": 99})
     assert repo.list_runs() == [] and queue() == []
+
+
+def test_a_stored_version_1_recipe_reruns_with_its_even_step_split(queue):
+    old = {"version": 1, "model": "demo", "stages": 3, "distill": {"steps": 30}}
+    first = repo.create_run(old, name="from an older studio")                   # as an older studio stored it
+    again = repo.get_run(rerun(first)).recipe
+    assert again["version"] == RECIPE_VERSION and again["distill"]["final_stage_share"] is None
+    assert Recipe.parse(repo.get_run(first).recipe) == Recipe.parse(again)    # what a worker re-reads
 
 
 def test_rerun_cancel_and_delete(queue):

@@ -32,7 +32,17 @@ def test_plan_stages_combines_axes():
     assert all(s.width is None and s.experts is None and s.sparsity == 0 for s in identity)
 
 
-def test_split_steps():
-    assert split_steps(total=300, stages=3) == [100, 100, 100]
-    assert split_steps(total=10, stages=3) == [3, 4, 3]
+def test_split_steps_gives_the_last_stage_its_share():
+    assert split_steps(total=300, stages=3) == [30, 30, 240]                   # default share 0.8
+    assert split_steps(total=150, stages=3) == [15, 15, 120]
+    assert split_steps(total=10, stages=3, final_share=0.5) == [3, 2, 5]       # 5 left: round(2.5) = 3, then 2
+    assert split_steps(total=300, stages=1) == [300]                          # one stage takes every step
+    assert split_steps(total=7, stages=4, final_share=1.0) == [0, 0, 0, 7]
     assert sum(split_steps(total=7, stages=4)) == 7
+    with pytest.raises(ValueError, match="final_share"):
+        split_steps(total=10, stages=2, final_share=0.0)
+
+
+def test_split_steps_even_for_version_1_recipes():
+    assert split_steps(total=300, stages=3, final_share=None) == [100, 100, 100]
+    assert split_steps(total=10, stages=3, final_share=None) == [3, 4, 3]
