@@ -55,7 +55,7 @@ def _models(quick: bool):
         plans = {"demo": {torch.float32: (1, 64, 8, 4, 1), torch.bfloat16: (1, 64, 8, 4, 1)},
                  "synthetic": {torch.float32: (1, 32, 8, 4, 1), torch.bfloat16: (1, 32, 8, 4, 1)}}
     else:
-        plans = {"demo": {torch.float32: (2, 256, 32, 32, 7), torch.bfloat16: (2, 256, 32, 16, 5)},
+        plans = {"demo": {torch.float32: (2, 256, 32, 32, 21), torch.bfloat16: (2, 256, 32, 16, 9)},   # cheap: more rounds
                  "synthetic": {torch.float32: (1, 256, 32, 16, 5), torch.bfloat16: (1, 64, 32, 8, 3)}}
     return [("demo", demo, plans["demo"]), ("synthetic (H 2048, 64 experts, top-8, I 1024, 2 layers)"
                                             if not quick else "synthetic (quick: H 512, 16 experts, top-4, I 256)",
