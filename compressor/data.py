@@ -105,19 +105,25 @@ def text_from_file(path: str | Path) -> str:
     return text
 
 
-def _jsonl_texts(path: Path) -> list[str]:
-    texts = []
-    with path.open(encoding="utf-8") as fh:
+def jsonl_records(path: Path):
+    """(line number, parsed object) for every non-blank line of a JSONL file; a line that is not JSON raises a
+    ValueError naming the file and the line."""
+    with Path(path).open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path.name} line {lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f"{path.name} line {lineno}: expected an object with a string field \"text\"")
-            texts.append(record["text"])
+                raise ValueError(f"{Path(path).name} line {lineno}: not valid JSON ({exc.msg})") from None
+
+
+def _jsonl_texts(path: Path) -> list[str]:
+    texts = []
+    for lineno, record in jsonl_records(path):
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise ValueError(f"{path.name} line {lineno}: expected an object with a string field \"text\"")
+        texts.append(record["text"])
     return texts
 
 

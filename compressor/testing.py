@@ -73,3 +73,14 @@ def tiny_inputs(vocab: int = 128, *, batch: int = 2, seq: int = 12, seed: int = 
     """Random token ids [batch, seq] avoiding the special ids 0..2."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, vocab, (batch, seq), generator=g)
+
+
+def char_tokenizer():
+    """One token per printable ASCII character (ids 3..97) plus pad/bos/eos (0, 1, 2): fits the tiny models'
+    vocab of 128, so tests can encode, generate and decode text with them."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2} | {chr(c): 3 + c - 32 for c in range(32, 127)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.decoder = decoders.Fuse()
+    return tf.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")

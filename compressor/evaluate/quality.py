@@ -18,7 +18,6 @@ highest sum, `accuracy_norm` the highest sum per character of the choice (as lm-
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from compressor.distill.losses import TeacherTopK, divergence, fold_topk, log_probs, teacher_topk
+from compressor.data import jsonl_records
 from compressor.progress import Reporter
 
 REFERENCE_TOP_K = 64
@@ -136,13 +136,10 @@ def load_mc_task(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"multiple-choice task file not found: {path}")
     items = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path.name} line {lineno}: not valid JSON ({exc.msg})") from None
+    for lineno, rec in jsonl_records(path):
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path.name} line {lineno}: expected an object with \"question\", \"choices\" and "
+                             "\"answer\"")
         q = next((rec[k] for k in ("question", "context", "query") if isinstance(rec.get(k), str)), None)
         choices = next((rec[k] for k in ("choices", "endings") if isinstance(rec.get(k), list)), None)
         answer = next((rec[k] for k in ("answer", "label", "gold") if k in rec), None)

@@ -1,21 +1,14 @@
 """compressor.compare: same settings and seed for both models, teacher-forced agreement and top-5, checked by hand."""
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from compressor.compare import DecodeSettings, compare_models, generate, teacher_forced_steps
-from compressor.testing import tiny_moe
+from compressor.testing import char_tokenizer, tiny_moe
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    """One token per printable ASCII character (ids 3..97) plus pad/bos/eos: fits the tiny models' vocab of 128."""
-    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2} | {chr(c): 3 + c - 32 for c in range(32, 127)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+    return char_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,14 @@ import json
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM
 
 import compressor.data as data
 from compressor.cli import main
 from compressor.pipeline import run_recipe
 from compressor.progress import Cancelled
 from compressor.recipe import Recipe
-from compressor.testing import tiny_moe
+from compressor.testing import char_tokenizer, tiny_moe
 
 HELDOUT_CHARS = 40_000     # the char tokenizer encodes the whole held-out text slowly (~4 s); a slice is plenty here
 
@@ -38,12 +37,7 @@ def env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny") / "model"
-    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2} | {chr(c): 3 + c - 32 for c in range(32, 127)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tok.decoder = decoders.Fuse()
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>",
-                            eos_token="<eos>").save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
     tiny_moe("qwen3_moe", width=32, dtype=torch.bfloat16).save_pretrained(folder)      # stored like the demo model
     return folder
 

@@ -3,15 +3,14 @@ import json
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM
 
 from compressor.cli import main
 from compressor.importance import AnalyzeConfig, analyze
 from compressor.recipe import SlimmingConfig
 from compressor.slimming import SparsifyConfig, collect_wanda_inputs, sparsify_
 from compressor.slimming.apply import apply_slimming_
-from compressor.testing import tiny_inputs, tiny_moe
+from compressor.testing import char_tokenizer, tiny_inputs, tiny_moe
 
 TEXT = ("We the people of the United States, in order to form a more perfect union, establish justice, insure "
         "domestic tranquility, provide for the common defence, promote the general welfare. ") * 10
@@ -21,12 +20,7 @@ TEXT = ("We the people of the United States, in order to form a more perfect uni
 def model_dir(tmp_path_factory):
     """A tiny DeepSeek-V3 (dense layer 0, group routing, shared expert) with a one-character-per-token tokenizer."""
     d = tmp_path_factory.mktemp("tiny-deepseek")
-    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2} | {chr(c): 3 + c - 32 for c in range(32, 127)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tok.decoder = decoders.Fuse()
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>",
-                            eos_token="<eos>").save_pretrained(d)
+    char_tokenizer().save_pretrained(d)
     tiny_moe("deepseek_v3").save_pretrained(d)
     (d / "calib.txt").write_text(TEXT)
     return d
