@@ -105,9 +105,11 @@ def test_zip_symlink_member_refused(tmp_path):
 @pytest.mark.parametrize("member, message", [
     (("/abs/evil", b"x"), "absolute path"),
     (("../evil", b"x"), r"\.\."),
-    (_link("m/passwd", "/etc/passwd"), "absolute"),
-    (_link("m/up", "../../evil"), "outside"),
-    (_link("m/hard", "../evil", tarfile.LNKTYPE), "outside"),
+    (_link("m/passwd", "/etc/passwd"), "is a symbolic link"),
+    (_link("m/up", "../../evil"), "is a symbolic link"),
+    (_link("m/hard", "../evil", tarfile.LNKTYPE), "is a hard link"),
+    (_link("m/alias.json", "config.json"), "is a symbolic link"),        # even a link that stays inside
+    (_link("m/same.json", "m/config.json", tarfile.LNKTYPE), "is a hard link"),
 ])
 def test_tar_escapes_refused(tmp_path, member, message):
     src = _tar(tmp_path / "bad.tar.gz", [("m/config.json", b"{}"), member])
@@ -126,10 +128,62 @@ def test_tar_device_file_refused(tmp_path):
         extract_archive(src, tmp_path / "out")
 
 
-def test_tar_symlink_inside_the_folder_is_kept(tmp_path):
-    src = _tar(tmp_path / "ok.tar", [("m/config.json", b"{}"), _link("m/alias.json", "config.json")])
-    root = extract_archive(src, tmp_path / "out")
-    assert (root / "alias.json").is_symlink() and (root / "alias.json").read_bytes() == b"{}"
+def _cve_2025_4517_tar(path: Path, outside: Path, dest: Path) -> Path:
+    """The published CVE-2025-4517 archive: 16 nested folders of 247-character names, each with a one-letter
+    symlink to it, so that `a/b/.../p` is a path far past PATH_MAX once resolved; a symlink under it climbing 16
+    levels (os.path.realpath gives up on the long path, so PEP 706's `data` filter of CPython <= 3.11.12 sees it
+    inside); then `escape` -> that link + enough '..' to reach `outside`, and a file written through `escape`."""
+    comp, steps, prefix = "d" * 247, "abcdefghijklmnop", ""
+    members: list = []
+    for step in steps:
+        folder = tarfile.TarInfo(f"{prefix}{comp}")
+        folder.type = tarfile.DIRTYPE
+        members += [folder, _link(f"{prefix}{step}", comp)]
+        prefix += comp + "/"
+    chain = "/".join(steps) + "/" + "l" * 254
+    members.append(_link(chain, "../" * len(steps)))
+    members.append(_link("escape", chain + "/" + "../" * (len(dest.parts) - 1) + str(outside).lstrip("/")))
+    members.append(("escape/pwned.txt", b"written outside the extraction folder\n"))
+    return _tar(path, members)
+
+
+def test_tar_symlink_chain_of_cve_2025_4517_is_refused_before_anything_is_written(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "box" / "out"
+    src = _cve_2025_4517_tar(tmp_path / "chain.tar", outside, dest)
+    with pytest.raises(ArchiveError, match=r"is a symbolic link; refusing the archive.*tar -h") as err:
+        extract_archive(src, dest)
+    assert len(str(err.value)) < 600                      # the 250-character member names are cut short
+    assert list(outside.iterdir()) == [] and not dest.exists()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["box", "chain.tar", "outside"]
+
+
+def test_zip_bomb_refused_by_its_compression_ratio(tmp_path):
+    """8 MiB of zeros deflate to about 8 KB (~1000x): refused before a byte is written, far below the size cap."""
+    src = _zip(tmp_path / "zeros.zip", {"m/config.json": b"{}", "m/model.safetensors": b"\0" * (8 << 20)})
+    assert src.stat().st_size < 64 << 10
+    with pytest.raises(ArchiveError, match=r"member 'm/model.safetensors' expands \d+x .*above the cap of 200x"):
+        extract_archive(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    tgz = _tar(tmp_path / "zeros.tar.gz", [("m/model.safetensors", b"\0" * (8 << 20))])
+    with pytest.raises(ArchiveError, match=r"the archive expands \d+x"):
+        extract_archive(tgz, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert extract_archive(src, tmp_path / "out", max_ratio=10_000).name == "m"   # the cap is a parameter
+
+
+def test_make_room_is_asked_for_the_declared_size_before_writing(tmp_path):
+    src = _zip(tmp_path / "a.zip", {"m/a.bin": b"a" * 600, "m/b.bin": b"b" * 400})
+    asked = []
+    extract_archive(src, tmp_path / "out", make_room=asked.append)
+    assert asked == [1000]
+
+    def refuse(n):
+        raise ArchiveError(f"no room for {n} bytes")
+    with pytest.raises(ArchiveError, match="no room for 1000 bytes"):
+        extract_archive(src, tmp_path / "out2", make_room=refuse)
+    assert not (tmp_path / "out2").exists()
 
 
 @pytest.mark.parametrize("suffix", [".zip", ".tar.gz"])
