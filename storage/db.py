@@ -3,6 +3,8 @@
     MOE_STUDIO_HOME  the studio data directory (default `./studio-data/`): SQLite file, artifacts, logs
     DATABASE_URL     SQLAlchemy URL; unset = `sqlite:///$MOE_STUDIO_HOME/studio.db`;
                      PostgreSQL: `postgresql+psycopg://user:pass@host:5432/db`
+    MOE_STUDIO_SQLITE_BUSY_S  SQLite: how long a writer waits for another process's lock before the statement fails
+                     with "database is locked" (default 30)
 
 `init_db(url)` applies the Alembic migrations shipped in `storage/migrations/` (`alembic upgrade head`), under a
 lock so that an app and several workers starting together migrate once, and makes that engine the process
@@ -44,14 +46,28 @@ def database_url() -> str:
     return os.environ.get("DATABASE_URL") or f"sqlite:///{studio_home() / 'studio.db'}"
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
-    cur = dbapi_conn.cursor()
-    # WAL: the app reads while a worker writes; busy_timeout: writers queue instead of failing.
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.close()
+def sqlite_busy_s() -> float:
+    """`MOE_STUDIO_SQLITE_BUSY_S` (default 30): seconds a SQLite writer waits for a lock before failing."""
+    raw = os.environ.get("MOE_STUDIO_SQLITE_BUSY_S") or "30"
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"MOE_STUDIO_SQLITE_BUSY_S={raw!r} is not a number of seconds") from None
+    if value < 0:
+        raise ValueError(f"MOE_STUDIO_SQLITE_BUSY_S={raw!r} must not be negative")
+    return value
+
+
+def _sqlite_pragmas(busy_ms: int):
+    def on_connect(dbapi_conn, _record) -> None:
+        cur = dbapi_conn.cursor()
+        # WAL: the app reads while a worker writes; busy_timeout: writers queue instead of failing.
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+    return on_connect
 
 
 def _create_engine(url: str) -> Engine:
@@ -59,8 +75,9 @@ def _create_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        busy_s = sqlite_busy_s()
+        engine = create_engine(url, connect_args={"timeout": busy_s})
+        event.listen(engine, "connect", _sqlite_pragmas(int(busy_s * 1000)))
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 

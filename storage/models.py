@@ -7,7 +7,8 @@
     artifacts     files a run produced (the checkpoint): path relative to the artifact root, bytes, sha256
     run_logs      the run's log: lifecycle events and progress messages, kept after cancel or failure
 
-Times are timezone-aware UTC in Python; SQLite stores them as naive UTC text, PostgreSQL as timestamptz.
+Times are timezone-aware UTC in Python; SQLite stores them as naive UTC text, PostgreSQL as timestamptz. The run
+timestamps are written by the database's own clock (`storage.clock.db_now`), so workers on other machines agree.
 The schema itself is created by the Alembic migrations in `storage/migrations/`, never by `create_all`.
 """
 from __future__ import annotations
@@ -109,6 +110,8 @@ class Run(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]  # the last time a message for this run went to the broker (database clock)
+    send_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     worker: Mapped[str | None] = mapped_column(String(255))
     worker_pid: Mapped[int | None] = mapped_column(Integer)
     claim_token: Mapped[str | None] = mapped_column(String(36))

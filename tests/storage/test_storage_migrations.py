@@ -5,7 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
@@ -20,7 +22,7 @@ def test_migrations_create_the_orm_schema_at_head(db_url):
     engine = db.init_db(db_url)
     assert set(inspect(engine).get_table_names()) == TABLES
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []
 
@@ -47,3 +49,20 @@ def test_processes_starting_together_migrate_once(db_url):
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
     assert sorted(int(out) for out, _ in outs) == [1, 2]
+
+
+def test_0002_adds_the_send_columns_to_existing_runs_as_never_sent(db_url):
+    engine = db.init_db(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(db.MIGRATIONS_DIR))
+    with engine.begin() as conn:  # back to the first schema, with a run queued by an older studio
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0001")
+        conn.execute(text("INSERT INTO runs (name, recipe, status, progress, stage, step, total_steps, message, "
+                          "created_at, attempts, cancel_requested) VALUES ('old', '{}', 'queued', 0, '', 0, 0, "
+                          "'queued', CURRENT_TIMESTAMP, 0, false)"))
+    db.migrate(engine, "head")
+    from storage import repo
+    [run] = repo.list_runs()
+    assert (run.name, run.sent_at, run.send_count) == ("old", None, 0)
+    assert repo.runs_due_for_send(older_than_s=60) == [run.id]

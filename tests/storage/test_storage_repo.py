@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta, timezone
+from datetime import timezone
 
 import pytest
 from sqlalchemy import update
 
 from storage import repo
+from storage.clock import db_now
 from storage.db import session_scope
 from storage.models import Run, utcnow
 
@@ -21,7 +22,7 @@ def _claimed(worker: str = "w1@host", pid: int = 4242) -> tuple[int, str]:
 
 def _age_heartbeat(run_id: int, seconds: float) -> None:
     with session_scope() as s:
-        s.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow() - timedelta(seconds=seconds)))
+        s.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=db_now(-seconds)))
 
 
 def test_create_and_read_back(db_url):
@@ -161,3 +162,43 @@ def test_ids_are_never_reused_after_a_delete(db_url):
     first = repo.create_run({"model": "demo"})
     repo.delete_run(first)
     assert repo.create_run({"model": "demo"}) == first + 1
+
+
+def _age_sent(run_id: int, seconds: float) -> None:
+    with session_scope() as s:
+        s.execute(update(Run).where(Run.id == run_id).values(sent_at=db_now(-seconds)))
+
+
+def test_queued_runs_are_due_for_a_send_until_sent_and_again_once_the_send_is_old(db_url):
+    unsent, sent, claimed = (repo.create_run({"model": "demo"}) for _ in range(3))
+    assert repo.runs_due_for_send(older_than_s=60) == [unsent, sent, claimed]
+    repo.mark_waiting_for_broker(unsent, "ConnectionError: refused")
+    assert repo.get_run(unsent).message.startswith("waiting for the broker (ConnectionError: refused); it is sent")
+    assert repo.mark_sent(sent) and repo.mark_sent(claimed)
+    repo.mark_started(claimed, worker="w", pid=1)
+    assert repo.runs_due_for_send(older_than_s=60) == [unsent]
+    _age_sent(sent, 61)
+    assert repo.runs_due_for_send(older_than_s=60) == [unsent, sent]
+    assert repo.mark_sent(unsent, note="sent to the broker again")
+    run = repo.get_run(unsent)
+    assert (run.message, run.send_count, repo.get_logs(unsent)[-1].message) == ("queued", 1, "sent to the broker again")
+    assert not repo.mark_sent(claimed)  # running: nothing to send
+    assert repo.get_run(claimed).send_count == 1
+
+
+def test_a_retried_claim_with_the_same_token_gets_the_run_and_no_other_token_does(db_url):
+    run_id = repo.create_run({"model": "demo"})
+    token = repo.mark_started(run_id, worker="w1", pid=1, token="t-1")
+    assert token == "t-1"
+    assert repo.mark_started(run_id, worker="w1", pid=1, token="t-1") == "t-1"  # the commit of try 1 had landed
+    assert repo.mark_started(run_id, worker="w2", pid=2) is None
+    assert repo.get_run(run_id).attempts == 1
+
+
+def test_the_runs_of_a_dead_worker_are_failed_and_others_kept(db_url):
+    dead, _ = _claimed(worker="studio-1@host")
+    alive, _ = _claimed(worker="studio-2@host")
+    assert repo.fail_runs_of_worker("studio-1@host", reason="the embedded worker exited (signal 9)") == [dead]
+    run = repo.get_run(dead)
+    assert (run.status, run.error) == ("failed", "worker lost: the embedded worker exited (signal 9). Re-run it.")
+    assert repo.get_run(alive).status == "running"
