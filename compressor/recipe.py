@@ -10,12 +10,16 @@ and hand it to `compressor.pipeline.run_recipe`, so a run made in one place repe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 RECIPE_VERSION = 2
+MAX_STEPS = 10_000_000          # optimizer steps, warm-up steps
+MAX_TOKENS = 50_000_000         # calibration / evaluation tokens
+MAX_SEED = 2**32 - 1            # what numpy and every RNG the pipeline seeds accept
+MAX_PATH = 4096                 # characters of a model source or task path (PATH_MAX on Linux)
 # Version 2 added distill.final_stage_share (default 0.8: the last stage gets 80% of the distillation steps).
 # A version-1 document is upgraded on load with final_stage_share = null, the even split it ran with.
 
@@ -25,13 +29,15 @@ class RecipeError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown fields, inf and nan are refused; every number has finite bounds, so a recipe fails here, not late in
+    the worker."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class CalibrationConfig(_Strict):
     """Tokens used to score experts, neurons and layers: `tokens // seq_len` windows of `seq_len` tokens."""
 
-    tokens: int = Field(32768, ge=64, le=50_000_000)
+    tokens: int = Field(32768, ge=64, le=MAX_TOKENS)
     seq_len: int = Field(256, ge=8, le=32768)
     batch_size: int = Field(8, ge=1, le=1024)
 
@@ -47,9 +53,9 @@ class SlimmingConfig(_Strict):
 
     expert_keep_ratio: float = Field(1.0, gt=0.0, le=1.0, description="share of neurons kept in every expert")
     neuron_score: Literal["taylor", "activation"] = "taylor"
-    experts_keep: int | None = Field(None, ge=1, description="experts kept per MoE layer; null = all")
+    experts_keep: int | None = Field(None, ge=1, le=4096, description="experts kept per MoE layer; null = all")
     expert_score: Literal["reap", "frequency", "man", "taylor"] = "reap"
-    layers_drop: int = Field(0, ge=0)
+    layers_drop: int = Field(0, ge=0, le=1024, description="decoder layers removed")
     sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="unstructured (Wanda) sparsity of the remaining linear maps")
     sparsity_allocation: Literal["uniform", "owl", "dlp"] = "dlp"
 
@@ -62,7 +68,7 @@ class SlimmingConfig(_Strict):
 class DistillConfig(_Strict):
     """Knowledge distillation from the teacher (the original model) into the slimmed student."""
 
-    steps: int = Field(300, ge=0, le=10_000_000, description="total optimizer steps over all stages")
+    steps: int = Field(300, ge=0, le=MAX_STEPS, description="total optimizer steps over all stages")
     lr: float = Field(3.0e-4, gt=0.0, le=1.0)
     temperature: float = Field(2.0, gt=0.0, le=100.0)
     loss: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
@@ -74,14 +80,15 @@ class DistillConfig(_Strict):
                                                             "recipe under 10 minutes on 2 CPU cores")
     seq_len: int = Field(256, ge=8, le=32768)
     grad_accum: int = Field(1, ge=1, le=1024)
-    warmup_steps: int = Field(10, ge=0)
+    warmup_steps: int = Field(10, ge=0, le=MAX_STEPS)
     weight_decay: float = Field(0.0, ge=0.0, le=10.0)
-    clip_grad: float = Field(1.0, gt=0.0)
+    clip_grad: float = Field(1.0, gt=0.0, le=1e6, description="gradient-norm clip")
     final_stage_share: float | None = Field(
         0.8, gt=0.0, le=1.0, description="share of `steps` the last stage gets when stages > 1; the earlier stages "
                                          "split the rest evenly; null = every stage the same share (version 1)")
     teacher: Literal["original", "previous_stage"] = "original"
-    cache_teacher_topk: int = Field(0, ge=0, description="0 = teacher in memory; k > 0 = cache teacher top-k logits on disk")
+    cache_teacher_topk: int = Field(0, ge=0, le=2**20,
+                                    description="0 = teacher in memory; k > 0 = cache teacher top-k logits on disk")
     bf16: bool = Field(False, description="bf16 autocast where the hardware supports it")
 
     @model_validator(mode="after")
@@ -96,22 +103,23 @@ class DistillConfig(_Strict):
 class EvaluateConfig(_Strict):
     perplexity: bool = True
     speed: bool = True
-    tokens: int = Field(16384, ge=64)
+    tokens: int = Field(16384, ge=64, le=MAX_TOKENS)
     seq_len: int = Field(256, ge=8, le=32768)
-    tasks: list[str] = Field(default_factory=list, description="paths of local JSONL multiple-choice tasks")
+    tasks: list[Annotated[str, Field(max_length=MAX_PATH)]] = Field(
+        default_factory=list, max_length=64, description="paths of local JSONL multiple-choice tasks")
 
 
 class Recipe(_Strict):
     """A whole job. `model` is `demo`, a local directory, an archive (.zip/.tar.gz), or a hub id."""
 
     version: int = RECIPE_VERSION
-    model: str = "demo"
+    model: str = Field("demo", max_length=MAX_PATH)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     slimming: SlimmingConfig = Field(default_factory=SlimmingConfig)
     stages: int = Field(3, ge=1, le=32)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="before")
     @classmethod

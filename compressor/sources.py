@@ -1,12 +1,15 @@
 """Model sources: the built-in demo, a local Hugging Face folder, an uploaded archive of one, or a hub id.
 
-Safety rules (docs: /work/shared/notes/app-conventions.md, "Safety of inputs"):
+Safety rules (the studio's conventions, "Safety of inputs"):
 - weights load from *.safetensors only; pickle checkpoints (pytorch_model.bin, *.pt) need `allow_pickle=True`
   and then load with `torch.load(weights_only=True)`;
 - a config with `auto_map` (custom modelling code) needs `trust_remote_code=True`;
 - archives go through `compressor.archive.extract_archive` (no path escape, size and file-count caps), once per
   archive content (keyed by its sha256) under the studio cache;
-- hub ids download only config, tokenizer and safetensors files (pickles / code only when allowed).
+- hub ids download only config, tokenizer and safetensors files (pickles / code only when allowed);
+- the studio opens local folders only under its model roots (`parse_local_source`: real path, symlinks resolved)
+  and takes hub ids from the hub box only (`parse_hub_id`); `parse_source` itself (the CLI) is unrestricted;
+- messages never list a folder's contents, and echo a user string cut to 200 characters (`shown`).
 
     src = parse_source("Qwen/Qwen3-30B-A3B@main")       # ModelSource(kind="hub", location="Qwen/Qwen3-30B-A3B", ...)
     loaded = load_model("path/to/my-model")               # LoadedModel(model=..., tokenizer=..., fingerprint=...)
@@ -22,12 +25,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from compressor.archive import ARCHIVE_SUFFIXES, ArchiveError, archive_kind, archive_root, extract_archive
 from compressor.fingerprint import file_sha256, weights_fingerprint
+from compressor.studio_cache import CacheFullError, make_room, studio_cache_dir, touch
 
 SOURCE_KINDS = ("demo", "directory", "archive", "hub")
 ACCEPTED_FORMS = ("'demo'; a local Hugging Face model folder (config.json + *.safetensors); a .zip / .tar.gz / "
@@ -36,6 +41,7 @@ _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Z
                      r"(?:@(?P<rev>[A-Za-z0-9][A-Za-z0-9._/-]{0,199}))?$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+SHOWN_CHARS = 200   # user strings in messages are cut to this many characters
 
 
 class SourceError(ValueError):
@@ -69,39 +75,117 @@ class LoadedModel:
     commit: str | None = None    # hub: the commit that revision resolved to
 
 
+def shown(text: object, limit: int = SHOWN_CHARS) -> str:
+    """`repr` of a user string for a message, cut to `limit` characters with an ellipsis and the full length.
+
+        shown("a/b")          # "'a/b'"
+        shown("x" * 10**5)    # "'xxx…xxx'… (100000 characters)"
+    """
+    text = str(text)
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}… ({len(text)} characters)"
+
+
 def parse_source(text: str) -> ModelSource:
     """Classify a user string: 'demo' | existing folder | existing archive file | 'org/name[@rev]' hub id.
 
     A path that exists wins over a hub id of the same shape. A lone *.safetensors file is refused: a model needs
-    its config.json next to the weights.
+    its config.json next to the weights. Unrestricted (the CLI's rule); the studio uses `parse_local_source` and
+    `parse_hub_id` instead.
     """
     raw = (text or "").strip()
     if not raw:
         raise SourceError(f"empty model source; accepted forms: {ACCEPTED_FORMS}")
     if raw.lower() == "demo":
         return ModelSource("demo", "demo")
-    path = Path(raw).expanduser()
-    if path.is_dir():
-        return ModelSource("directory", str(path.resolve()))
-    if path.is_file():
-        if archive_kind(path) is not None:
-            return ModelSource("archive", str(path.resolve()))
-        if path.suffix.lower() == ".safetensors":
-            raise SourceError(f"{raw!r} is a single safetensors file, which is not a model by itself: zip the whole "
-                              "Hugging Face folder (config.json + *.safetensors + tokenizer files) and upload the "
-                              "zip, or pass the folder's path.")
-        raise SourceError(f"{raw!r} is a file of a kind that cannot be loaded; accepted forms: {ACCEPTED_FORMS}")
-    match = _HUB_ID.match(raw)
-    if match and ".." not in raw and not raw.lower().endswith((*ARCHIVE_SUFFIXES, ".safetensors")):
-        return ModelSource("hub", match["repo"], match["rev"])
-    raise SourceError(f"{raw!r} is not an existing folder or archive, and not a hub id; accepted forms: "
+    local = _local_source(Path(raw).expanduser(), raw)
+    if local is not None:
+        return local
+    hub = _hub_source(raw)
+    if hub is not None:
+        return hub
+    raise SourceError(f"{shown(raw)} is not an existing folder or archive, and not a hub id; accepted forms: "
                       f"{ACCEPTED_FORMS}")
 
 
-def studio_cache_dir() -> Path:
-    """`$MOE_STUDIO_CACHE`, else `~/.cache/moe-studio`."""
-    env = os.environ.get("MOE_STUDIO_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "moe-studio"
+def parse_hub_id(text: str) -> ModelSource:
+    """A hub id 'org/name' or 'org/name@revision' (letters, digits, '.', '_', '-'; no '..') and nothing else: the
+    disk is never looked at, so no path can be opened or probed through it.
+
+        parse_hub_id("Qwen/Qwen1.5-MoE-A2.7B@main")   # ModelSource("hub", "Qwen/Qwen1.5-MoE-A2.7B", "main")
+        parse_hub_id("/etc")                           # raises SourceError
+    """
+    raw = (text or "").strip()
+    hub = _hub_source(raw)
+    if hub is None:
+        raise SourceError(f"{shown(raw)} is not a hub id: type 'org/name' or 'org/name@revision' (letters, digits, "
+                          "'.', '_' and '-'). A model on this machine is opened as a local folder or an upload.")
+    return hub
+
+
+def check_under_roots(text: str, roots: Sequence[Path | str], *, hint: str = "") -> Path:
+    """The real path of `text` when it lies under one of `roots`; SourceError otherwise.
+
+    Rule: both the plain absolute path (`~` expanded, relative to the current directory, '..' folded) and the real
+    path (every symlink resolved) must lie under a root's real path. The check needs no look at what the path
+    holds, so a path outside gets the same message whether it exists or not, and a folder is never listed.
+
+        check_under_roots("models/m", [Path.cwd()])    # -> the real path of ./models/m
+        check_under_roots("/etc", [Path.cwd()])        # raises SourceError naming the roots and `hint`
+    """
+    raw = str(text).strip()
+    try:
+        plain = Path(os.path.abspath(Path(raw).expanduser()))
+        real = Path(os.path.realpath(plain))
+    except (ValueError, OSError) as e:   # a NUL byte, a path the OS cannot even spell
+        raise SourceError(f"{shown(raw)} is not a valid path ({type(e).__name__})") from None
+    bases = [Path(os.path.realpath(r)) for r in roots]
+    if any(plain.is_relative_to(b) for b in bases) and any(real.is_relative_to(b) for b in bases):
+        return real
+    allowed = ", ".join(str(b) for b in bases) or "none"
+    raise SourceError(f"{shown(raw)} is outside the folders this studio opens models from ({allowed}). "
+                      f"Put the model under one of them{'; ' + hint if hint else '.'}")
+
+
+def parse_local_source(text: str, roots: Sequence[Path | str], *, hint: str = "") -> ModelSource:
+    """A folder or archive under `roots` (see `check_under_roots`), never a hub id; its location is the real path.
+
+        parse_local_source("models/my-moe", [Path.cwd()])   # ModelSource("directory", "<cwd>/models/my-moe")
+    """
+    raw = (text or "").strip()
+    if not raw:
+        raise SourceError("type the path of a model folder (it holds config.json and *.safetensors)")
+    real = check_under_roots(raw, roots, hint=hint)
+    local = _local_source(real, raw)
+    if local is None:
+        raise SourceError(f"{shown(raw)} is not an existing folder or archive; give the folder that holds "
+                          "config.json and the *.safetensors files, or a .zip / .tar.gz of it.")
+    return local
+
+
+def _local_source(path: Path, raw: str) -> ModelSource | None:
+    """A directory or archive source for an existing `path`, None when nothing is there; refuses other files."""
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except (OSError, ValueError):   # a name too long for the OS, a NUL byte: nothing can be there
+        return None
+    if is_dir:
+        return ModelSource("directory", str(path.resolve()))
+    if not is_file:
+        return None
+    if archive_kind(path) is not None:
+        return ModelSource("archive", str(path.resolve()))
+    if path.suffix.lower() == ".safetensors":
+        raise SourceError(f"{shown(raw)} is a single safetensors file, which is not a model by itself: zip the whole "
+                          "Hugging Face folder (config.json + *.safetensors + tokenizer files) and upload the "
+                          "zip, or pass the folder's path.")
+    raise SourceError(f"{shown(raw)} is a file of a kind that cannot be loaded; accepted forms: {ACCEPTED_FORMS}")
+
+
+def _hub_source(raw: str) -> ModelSource | None:
+    match = _HUB_ID.match(raw)
+    if match and ".." not in raw and not raw.lower().endswith((*ARCHIVE_SUFFIXES, ".safetensors")):
+        return ModelSource("hub", match["repo"], match["rev"])
+    return None
 
 
 def load_model(source: ModelSource | str, *, dtype: torch.dtype | str | None = None, allow_pickle: bool = False,
@@ -150,18 +234,25 @@ def extract_cached(archive: Path, *, work_dir: Path | None = None) -> Path:
     """Extract `archive` once into `work_dir/<sha256>/` (default work_dir: `studio_cache_dir()/archives`).
 
     Extraction goes to a private temporary folder that is renamed into place when complete, so a crash or a
-    concurrent load never leaves a half-extracted folder under the final name.
+    concurrent load never leaves a half-extracted folder under the final name. In the studio cache (the default
+    work_dir) the quota holds: least recently used entries make room first (`studio_cache.make_room`), and a hit
+    marks the extraction and the archive as used.
     """
-    root = Path(work_dir) if work_dir is not None else studio_cache_dir() / "archives"
+    in_cache = work_dir is None
+    root = Path(work_dir) if not in_cache else studio_cache_dir() / "archives"
     root.mkdir(parents=True, exist_ok=True)
     final = root / file_sha256(archive)
+    if in_cache:
+        touch(archive)
     if final.is_dir():
+        touch(final)
         return archive_root(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name[:16]}-", dir=root))
+    room = (lambda n: make_room(n, keep=[archive])) if in_cache else None
     try:
         try:
-            extract_archive(archive, tmp / "x")
-        except ArchiveError as e:   # one error type for callers of load_model
+            extract_archive(archive, tmp / "x", make_room=room)
+        except (ArchiveError, CacheFullError) as e:   # one error type for callers of load_model
             raise SourceError(str(e)) from e
         try:
             os.replace(tmp / "x", final)
@@ -221,9 +312,8 @@ def check_model_dir(local: Path, *, allow_pickle: bool = False, trust_remote_cod
         return "safetensors"
     pickles = [n for n in names if n.endswith(_PICKLE_SUFFIXES) and n != "training_args.bin"]
     if not pickles:
-        raise SourceError(f"{local}: no weights found (expected *.safetensors next to config.json); found: "
-                          f"{_listing(local)}. A model that ships only pickle checkpoints (*.bin, *.pt) needs "
-                          "--allow-pickle.")
+        raise SourceError(f"{local}: no weights found (expected *.safetensors next to config.json). A model that "
+                          "ships only pickle checkpoints (*.bin, *.pt) needs --allow-pickle.")
     if not allow_pickle:
         raise SourceError(f"{local}: only pickle checkpoints ({', '.join(pickles[:5])}), which can run code when "
                           "loaded. Convert them to safetensors, or pass --allow-pickle (allow_pickle=True) to load "
@@ -236,8 +326,8 @@ def check_model_dir(local: Path, *, allow_pickle: bool = False, trust_remote_cod
 def _check_config(local: Path, *, trust_remote_code: bool) -> None:
     """config.json must exist; it and tokenizer_config.json may name custom code (`auto_map`) only when trusted."""
     if not (local / "config.json").is_file():
-        raise SourceError(f"{local}: no config.json, so this is not a Hugging Face model folder; found: "
-                          f"{_listing(local)}. Pass the folder that holds config.json and the *.safetensors files.")
+        raise SourceError(f"{local}: no config.json, so this is not a Hugging Face model folder. Pass the folder "
+                          "that holds config.json and the *.safetensors files.")
     for name in ("config.json", "tokenizer_config.json"):
         path = local / name
         if not path.is_file():
@@ -252,12 +342,6 @@ def _check_config(local: Path, *, trust_remote_code: bool) -> None:
             raise SourceError(f"{local}: {name} has 'auto_map', so the model needs its own Python code "
                               f"({', '.join(sorted(map(str, config['auto_map'])))}). Read that code, then pass "
                               "--trust-remote-code (trust_remote_code=True) to run it; it is off by default.")
-
-
-def _listing(local: Path, limit: int = 20) -> str:
-    names = sorted(p.name + ("/" if p.is_dir() else "") for p in local.iterdir())
-    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
-    return (", ".join(names[:limit]) or "nothing") + more
 
 
 # --------------------------------------------------------------------------------------------------------- loading
@@ -280,6 +364,8 @@ def _load_weights(local: Path, weights: str, *, dtype, trust_remote_code: bool,
         raise
     except pickle.UnpicklingError as e:
         raise SourceError(_pickle_refusal(local, e)) from e
+    except SafetensorError as e:
+        raise SourceError(_safetensors_refusal(local, e)) from e
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         raise SourceError(f"{local}: transformers could not load this model ({type(e).__name__}: {e})") from e
     missing = sorted(info.get("missing_keys") or ())
@@ -320,6 +406,20 @@ def _torch_load_state(local: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise SourceError(f"{files[0]}: not a state dict of tensors")
     return obj
+
+
+def _safetensors_refusal(local: Path, err: Exception) -> str:
+    """Name the weight file whose header does not read (safetensors' own message does not say which)."""
+    bad = "a *.safetensors file"
+    for path in sorted(local.glob("*.safetensors")):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except (SafetensorError, OSError):
+            bad = path.name
+            break
+    return (f"{local}: {bad} is not a readable safetensors file ({str(err)[:SHOWN_CHARS]}); it is truncated or "
+            "corrupt. Copy or upload it again, or re-save the model with save_pretrained.")
 
 
 def _pickle_refusal(where: Path, err: Exception) -> str:

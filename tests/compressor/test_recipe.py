@@ -59,6 +59,27 @@ def test_bad_fields_are_named(text, names):
         assert name in str(info.value)
 
 
+@pytest.mark.parametrize("text, name, words", [
+    ("seed: 99999999999999999999", "seed", "less than or equal to 4294967295"),
+    ("seed: -1", "seed", "greater than or equal to 0"),
+    ("evaluate: {tokens: 1000000000000}", "evaluate.tokens", "less than or equal to 50000000"),
+    ("distill: {warmup_steps: 1000000000000}", "distill.warmup_steps", "less than or equal to 10000000"),
+    ("distill: {clip_grad: .inf}", "distill.clip_grad", "finite number"),
+    ("distill: {clip_grad: .nan}", "distill.clip_grad", "finite number"),
+    ("distill: {lr: .inf}", "distill.lr", "finite number"),
+    ("distill: {cache_teacher_topk: 100000000}", "distill.cache_teacher_topk", "less than or equal to 1048576"),
+    ("slimming: {layers_drop: 1000000000}", "slimming.layers_drop", "less than or equal to 1024"),
+    ("slimming: {experts_keep: 1000000000}", "slimming.experts_keep", "less than or equal to 4096"),
+    ("model: " + "x" * 5000, "model", "at most 4096 characters"),
+    ("evaluate: {tasks: [" + ", ".join(["t.jsonl"] * 65) + "]}", "evaluate.tasks", "at most 64 items"),
+])
+def test_numbers_and_strings_have_finite_bounds(text, name, words):
+    """Values that used to pass and fail late in the worker (inf clip, 1e9 layers dropped, huge seeds)."""
+    with pytest.raises(RecipeError) as info:
+        Recipe.from_yaml(text)
+    assert f"{name}: " in str(info.value) and words in str(info.value), str(info.value)[:300]
+
+
 def test_distill_cache_rule_on_the_config_itself():
     with pytest.raises(ValueError, match="hidden_mse_weight"):
         DistillConfig(cache_teacher_topk=8, hidden_mse_weight=1.0)

@@ -73,6 +73,52 @@ def test_parse_source_refuses_nonsense_with_the_accepted_forms(text, message):
     assert "org/name@revision" in str(err.value)
 
 
+def test_long_user_strings_are_cut_in_messages():
+    with pytest.raises(SourceError) as err:
+        parse_source("/nowhere/" + "x" * 100_000)
+    text = str(err.value)
+    assert len(text) < 1000 and "… (100009 characters)" in text
+    assert sources.shown("a/b") == "'a/b'"
+
+
+def test_hub_box_takes_hub_ids_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org" / "name").mkdir(parents=True)             # a folder of the same shape: still a hub id
+    assert sources.parse_hub_id(" org/name@v1 ") == ModelSource("hub", "org/name", "v1")
+    for text in ("/etc", "/etc/passwd", "~/.ssh", "../x/y", "org/../name", "proc/self/../x", "a/b.zip", "", "x" * 500):
+        with pytest.raises(SourceError, match="is not a hub id: type 'org/name'") as err:
+            sources.parse_hub_id(text)
+        assert len(str(err.value)) < 500
+
+
+def test_local_folders_must_lie_under_the_roots(tmp_path, tiny):
+    """Outside the roots, existing or not, symlinked or '..'-ed: one message naming the roots, nothing listed."""
+    _, folder = tiny
+    root = tmp_path / "models"
+    shutil.copytree(folder, root / "tiny-moe")
+    (root / "up.zip").write_bytes(b"")
+    (root / "escape").symlink_to(tmp_path)                      # a link inside the root pointing out of it
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "config.json").write_text("{}")
+    roots = [root]
+    assert sources.parse_local_source(str(root / "tiny-moe"), roots) == ModelSource("directory", str(root / "tiny-moe"))
+    assert sources.parse_local_source(str(root / "up.zip"), roots).kind == "archive"
+    messages = set()
+    for text in (str(secret), str(tmp_path / "no-such-folder"), str(root / "escape" / "secret"),
+                 str(root / ".." / "secret"), "/etc", "/proc/self", "~"):
+        with pytest.raises(SourceError, match=r"is outside the folders this studio opens models from") as err:
+            sources.parse_local_source(text, roots, hint="add one with --model-root DIR")
+        assert str(root) in str(err.value) and "--model-root DIR" in str(err.value)
+        assert "config.json" not in str(err.value)
+        messages.add(str(err.value).split(" is outside")[1])
+    assert len(messages) == 1                                   # existing or not: the same words
+    with pytest.raises(SourceError, match="not an existing folder or archive"):
+        sources.parse_local_source(str(root / "missing"), roots)
+    with pytest.raises(SourceError, match="not a valid path"):
+        sources.parse_local_source(str(root) + "/a\0b", roots)
+
+
 def test_lone_safetensors_file_is_not_a_model(tiny):
     _, folder = tiny
     with pytest.raises(SourceError, match="zip the whole Hugging Face folder"):
@@ -212,11 +258,28 @@ def test_folder_without_config_or_weights(tmp_path, tiny):
     noconf.mkdir()
     shutil.copy(folder / "model.safetensors", noconf)
     (noconf / "readme.md").write_text("hi")
-    with pytest.raises(SourceError, match="no config.json.*found: model.safetensors, readme.md"):
+    with pytest.raises(SourceError, match="no config.json, so this is not a Hugging Face model folder") as err:
         load_model(str(noconf))
+    assert "readme.md" not in str(err.value)                      # a folder's contents are never listed
     noweights = _copy(folder, tmp_path / "noweights")
-    with pytest.raises(SourceError, match="no weights found.*found: config.json"):
+    (noweights / "secret.txt").write_text("x")
+    with pytest.raises(SourceError, match=r"no weights found \(expected \*.safetensors") as err:
         load_model(str(noweights))
+    assert "secret.txt" not in str(err.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbled header"])
+def test_corrupt_safetensors_is_a_source_error_naming_the_file(tmp_path, tiny, damage):
+    _, folder = tiny
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    data = (bad / "model.safetensors").read_bytes()
+    broken = data[: len(data) // 2] if damage == "truncated" else data[:8] + b"{not json" + data[17:]
+    (bad / "model.safetensors").write_bytes(broken)
+    with pytest.raises(SourceError, match=r"model.safetensors is not a readable safetensors file .*truncated or "
+                                          r"corrupt") as err:
+        load_model(str(bad))
+    assert "Traceback" not in str(err.value) and len(str(err.value)) < 1000
 
 
 def test_weights_that_miss_parameters_are_refused(tmp_path, tiny):
