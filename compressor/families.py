@@ -223,7 +223,9 @@ class FamilyAdapter:
             raise UnsupportedModelError(f"{type(model).__name__}: no decoder layers at model.layers")
         return layers
 
-    def moe_blocks(self, model: nn.Module) -> list[MoEBlock]:
+    def moe_blocks(self, model: nn.Module, *, required: bool = True) -> list[MoEBlock]:
+        """Every MoE block in layer order. `required=False` returns [] for a model (or a one-layer view) without
+        MoE layers instead of raising."""
         blocks = []
         for i, layer in enumerate(self.decoder_layers(model)):
             blk = getattr(layer, self.spec.block_attr, None)
@@ -240,7 +242,7 @@ class FamilyAdapter:
                 interleaved=not bool(getattr(experts, "is_concatenated", True)),
                 has_bias=bool(getattr(experts, "has_bias", False)),
             ))
-        if not blocks:
+        if not blocks and required:
             raise UnsupportedModelError(f"{type(model).__name__} ({self.family}) has no MoE layers")
         return blocks
 

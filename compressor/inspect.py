@@ -34,11 +34,12 @@ class ParamCount:
 
 
 def stored_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State-dict tensors with tied / shared storage kept once (first name wins)."""
+    """State-dict tensors with tied / shared storage kept once (first name wins). Meta tensors have no storage:
+    there a tensor shared by two names (tied embeddings) is the same Parameter object, so identity decides."""
     seen, out = set(), {}
     for name, t in model.state_dict(keep_vars=True).items():
         real = t.numel() and t.device.type != "meta"          # meta / empty tensors have no storage to share
-        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride()) if real else (name,)
+        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride()) if real else ("meta", id(t))
         if key in seen:
             continue
         seen.add(key)

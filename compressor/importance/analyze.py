@@ -144,7 +144,8 @@ def next_token_loss_sum(*, logits: torch.Tensor, input_ids: torch.Tensor, attent
     return loss, int(keep.sum())
 
 
-def _unpack(batch, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def unpack_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(input_ids [B, S], attention_mask [B, S] or None) from a dict, an (ids, mask) pair or an id tensor."""
     if isinstance(batch, dict):
         ids, mask = batch["input_ids"], batch.get("attention_mask")
     elif isinstance(batch, (tuple, list)):
@@ -156,8 +157,12 @@ def _unpack(batch, device) -> tuple[torch.Tensor, torch.Tensor | None]:
                         f"or an id tensor; got {type(batch).__name__}")
     if ids.dim() != 2:
         raise ValueError(f"input_ids must be [batch, seq]; got shape {tuple(ids.shape)}")
-    ids = ids.to(device)
-    return ids, (mask.to(device) if mask is not None else None)
+    return ids, mask
+
+
+def _unpack(batch, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ids, mask = unpack_batch(batch)
+    return ids.to(device), (mask.to(device) if mask is not None else None)
 
 
 @contextmanager

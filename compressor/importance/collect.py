@@ -38,7 +38,7 @@ def wanda_targets(model: nn.Module, adapter: FamilyAdapter) -> dict[int, list[tu
     routers and shared-expert gates (routing maps are never pruned). Names are the model's module names."""
     names = {id(m): n for n, m in model.named_modules()}
     skip = set()
-    for blk in adapter.moe_blocks(model):
+    for blk in adapter.moe_blocks(model, required=False):
         for mod in (blk.router, blk.shared_gate):
             if mod is not None:
                 skip.update(id(m) for m in mod.modules())
@@ -56,7 +56,7 @@ class ScoreCollector:
         if unknown:
             raise ValueError(f"unknown score kinds {sorted(unknown)}; choose from {sorted(WANT_ALL)}")
         self.model, self.adapter, self.want, self.outlier_m = model, adapter, frozenset(want), outlier_m
-        self.blocks: list[MoEBlock] = adapter.moe_blocks(model)
+        self.blocks: list[MoEBlock] = adapter.moe_blocks(model, required=False)   # [] for a dense one-layer view
         self.num_layers = len(adapter.decoder_layers(model))
         self.top_k = adapter.top_k(model.config)
         self._handles: list = []
@@ -174,14 +174,14 @@ class ScoreCollector:
         layer_ids = [b.layer for b in self.blocks]
         st = lambda name: _stack([getattr(s, name) for s in self.sums])  # noqa: E731  [L, ...] float64 on CPU
         experts = neurons = layers = None
-        tokens = max(s.tokens for s in self.sums)
+        tokens = max((s.tokens for s in self.sums), default=0)
         taylor = self.taylor_tokens > 0
-        if "experts" in self.want:
+        if "experts" in self.want and self.blocks:
             experts = ExpertScores(layers=layer_ids, tokens=tokens, top_k=self.top_k, counts=st("counts"),
                                    gate_sum=st("gate_sum"), reap_sum=st("reap_sum"), man_sum=st("man_sum"),
                                    max_abs=st("max_abs"), taylor_sum=st("taylor_expert") if taylor else None,
                                    taylor_tokens=self.taylor_tokens)
-        if "neurons" in self.want:
+        if "neurons" in self.want and self.blocks:
             down_norm = _stack([M.down_column_norms(down=b.down_weight()) for b in self.blocks])
             neurons = NeuronScores(layers=layer_ids, counts=st("counts"), abs_sum=st("abs_sum"), down_norm=down_norm,
                                    taylor_sum=st("taylor_neuron") if taylor else None,

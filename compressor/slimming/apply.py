@@ -90,20 +90,27 @@ def apply_slimming_(model: nn.Module, importance, cfg: SlimmingConfig, *, batche
         reports.append(drop_layers_(model, layer_scores_from(importance), LayerDropConfig(layers_drop=cfg.layers_drop),
                                     reporter=reporter))
     if cfg.sparsity > 0:
-        structural = any(r.params_after != r.params_before for r in reports)
-        stored = getattr(importance.layers, "wanda_inputs", None) if importance.layers is not None else None
-        if not structural and stored:
-            inputs, used["sparsity"] = wanda_inputs_from_sums(stored), "wanda (from the importance report)"
-        elif batches is not None:
+        inputs, used["sparsity"] = wanda_inputs_for(importance, reports, batches)
+        if inputs is None:
             inputs = collect_wanda_inputs(model, batches)
-            used["sparsity"] = "wanda (recollected on the slimmed model)"
-        else:
-            raise ValueError("sparsifying after structural cuts needs Wanda input norms of the slimmed model: pass "
-                             "calibration batches")
         reports.append(sparsify_(model, inputs, SparsifyConfig(sparsity=cfg.sparsity,
                                                                allocation=cfg.sparsity_allocation), reporter=reporter))
     return SlimmingResult(params_before=before, params_after=count_params(model), seconds=time.perf_counter() - t0,
                           reports=reports, scores_used=used)
+
+
+def wanda_inputs_for(importance, reports: list, batches) -> tuple[dict | None, str]:
+    """Where sparsify's input norms come from after the cuts in `reports`: (the importance report's norms, label)
+    when nothing structural was cut, else (None, label): recollect them on the slimmed model over `batches`.
+    Raises when a recollection is needed and there are no batches."""
+    structural = any(r.params_after != r.params_before for r in reports)
+    stored = getattr(importance.layers, "wanda_inputs", None) if importance.layers is not None else None
+    if not structural and stored:
+        return wanda_inputs_from_sums(stored), "wanda (from the importance report)"
+    if batches is None:
+        raise ValueError("sparsifying after structural cuts needs Wanda input norms of the slimmed model: pass "
+                         "calibration batches")
+    return None, "wanda (recollected on the slimmed model)"
 
 
 def analysis_needs(cfg: SlimmingConfig) -> tuple[tuple[str, ...], bool]:

@@ -48,7 +48,7 @@ def sparsifiable_maps(model: nn.Module) -> list[LinearMap]:
     """Every map `sparsify_` may prune, in layer order (rule in the module docstring)."""
     adapter = resolve_adapter(model)
     names = {id(m): n for n, m in model.named_modules()}
-    blocks = {b.layer: b for b in adapter.moe_blocks(model)}
+    blocks = {b.layer: b for b in adapter.moe_blocks(model, required=False)}
     maps = []
     for i, layer in enumerate(adapter.decoder_layers(model)):
         blk = blocks.get(i)
@@ -122,7 +122,19 @@ def sparsify_(model: nn.Module, wanda_inputs: Mapping[str, torch.Tensor], cfg: S
     means, outliers, weights = layer_statistics(maps, wanda_inputs, L,
                                                 owl_m=cfg.owl_m if cfg.allocation == "owl" else None)
     targets, stats = allocate(cfg, means=means, outliers=outliers)
-    zeros = torch.zeros(L, dtype=torch.float64)
+    zeros = prune_maps_(maps, wanda_inputs, targets, reporter=reporter)
+    return SparsifyReport(params_before=before, params_after=count_params(model), seconds=time.perf_counter() - t0,
+                          config=cfg, layers=layer_sparsities(targets, zeros, weights, stats),
+                          achieved=float(zeros.sum() / weights.sum()) if weights.sum() else 0.0,
+                          maps=sum(math.prod(m.weight.shape[:-2]) for m in maps))
+
+
+@torch.no_grad()
+def prune_maps_(maps: list[LinearMap], wanda_inputs: Mapping[str, torch.Tensor], targets: torch.Tensor, *,
+                reporter: Reporter | None = None) -> torch.Tensor:
+    """Zero the lowest-Wanda-score weights of each map's rows at its layer's `targets[layer]`, in place; return the
+    zero count per layer [len(targets)]."""
+    zeros = torch.zeros(len(targets), dtype=torch.float64)
     for j, m in enumerate(maps):
         if reporter is not None:
             reporter.report("sparsify", step=j, total=len(maps), message=f"layer {m.layer}: {m.key}")
@@ -130,9 +142,11 @@ def sparsify_(model: nn.Module, wanda_inputs: Mapping[str, torch.Tensor], cfg: S
         a = wanda_scores(weight=m.weight, input_norms=_ranking_norms(x))
         prune_rows_(m.weight, scores=a, sparsity=float(targets[m.layer]))
         zeros[m.layer] += m.weight.numel() - torch.count_nonzero(m.weight).item()
-    layers = [LayerSparsity(layer=i, target=float(targets[i]), achieved=float(zeros[i] / weights[i]) if weights[i] else 0.0,
-                            weights=int(weights[i]), stat=float(stats[i])) for i in range(L)]
-    achieved = float(zeros.sum() / weights.sum()) if weights.sum() else 0.0
-    return SparsifyReport(params_before=before, params_after=count_params(model), seconds=time.perf_counter() - t0,
-                          config=cfg, layers=layers, achieved=achieved,
-                          maps=sum(math.prod(m.weight.shape[:-2]) for m in maps))
+    return zeros
+
+
+def layer_sparsities(targets: torch.Tensor, zeros: torch.Tensor, weights: torch.Tensor, stats: torch.Tensor
+                     ) -> list[LayerSparsity]:
+    """Target and achieved sparsity (zeros / weights) per decoder layer, with the allocation's statistic."""
+    return [LayerSparsity(layer=i, target=float(targets[i]), achieved=float(zeros[i] / weights[i]) if weights[i]
+                          else 0.0, weights=int(weights[i]), stat=float(stats[i])) for i in range(len(targets))]

@@ -1,0 +1,71 @@
+"""Held-out quality of checkpoints that do not fit: perplexity, top-1 agreement and KL to the original, computed
+from one layer-by-layer sweep per model.
+
+Each model's last hidden states for every evaluation batch come from a sweep (`final_hidden`); a `ReplayLM` then
+answers `compare_quality`'s forward calls from them (norm + lm_head only, globals in memory), so the metrics are the
+in-memory path's own code and equal its figures for the same windows.
+
+    stats = stream_quality(Path("slim"), Path("original"), windows, batch_size=8)
+    stats.perplexity, stats.agreement, stats.kl_to_baseline
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from compressor.evaluate.quality import QualityStats, compare_quality
+from compressor.progress import Reporter
+from compressor.stream.skeleton import Skeleton
+from compressor.stream.sweep import advance_, capture_inputs, final_logits
+
+
+@torch.no_grad()
+def final_hidden(folder: Path | str, batches: list[torch.Tensor], *, dtype: torch.dtype | None = None,
+                 reporter: Reporter | None = None) -> tuple[Skeleton, list[torch.Tensor]]:
+    """The skeleton (globals loaded) and the last decoder layer's output for every batch [B, L] of ids."""
+    sk = Skeleton.open(folder, dtype=dtype)
+    sk.load_globals_()
+    acts = capture_inputs(sk, batches)
+    n = len(sk.layers)
+    for i in range(n):
+        if reporter is not None:
+            reporter.report("evaluate", i, n, message=f"{Path(folder).name}: layer {i + 1}/{n}")
+        advance_(sk.load_layer_(i), acts, i)
+        sk.release_layer_(i)
+    return sk, acts.hidden
+
+
+class ReplayLM(nn.Module):
+    """Answers forward calls, in order, with lm_head(norm(h)) of stored last hidden states; refuses other inputs."""
+
+    def __init__(self, skeleton: Skeleton, batches: list[torch.Tensor], hidden: list[torch.Tensor]):
+        super().__init__()
+        self.skeleton = skeleton
+        self.head, self.norm = skeleton.model.lm_head, skeleton.base.norm      # real parameters (device, eval)
+        self._queue = list(zip(batches, hidden))
+
+    def forward(self, input_ids: torch.Tensor, use_cache: bool = False):
+        if not self._queue:
+            raise RuntimeError("ReplayLM has no stored batch left; sweep the evaluation windows again")
+        ids, h = self._queue.pop(0)
+        if not torch.equal(ids, input_ids.to(ids.device)):
+            raise RuntimeError("ReplayLM was asked for another batch than the one it stored next")
+        return SimpleNamespace(logits=final_logits(self.skeleton, h))
+
+
+def stream_quality(model_dir: Path | str, baseline_dir: Path | str | None, windows: torch.Tensor, *,
+                   batch_size: int = 8, dtype: torch.dtype | None = None,
+                   reporter: Reporter | None = None) -> QualityStats:
+    """`compare_quality` of the checkpoint in `model_dir` against the one in `baseline_dir` (or alone), with one
+    decoder layer of one model in memory at a time."""
+    batches = list(windows.split(batch_size))
+    sk, hidden = final_hidden(model_dir, batches, dtype=dtype, reporter=reporter)
+    model = ReplayLM(sk, batches, hidden)
+    base = None
+    if baseline_dir is not None:
+        bsk, bhidden = final_hidden(baseline_dir, batches, dtype=dtype, reporter=reporter)
+        base = ReplayLM(bsk, batches, bhidden)
+    return compare_quality(model, base, windows, batch_size=batch_size, reporter=reporter)

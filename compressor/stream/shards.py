@@ -1,0 +1,174 @@
+"""Which safetensors shard holds which tensor, read from headers only (no tensor data is touched).
+
+A folder holds either one `model.safetensors` or shards listed by `model.safetensors.index.json` (`weight_map`:
+tensor name -> file). When neither the index nor the single file is there, every `*.safetensors` file is read.
+Tensors are read with `safe_open` (memory-mapped), one group at a time.
+
+    index = ShardIndex.open(Path("my-model"))
+    index.shape("model.embed_tokens.weight")        # (vocab, hidden), from the header
+    index.layer_names(3)                            # every tensor of decoder layer 3
+    tensors = index.read(index.layer_names(3))      # {name: tensor} in the stored dtype
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+_LAYER = re.compile(r"^(?:model\.)?(?:language_model\.)?layers\.(\d+)\.")
+_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+
+class ShardError(ValueError):
+    """A checkpoint whose shards are missing, unreadable, or disagree with their index; says which file."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    file: str                  # shard file name inside the folder
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * torch.empty((), dtype=self.dtype).element_size()
+
+
+class ShardIndex:
+    """Tensor name -> (shard file, dtype, shape) for one checkpoint folder."""
+
+    def __init__(self, folder: Path, tensors: dict[str, TensorInfo]):
+        self.folder, self.tensors = Path(folder), tensors
+
+    @classmethod
+    def open(cls, folder: Path | str) -> "ShardIndex":
+        folder = Path(folder)
+        files = _shard_files(folder)
+        tensors: dict[str, TensorInfo] = {}
+        for name in files:
+            for key, info in _read_header(folder / name).items():
+                tensors[key] = info
+        index = folder / INDEX_FILE
+        if index.is_file():
+            wanted = _weight_map(index)
+            missing = sorted(set(wanted) - set(tensors))
+            if missing:
+                raise ShardError(f"{folder.name}: {INDEX_FILE} lists tensor {missing[0]!r} in "
+                                 f"{wanted[missing[0]]!r}, but that file does not hold it"
+                                 + (f" (+{len(missing) - 1} more missing)" if len(missing) > 1 else "")
+                                 + "; the download is incomplete or the shards are from another model.")
+        return cls(folder, tensors)
+
+    # -- queries ------------------------------------------------------------------------------------------------
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.info(name).shape
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise ShardError(f"{self.folder.name}: no tensor {name!r} in any shard "
+                             f"({', '.join(sorted({t.file for t in self.tensors.values()})[:4])})") from None
+
+    def layer_of(self, name: str) -> int | None:
+        """Decoder-layer index of a tensor name (`model.layers.<i>.`), or None for embeddings, norm, head."""
+        m = _LAYER.match(name)
+        return int(m.group(1)) if m else None
+
+    def layer_names(self, layer: int) -> list[str]:
+        return sorted(n for n in self.tensors if self.layer_of(n) == layer)
+
+    def global_names(self) -> list[str]:
+        """Tensors outside the decoder layers (embeddings, final norm, lm_head)."""
+        return sorted(n for n in self.tensors if self.layer_of(n) is None)
+
+    def num_layers(self) -> int:
+        ids = {self.layer_of(n) for n in self.tensors} - {None}
+        return max(ids) + 1 if ids else 0
+
+    def dtypes(self) -> set[torch.dtype]:
+        return {t.dtype for t in self.tensors.values()}
+
+    def bytes_of(self, names) -> int:
+        return sum(self.info(n).nbytes for n in names)
+
+    # -- data ---------------------------------------------------------------------------------------------------
+    def read(self, names) -> dict[str, torch.Tensor]:
+        """The named tensors, in their stored dtype, grouped by shard (each shard opened once)."""
+        by_file: dict[str, list[str]] = {}
+        for n in names:
+            by_file.setdefault(self.info(n).file, []).append(n)
+        out = {}
+        for file, keys in by_file.items():
+            try:
+                with safe_open(self.folder / file, framework="pt", device="cpu") as f:
+                    for k in keys:
+                        out[k] = f.get_tensor(k)
+            except (SafetensorError, OSError) as e:
+                raise ShardError(f"{self.folder.name}/{file}: cannot read tensor data ({e}); the file is "
+                                 "truncated or corrupt. Download or copy it again.") from e
+        return out
+
+
+def _shard_files(folder: Path) -> list[str]:
+    index = folder / INDEX_FILE
+    if index.is_file():
+        files = sorted(set(_weight_map(index).values()))
+        absent = [f for f in files if not (folder / f).is_file()]
+        if absent:
+            raise ShardError(f"{folder.name}: {INDEX_FILE} names shard {absent[0]!r}, which is not in the folder"
+                             + (f" (+{len(absent) - 1} more)" if len(absent) > 1 else "")
+                             + "; copy every shard next to config.json.")
+        return files
+    if (folder / SINGLE_FILE).is_file():
+        return [SINGLE_FILE]
+    files = sorted(p.name for p in folder.glob("*.safetensors") if p.is_file())
+    if not files:
+        raise ShardError(f"{folder.name}: no *.safetensors files next to config.json")
+    return files
+
+
+def _weight_map(index: Path) -> dict[str, str]:
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+        wm = data["weight_map"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ShardError(f"{index.parent.name}/{INDEX_FILE}: not a valid shard index ({type(e).__name__}: {e})") from e
+    if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
+        raise ShardError(f"{index.parent.name}/{INDEX_FILE}: weight_map must map tensor names to file names")
+    bad = [v for v in wm.values() if "/" in v or "\\" in v or v.startswith(".")]
+    if bad:
+        raise ShardError(f"{index.parent.name}/{INDEX_FILE}: shard name {bad[0][:80]!r} is not a plain file name")
+    return wm
+
+
+def _read_header(path: Path) -> dict[str, TensorInfo]:
+    """Names, dtypes and shapes from one file's header (safetensors validates offsets against the file size)."""
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            out = {}
+            for k in f.keys():
+                sl = f.get_slice(k)
+                dtype = _DTYPES.get(sl.get_dtype())
+                if dtype is None:
+                    raise ShardError(f"{path.name}: tensor {k!r} has dtype {sl.get_dtype()}, which the studio "
+                                     "cannot load")
+                out[k] = TensorInfo(path.name, dtype, tuple(int(d) for d in sl.get_shape()))
+            return out
+    except (SafetensorError, OSError) as e:
+        raise ShardError(f"{path.parent.name}/{path.name}: not a readable safetensors file ({e}); the file is "
+                         "truncated or corrupt. Download or copy it again.") from e

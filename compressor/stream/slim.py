@@ -1,0 +1,235 @@
+"""Apply a recipe's `slimming` section to a checkpoint one decoder layer at a time, writing the slimmed checkpoint.
+
+Decisions are made once, on a meta-device copy of the model (the *plan*), by the very functions the in-memory path
+uses (`slim_neurons_`, `prune_experts_`, `drop_layers_` with the same scores), so the kept neurons, experts and
+layers and the rewritten config are identical. Then for each kept layer j (source layer i): load layer i, cut it with
+the kept ids (`MoEBlock.keep_neurons_` / `keep_experts_`, the in-memory primitives), move its tensors into plan layer
+j, sparsify it, write it as one shard, free it.
+
+Sparsity needs per-layer statistics before any layer is pruned (OWL / DLP allocate across layers), so it adds a
+first sweep: the cut layers' Wanda statistics (`layer_statistics`), taken from the importance report's input norms
+when nothing structural was cut, otherwise from a calibration sweep through the cut layers (what
+`collect_wanda_inputs` computes on the cut model in memory). `allocate` then gives every layer's target.
+
+    result = stream_slim(Path("big"), report, SlimmingConfig(expert_keep_ratio=0.5), Path("out/checkpoint"))
+    result.params_after.total, result.peak_layer_bytes
+"""
+from __future__ import annotations
+
+import copy
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from compressor.families import resolve_adapter
+from compressor.importance.collect import ScoreCollector
+from compressor.inspect import ParamCount, count_params
+from compressor.progress import CancelFn, ProgressFn, Reporter
+from compressor.recipe import SlimmingConfig
+from compressor.slimming.apply import (expert_scores_from, layer_scores_from, neuron_scores_from,
+                                       wanda_inputs_for)
+from compressor.slimming.config import ExpertPruneConfig, LayerDropConfig, NeuronSlimConfig, SparsifyConfig
+from compressor.slimming.experts import prune_experts_
+from compressor.slimming.export import _write_aliases
+from compressor.slimming.layers import drop_layers_
+from compressor.slimming.neurons import slim_neurons_
+from compressor.slimming.sparsify import (allocate, layer_sparsities, layer_statistics, prune_maps_,
+                                          sparsifiable_maps)
+from compressor.slimming.wanda_inputs import wanda_inputs_from_sums
+from compressor.stream.shards import ShardIndex
+from compressor.stream.skeleton import Skeleton, release_
+from compressor.stream.sweep import advance_, capture_inputs
+from compressor.stream.writer import ShardWriter
+
+COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                "vocab.json", "vocab.txt", "merges.txt", "added_tokens.json", "chat_template.jinja",
+                "chat_template.json", "generation_config.json")
+
+
+@dataclass
+class StreamSlimResult:
+    params_before: ParamCount
+    params_after: ParamCount
+    seconds: float
+    bytes_written: int
+    layers_written: int
+    reports: list = field(default_factory=list)      # structural reports (made on the plan), in order
+    sparsity: dict | None = None                     # {"achieved", "layers": [...]} when sparsified
+    scores_used: dict = field(default_factory=dict)
+    layer_seconds: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        b, a = self.params_before, self.params_after
+        return {"params_before": b.to_dict(), "params_after": a.to_dict(),
+                "params_total_ratio": a.total / b.total, "params_active_ratio": a.active / b.active,
+                "seconds": self.seconds, "bytes_written": self.bytes_written, "layers_written": self.layers_written,
+                "scores_used": self.scores_used, "operations": [r.to_dict() for r in self.reports],
+                "sparsity": self.sparsity, "layer_seconds": self.layer_seconds, "streamed": True}
+
+
+def stream_slim(folder: Path | str, importance, cfg: SlimmingConfig, out_dir: Path | str, *, batches=None,
+                dtype: torch.dtype | None = None, on_progress: ProgressFn | None = None,
+                should_cancel: CancelFn | None = None) -> StreamSlimResult:
+    """Slim the checkpoint in `folder` by `cfg` with scores `importance` (an ImportanceReport of it) into `out_dir`
+    (a Hugging Face folder). `batches` are needed only to sparsify after structural cuts."""
+    t0 = time.perf_counter()
+    reporter = Reporter(on_progress, should_cancel)
+    folder, out = Path(folder), Path(out_dir)
+    index = ShardIndex.open(folder)
+    src = Skeleton.open(folder, dtype=dtype, index=index)
+    plan = Skeleton(folder, copy.deepcopy(src.model), index, src.dtype)    # meta: the copy costs no memory
+    before = count_params(src.model)
+    reports, used, cuts = _plan_structure_(plan.model, importance, cfg)
+    keep = cuts["layers"]
+    targets, spars = None, None
+    if cfg.sparsity > 0:
+        inputs, used["sparsity"] = wanda_inputs_for(importance, reports, batches)
+        scfg = SparsifyConfig(sparsity=cfg.sparsity, allocation=cfg.sparsity_allocation)
+        inputs, means, outliers, weights = _sparsity_statistics(src, plan, keep, cuts, inputs, scfg, batches, reporter)
+        targets, stats = allocate(scfg, means=means, outliers=outliers)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; choose an empty folder for the slimmed checkpoint")
+    zeros = torch.zeros(len(keep), dtype=torch.float64)
+    layer_seconds = []
+    try:
+        with ShardWriter(out, model=plan.model) as writer:
+            plan.load_globals_()
+            writer.write(_global_tensors(plan.model))
+            for j, i in enumerate(keep):
+                tl = time.perf_counter()
+                reporter.report("slim", j, len(keep), message=f"layer {i} -> {j}: cut and write")
+                _materialize_cut_(src, plan, i, j, cuts)
+                if targets is not None:
+                    maps = [m for m in sparsifiable_maps(plan.layer_view(j)) if m.layer == j]
+                    zeros += prune_maps_(maps, inputs, targets)
+                layer = plan.layers[j]
+                writer.write({f"model.layers.{j}.{k}": v for k, v in layer.state_dict().items()})
+                release_(layer)
+                layer_seconds.append(time.perf_counter() - tl)
+        _finish_folder(folder, out, plan)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    if targets is not None:
+        spars = {"achieved": float(zeros.sum() / weights.sum()) if weights.sum() else 0.0,
+                 "layers": [s.__dict__ for s in layer_sparsities(targets, zeros, weights, stats)]}
+    _check_written(out, plan)
+    return StreamSlimResult(params_before=before, params_after=count_params(plan.model),
+                            seconds=time.perf_counter() - t0, bytes_written=writer.bytes, layers_written=len(keep),
+                            reports=reports, sparsity=spars, scores_used=used, layer_seconds=layer_seconds)
+
+
+def _plan_structure_(model, importance, cfg: SlimmingConfig) -> tuple[list, dict, dict]:
+    """Run the structural cuts on the meta-device plan (same functions, same scores, same order as
+    `apply_slimming_`); return their reports, the scores used, and the kept ids: {"neurons": {layer: [E, w]},
+    "experts": {layer: [ids]}, "layers": [source layer of each kept layer]}."""
+    reports, used = [], {}
+    L = len(resolve_adapter(model).decoder_layers(model))
+    cuts: dict = {"neurons": {}, "experts": {}, "layers": list(range(L))}
+    if cfg.expert_keep_ratio < 1.0:
+        used["neurons"] = cfg.neuron_score
+        r = slim_neurons_(model, neuron_scores_from(importance, cfg.neuron_score),
+                          NeuronSlimConfig(keep_ratio=cfg.expert_keep_ratio))
+        reports.append(r)
+        if r.width != r.width_before:
+            cuts["neurons"] = r.kept
+    if cfg.experts_keep is not None:
+        used["experts"] = cfg.expert_score
+        r = prune_experts_(model, expert_scores_from(importance, cfg.expert_score),
+                           ExpertPruneConfig(experts_keep=cfg.experts_keep))
+        reports.append(r)
+        if r.experts_after != r.experts_before:
+            cuts["experts"] = {layer: torch.tensor(ids) for layer, ids in r.kept.items()}
+    if cfg.layers_drop:
+        used["layers"] = "block_influence"
+        r = drop_layers_(model, layer_scores_from(importance), LayerDropConfig(layers_drop=cfg.layers_drop))
+        reports.append(r)
+        cuts["layers"] = list(r.kept)
+    return reports, used, cuts
+
+
+def _materialize_cut_(src: Skeleton, plan: Skeleton, i: int, j: int, cuts: dict) -> None:
+    """Source layer i, loaded and cut with the planned ids, becomes plan layer j (src layer i is freed again)."""
+    layer = src.load_layer_(i)
+    view = src.layer_view(i)
+    blocks = {b.layer: b for b in resolve_adapter(view).moe_blocks(view, required=False)}
+    blk = blocks.get(i)
+    if blk is not None and i in cuts["neurons"]:
+        blk.keep_neurons_(cuts["neurons"][i])
+    if blk is not None and i in cuts["experts"]:
+        blk.keep_experts_(cuts["experts"][i])
+    state = layer.state_dict()
+    target = plan.layers[j]
+    want = {k: (tuple(v.shape), v.dtype) for k, v in target.state_dict().items()}
+    have = {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
+    if want != have:
+        bad = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))[:3]
+        raise RuntimeError(f"layer {i}: the cut tensors do not match the planned structure ({bad})")
+    target.load_state_dict(state, assign=True)
+    src.restore_layer_(i)
+
+
+def _sparsity_statistics(src, plan, keep, cuts, inputs, scfg, batches, reporter):
+    """Per kept layer j: Wanda (mean, outlier share, weight count) of the cut layer; with `inputs` None the input
+    norms are collected by a calibration sweep through the cut layers first. Returns (inputs, means, outliers,
+    weights), each statistic [len(keep)]."""
+    n = len(keep)
+    means, outliers, weights = (torch.zeros(n, dtype=torch.float64) for _ in range(3))
+    acts = None
+    if inputs is None:
+        plan.load_globals_()
+        acts = capture_inputs(plan, list(batches))
+        inputs = {}
+    for j, i in enumerate(keep):
+        reporter.report("sparsify", j, n, message=f"layer {j + 1}/{n}: Wanda statistics")
+        _materialize_cut_(src, plan, i, j, cuts)
+        view = plan.layer_view(j)
+        if acts is not None:
+            col = ScoreCollector(view, resolve_adapter(view), want=("wanda",))
+            col.register_hooks()
+            try:
+                advance_(plan.layers[j], acts, j, before_batch=lambda b: col.set_mask(acts.masks[b]))
+            finally:
+                col.remove_hooks()
+            inputs.update(wanda_inputs_from_sums(col.result()[2].wanda_inputs))
+        maps = [m for m in sparsifiable_maps(view) if m.layer == j]
+        mean, above, count = layer_statistics(maps, inputs, j + 1,
+                                              owl_m=scfg.owl_m if scfg.allocation == "owl" else None)
+        means[j], outliers[j], weights[j] = mean[j], above[j], count[j]
+        release_(plan.layers[j])
+    return inputs, means, outliers, weights
+
+
+def _global_tensors(model) -> dict[str, torch.Tensor]:
+    """Everything outside the decoder layers, each stored tensor once (tied lm_head left to the config)."""
+    seen, out = set(), {}
+    for k, v in model.state_dict().items():
+        if k.startswith("model.layers."):
+            continue
+        if v.data_ptr() in seen:
+            continue
+        seen.add(v.data_ptr())
+        out[k] = v
+    return out
+
+
+def _finish_folder(folder: Path, out: Path, plan: Skeleton) -> None:
+    plan.config.save_pretrained(out)
+    _write_aliases(out, plan.config)
+    for name in COPIED_FILES:
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, out / name)
+
+
+def _check_written(out: Path, plan: Skeleton) -> None:
+    """Read the written globals and the first and last layer back through transformers' conversion into a model
+    built from the written config.json: any name, shape or dtype that config.json does not build raises. (All
+    layers are cut alike, so two layers stand for the rest without reading the whole output again.)"""
+    check = Skeleton.open(out)
+    check.load_globals_()
+    for i in sorted({0, len(check.layers) - 1}):
+        check.load_layer_(i)
+        check.release_layer_(i)
