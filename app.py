@@ -6,10 +6,14 @@ REDIS_URL (and DATABASE_URL) it uses the given broker and database and workers s
 
     python app.py                                   # embedded services, SQLite under ./studio-data
     python app.py --host 0.0.0.0 --port 8080 --auth alice:secret
+    python app.py --model-root ~/models --model-root /srv/hf   # the Model tab opens folders under these only
     REDIS_URL=redis://h:6379/0 DATABASE_URL=postgresql+psycopg://u:p@h/db python app.py
 
 Environment: MOE_STUDIO_AUTH (user:password), MOE_STUDIO_HOST, MOE_STUDIO_PORT, MOE_STUDIO_MAX_UPLOAD (e.g. 20gb),
-DATABASE_URL, REDIS_URL, MOE_STUDIO_HOME (data directory).
+MOE_STUDIO_MODEL_ROOTS (folders separated by os.pathsep; default the data folder and the current directory),
+MOE_STUDIO_CACHE_QUOTA (uploads + extracted archives, default 100gb), DATABASE_URL, REDIS_URL, MOE_STUDIO_HOME (data
+directory). Gradio serves returned files only from the artifacts folder (`allowed_paths`), its cache, the working
+directory and the temp folder, so downloads work with the data folder anywhere (e.g. MOE_STUDIO_HOME=/data).
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ import os
 import signal
 import sys
 import threading
+import urllib.parse
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -65,8 +71,8 @@ def build_app() -> gr.Blocks:
             runs.refresh, refresh_in, refresh_out, api_name="runs_after_enqueue", show_progress="hidden")
         compare.wire(cmp, model_state=model_state, tab_item=t_compare)
         download.wire(d, tab_item=t_download)
-        demo.load(model.open_model, [m.kind, m.path, m.hub, m.files], [m.status, m.summary, model_state],
-                  api_name="startup_model")
+        demo.load(model.open_model, [m.kind, m.path, m.hub, m.files, m.staged],
+                  [m.status, m.summary, model_state, m.staged], api_name="startup_model")
     return demo
 
 
@@ -93,7 +99,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--auth", default=os.environ.get("MOE_STUDIO_AUTH"), help="user:password for basic login")
     p.add_argument("--max-upload", default=os.environ.get("MOE_STUDIO_MAX_UPLOAD", "20gb"),
                    help="largest upload, e.g. 500mb or 20gb")
+    p.add_argument("--model-root", action="append", default=None, metavar="DIR",
+                   help="a folder the Model tab may open models from; repeatable (default $MOE_STUDIO_MODEL_ROOTS, "
+                        "else the data folder and the current directory)")
     return p.parse_args(argv)
+
+
+def model_roots_env(dirs: list[str]) -> str:
+    """`--model-root` values -> the MOE_STUDIO_MODEL_ROOTS value: real paths joined by os.pathsep. Each must be an
+    existing folder."""
+    roots = []
+    for d in dirs:
+        path = Path(os.path.realpath(Path(d).expanduser()))
+        if not path.is_dir():
+            raise SystemExit(f"--model-root {d!r}: no such folder; give an existing folder of models")
+        roots.append(str(path))
+    return os.pathsep.join(roots)
+
+
+def redact_url(url: str) -> str:
+    """A broker or database URL with its password replaced by '***', for logs.
+
+        redact_url("redis://:s3cret@h:6379/0")              # "redis://:***@h:6379/0"
+        redact_url("postgresql+psycopg://u:p@h/db")         # "postgresql+psycopg://u:***@h/db"
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:      # e.g. an unbalanced '[': show nothing of it
+        return "<unparsable URL>"
+    if "@" not in parts.netloc or ":" not in parts.netloc.rpartition("@")[0]:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostport}").geturl()
+
+
+def allowed_paths() -> list[str]:
+    """What Gradio may serve besides its cache, the working directory and the temp folder: the artifacts folder
+    (the download zips), and nothing else."""
+    from storage.artifacts import artifacts_root
+    return [str(artifacts_root())]
 
 
 def launch(demo: gr.Blocks, *, host: str, port: int, auth=None, max_upload: str = "20gb", block: bool = True):
@@ -101,6 +145,7 @@ def launch(demo: gr.Blocks, *, host: str, port: int, auth=None, max_upload: str 
     demo.queue(default_concurrency_limit=4)
     return demo.launch(server_name=host, server_port=port, auth=auth, theme=theme(), css=CSS,
                        max_file_size=max_upload, show_error=False, prevent_thread_lock=not block,
+                       allowed_paths=allowed_paths(),
                        auth_message="MoE Compression Studio: sign in" if auth else None, quiet=True)
 
 
@@ -111,6 +156,8 @@ def main(argv=None) -> int:
     if args.redis_url:
         os.environ["REDIS_URL"] = args.redis_url
     os.environ["MOE_STUDIO_MAX_UPLOAD"] = args.max_upload
+    if args.model_root:
+        os.environ["MOE_STUDIO_MODEL_ROOTS"] = model_roots_env(args.model_root)
     auth = parse_auth(args.auth)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not auth:
@@ -123,8 +170,10 @@ def main(argv=None) -> int:
     # The page does not wait for the worker: runs queued before it is ready wait in Redis. Its readiness is checked
     # in the background so a worker that cannot start is still reported.
     with EmbeddedServices(wait_ready_s=0) as services:
-        mode = "embedded Redis + 1 worker" if services.embedded else f"broker {services.redis_url}"
-        logging.info("studio on http://%s:%d (%s)", args.host, args.port, mode)
+        from storage.db import database_url
+        mode = "embedded Redis + 1 worker" if services.embedded else f"broker {redact_url(services.redis_url)}"
+        logging.info("studio on http://%s:%d (%s; database %s)", args.host, args.port, mode,
+                     redact_url(database_url()))
         if services.worker_proc is not None:
             threading.Thread(target=_check_worker, args=(services,), daemon=True, name="worker-ready").start()
         demo = build_app()

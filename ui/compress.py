@@ -4,6 +4,7 @@ YAML, and Enqueue, which stores a queued run and sends it to the worker.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from html import escape
 
 import gradio as gr
 
@@ -136,7 +137,7 @@ def estimate_card(model: dict, slimming: dict) -> str:
     if slimming.get("sparsity"):
         cells.append(("non-zero active", fmt_count(est.nonzero_active_after),
                       f"{est.speedup_sparse:.2f}x with sparse kernels"))
-    notes = "".join(f"<div style='font-size:12px;color:#64748b'>· {n}</div>" for n in est.notes)
+    notes = "".join(f"<div style='font-size:12px;color:#64748b'>· {escape(n)}</div>" for n in est.notes)
     return "<div style='font-weight:600;margin:2px 0'>Estimated result</div>" + card(cells) + notes
 
 

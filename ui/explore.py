@@ -7,6 +7,7 @@ never waits on the calibration pass itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from html import escape
 
 import gradio as gr
 
@@ -173,9 +174,9 @@ def poll(state: dict, score, drop, n_layer, n_expert, n_score, n_keep):
                 gr.Timer(active=False), *[gr.skip()] * _FIGS)
     waiting = {"PENDING": "waiting for the worker (it runs one job at a time)", "STARTED": "loading the model"}
     msg = waiting.get(st["state"], st["message"] or st["state"].lower())
-    html = (f'<div class="msg msg-info">Analysing: {msg} · {st["fraction"]:.0%}'
+    page = (f'<div class="msg msg-info">Analysing: {escape(str(msg))} · {st["fraction"]:.0%}'
             f'<div style="margin-top:6px">{progress_bar(st["fraction"])}</div></div>')
-    return (html, gr.skip(), gr.skip(), *[gr.skip()] * _FIGS)
+    return (page, gr.skip(), gr.skip(), *[gr.skip()] * _FIGS)
 
 
 def _redraw(which: str):

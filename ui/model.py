@@ -2,11 +2,16 @@
 
 The chosen model lives in the session's `model_state` ({"source", "label", "summary", "model_id", ...}); the other
 tabs listen to its change. Bad sources (not an MoE, a pickle file, a broken archive, too large) leave the previous
-model in place and say what was wrong.
+model in place and say what was wrong. The folder box takes folders under the model roots only, the hub box hub ids
+only (`services.allowed_source`). Uploaded files are copied into the studio cache and then deleted from Gradio's
+upload folder; the session remembers where they were staged (`staged`), so Open model works again without them.
 """
 from __future__ import annotations
 
+import html
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
@@ -27,6 +32,7 @@ class ModelTab:
     open_btn: gr.Button
     status: gr.HTML
     summary: gr.HTML
+    staged: gr.State     # {"<uploaded temp paths>": staged source} for this session
 
 
 def build() -> ModelTab:
@@ -47,7 +53,7 @@ def build() -> ModelTab:
             status = gr.HTML(box("Choose where the model is, then press Open model.", "info"),
                              elem_classes="status-box")
             summary = gr.HTML("")
-    return ModelTab(kind, path, hub, files, open_btn, status, summary)
+    return ModelTab(kind, path, hub, files, open_btn, status, summary, gr.State({}))
 
 
 def summary_card(opened: dict) -> str:
@@ -71,39 +77,75 @@ def summary_card(opened: dict) -> str:
         ("hidden", str(s.get("hidden_size", "?")), f"vocab {fmt_count(s.get('vocab_size'))}"),
         ("fingerprint", opened.get("fingerprint", "")[:12], "of the weights"),
     ]
-    title = f"<div style='font-size:15px;margin:4px 0 2px'><b>{opened['label']}</b> · <code>{opened['source']}" \
-            f"</code></div>"
+    title = f"<div style='font-size:15px;margin:4px 0 2px'><b>{html.escape(str(opened['label']))}</b> · <code>" \
+            f"{html.escape(str(opened['source']))}</code></div>"
     return title + card(cells)
 
 
-def _source_text(kind: str, path: str, hub: str, files) -> str:
+def _source_text(kind: str, path: str, hub: str, files, staged: dict) -> str:
+    """The source string to open: "demo", a folder / archive under the model roots, a hub id, or a staged upload."""
     k = KINDS.get(kind, kind)
     if k == "demo":
         return "demo"
     if k == "folder":
-        if not (path or "").strip():
-            raise ValueError("type the path of a model folder (it holds config.json and *.safetensors)")
-        return path.strip()
+        return services.allowed_source(path, kind="folder")
     if k == "hub":
         if not (hub or "").strip():
             raise ValueError("type a hub id such as Qwen/Qwen1.5-MoE-A2.7B (optionally @revision)")
-        return hub.strip()
+        return services.allowed_source(hub, kind="hub")
     if k == "upload":
-        paths = [f if isinstance(f, str) else getattr(f, "name", None) or f.get("path") for f in files or []]
-        return services.stage_upload(paths)
-    raise ValueError(f"unknown model location {kind!r}")
+        return _staged_upload(files, staged)
+    raise ValueError(f"unknown model location {str(kind)[:40]!r}")
 
 
-@guard(outputs=3, status=0)
-def open_model(kind: str, path: str, hub: str, files):
-    """Open the chosen model: (status, summary card, model state)."""
-    opened = services.open_model(_source_text(kind, path, hub, files))
+def _staged_upload(files, staged: dict) -> str:
+    """Stage the uploaded files (services.stage_upload), then delete Gradio's temporary copies; a second Open of
+    the same upload in this session reuses what was staged."""
+    paths = [f if isinstance(f, str) else getattr(f, "name", None) or f.get("path") for f in files or []]
+    paths = [p for p in paths if p]
+    key = "\n".join(sorted(paths))
+    if key in staged and not all(os.path.exists(p) for p in paths):
+        if Path(staged[key]).exists():
+            return staged[key]
+        raise ValueError("the uploaded files were moved into the studio cache and have since been removed from it "
+                         "(refused, or evicted by MOE_STUDIO_CACHE_QUOTA); upload them again")
+    if paths and not all(os.path.exists(p) for p in paths):
+        raise ValueError("the uploaded files are no longer on the server (an upload is staged once, then deleted); "
+                         "upload them again")
+    try:
+        staged[key] = services.stage_upload(paths)
+    finally:
+        _delete_gradio_uploads(paths)
+    return staged[key]
+
+
+def _delete_gradio_uploads(paths: list[str]) -> None:
+    """Delete uploaded files that lie in Gradio's upload folder (and their per-file folders once empty); a path
+    anywhere else is left alone."""
+    from gradio.utils import get_upload_folder
+
+    folder = Path(os.path.realpath(get_upload_folder()))
+    for p in paths:
+        real = Path(os.path.realpath(p))
+        if real == folder or not real.is_relative_to(folder) or not real.is_file():
+            continue
+        real.unlink(missing_ok=True)
+        parent = real.parent
+        if parent != folder and parent.is_relative_to(folder) and not any(parent.iterdir()):
+            parent.rmdir()
+
+
+@guard(outputs=4, status=0)
+def open_model(kind: str, path: str, hub: str, files, staged: dict | None = None):
+    """Open the chosen model: (status, summary card, model state, staged uploads)."""
+    staged = dict(staged or {})
+    opened = services.open_model(_source_text(kind, path, hub, files, staged))
     state = {"source": opened.source, "label": opened.label, "summary": opened.summary,
              "model_id": opened.model_id, "fingerprint": opened.fingerprint}
     s = opened.summary
     msg = (f"Opened {opened.label}: {s['family']}, {s['num_experts']} experts, top-{s['top_k']}. "
            "Next: Explore shows which experts and layers matter.")
-    return box(msg, "ok"), summary_card(state), state
+    return box(msg, "ok"), summary_card(state), state, staged
 
 
 def _visibility(kind: str):
@@ -114,7 +156,7 @@ def _visibility(kind: str):
 def wire(tab: ModelTab, *, model_state: gr.State) -> None:
     tab.kind.change(_visibility, tab.kind, [tab.path, tab.hub, tab.files], api_name="model_kind",
                     show_progress="hidden")
-    inputs = [tab.kind, tab.path, tab.hub, tab.files]
-    outputs = [tab.status, tab.summary, model_state]
+    inputs = [tab.kind, tab.path, tab.hub, tab.files, tab.staged]
+    outputs = [tab.status, tab.summary, model_state, tab.staged]
     tab.open_btn.click(open_model, inputs, outputs, api_name="open_model")
     tab.files.upload(open_model, inputs, outputs, api_name="open_upload")

@@ -9,10 +9,15 @@ do not reload them on every click.
     opened = open_model("demo")               # OpenedModel(source="demo", summary={...})
     est = estimate_slimming(opened.summary, {"expert_keep_ratio": 0.5})
     run_id = enqueue(recipe_from(opened.source, form))
+
+Models come only from the model roots (`allowed_model_roots`: `--model-root` / MOE_STUDIO_MODEL_ROOTS, default the
+data folder and the working directory, plus the cache's uploads and extractions), hub ids from the hub box only
+(`allowed_source`). Uploads are staged into the studio cache under its quota (compressor.studio_cache).
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -24,10 +29,14 @@ from pathlib import Path
 from compressor.archive import archive_kind
 from compressor.estimate import Estimate, ModelShape, SlimSettings, estimate
 from compressor.recipe import Recipe
+from compressor.studio_cache import CACHE_PARTS, make_room, parse_size, staged_entries, studio_cache_dir, touch
+from compressor.studio_cache import discard_staged  # noqa: F401 - for open_model: a refused upload's staged files
 from storage import artifacts, catalog, repo
+from storage.db import studio_home
 from storage.models import RunStatus
 
 ORIGINAL = "original"
+log = logging.getLogger("ui.services")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _FOLDER_FILES = re.compile(r"^(config\.json|generation_config\.json|.*\.safetensors|model\.safetensors\.index\.json|"
                            r"tokenizer(_config)?\.json|special_tokens_map\.json|tokenizer\.model|vocab\.(json|txt)|"
@@ -41,12 +50,72 @@ class UploadError(ValueError):
 
 def max_upload_bytes() -> int:
     """`MOE_STUDIO_MAX_UPLOAD` (e.g. "20gb", "500mb", or bytes), default 20 GB."""
-    raw = (os.environ.get("MOE_STUDIO_MAX_UPLOAD") or "20gb").strip().lower()
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb)?", raw)
-    if not m:
-        raise ValueError(f"MOE_STUDIO_MAX_UPLOAD={raw!r}: give a size such as 500mb or 20gb")
-    scale = {"b": 1, None: 1, "kb": 2**10, "mb": 2**20, "gb": 2**30, "tb": 2**40}[m.group(2)]
-    return int(float(m.group(1)) * scale)
+    return parse_size(os.environ.get("MOE_STUDIO_MAX_UPLOAD") or "20gb", name="MOE_STUDIO_MAX_UPLOAD")
+
+
+# -- where models may come from ---------------------------------------------------------------------------------------
+ROOTS_ENV = "MOE_STUDIO_MODEL_ROOTS"
+ROOTS_HINT = ("or start the studio with `--model-root DIR` (repeatable; or MOE_STUDIO_MODEL_ROOTS, folders separated "
+              "by os.pathsep) to add the model's folder, or upload the model.")
+
+
+def allowed_model_roots() -> list[Path]:
+    """The folders the studio opens models from, real paths: `MOE_STUDIO_MODEL_ROOTS` (os.pathsep-separated; what
+    `python app.py --model-root DIR` sets), else the data folder, the artifacts folder and the working directory;
+    always the cache's uploads/ and archives/ (staged uploads and their extractions)."""
+    env = os.environ.get(ROOTS_ENV, "")
+    chosen = [Path(p).expanduser() for p in env.split(os.pathsep) if p.strip()]
+    roots = chosen or [studio_home(), artifacts.artifacts_root(), Path.cwd()]
+    roots += [studio_cache_dir() / part for part in CACHE_PARTS]
+    real = [Path(os.path.realpath(r)) for r in roots]
+    return list(dict.fromkeys(real))
+
+
+def allowed_source(text: str, *, kind: str = "any") -> str:
+    """The source string the studio may open for `text`, by the roots rule; raises SourceError saying why not.
+
+    kind "folder": a folder or archive under `allowed_model_roots()`, returned as its real path (the Local folder
+    box); "hub": a hub id 'org/name[@rev]' and never a path (the Hub id box); "any": what a recipe from the UI may
+    name: "demo", a hub id, or a folder / archive under the roots. A path outside the roots gets one message whether
+    it exists or not.
+
+        allowed_source("org/name@v1", kind="hub")     # "org/name@v1"
+        allowed_source("/etc", kind="folder")         # raises SourceError naming the roots
+    """
+    from compressor.sources import SourceError, parse_hub_id, parse_local_source
+
+    if kind not in ("folder", "hub", "any"):
+        raise ValueError(f"unknown source kind {kind!r}; use 'folder', 'hub' or 'any'")
+    raw = (text or "").strip()
+    roots = allowed_model_roots()
+    if kind == "any" and raw.lower() == "demo":
+        return "demo"
+    if kind == "hub" or (kind == "any" and not Path(raw).is_absolute()):
+        try:
+            hub = str(parse_hub_id(raw))
+        except SourceError:
+            if kind == "hub":
+                raise
+        else:
+            _refuse_shadowed_hub_id(hub, roots)
+            return hub
+    return str(parse_local_source(raw, roots, hint=ROOTS_HINT))
+
+
+def _refuse_shadowed_hub_id(hub: str, roots: list[Path]) -> None:
+    """`compressor.sources.parse_source` lets an existing relative path win over a hub id of the same shape; refuse
+    a hub id that names such a path outside the roots (inside them, opening it is allowed anyway)."""
+    from compressor.sources import SourceError, check_under_roots
+
+    try:
+        check_under_roots(hub, roots)
+        return
+    except SourceError:
+        pass
+    if os.path.lexists(hub):
+        raise SourceError(f"{hub!r} is also the name of a path relative to the studio's working directory, outside "
+                          "the folders it opens models from, so it cannot be used as a hub id here; start the studio "
+                          "from another directory, or download the model into a model root.")
 
 
 # -- models ----------------------------------------------------------------------------------------------------------
@@ -127,14 +196,16 @@ def stage_upload(paths: list[str]) -> str:
         raise UploadError(f"{', '.join(pickles[:3])}: pickle checkpoints can run code when loaded, so uploads of them "
                           "are refused. Convert the weights to safetensors (model.save_pretrained(dir)) and upload "
                           "the folder's files or a zip of it.")
-    from compressor.sources import studio_cache_dir  # lazy: importing ui.services must not import torch
     uploads = studio_cache_dir() / "uploads"
     uploads.mkdir(parents=True, exist_ok=True)
     if len(files) == 1 and archive_kind(files[0]) is not None:
         kind = files[0].name.lower()
         suffix = next(s for s in (".tar.gz", ".tgz", ".tar", ".zip") if kind.endswith(s))
         target = uploads / f"{_sha256(files[0])}{suffix}"
-        if not target.exists():
+        if target.exists():
+            touch(target)
+        else:
+            make_room(total, keep=_entries_in_use())
             shutil.copyfile(files[0], target)
         return str(target)
     if any(archive_kind(f) for f in files):
@@ -152,7 +223,10 @@ def stage_upload(paths: list[str]) -> str:
     for f in sorted(files, key=lambda f: f.name):
         digest.update(f.name.encode() + b"\0" + _sha256(f).encode())
     folder = uploads / digest.hexdigest()
-    if not folder.is_dir():
+    if folder.is_dir():
+        touch(folder)
+    else:
+        make_room(total, keep=_entries_in_use())
         tmp = uploads / f".{folder.name}.part"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -160,6 +234,18 @@ def stage_upload(paths: list[str]) -> str:
             shutil.copyfile(f, tmp / f.name)
         os.replace(tmp, folder)
     return str(folder)
+
+
+def _entries_in_use() -> list[Path]:
+    """Cache entries that queued and running runs read: never evicted to make room (none known when the database
+    cannot be read: staging an upload does not wait for it)."""
+    from sqlalchemy.exc import SQLAlchemyError
+    try:
+        runs = [r for st in (RunStatus.queued.value, RunStatus.running.value) for r in repo.list_runs(status=st)]
+    except SQLAlchemyError:
+        log.warning("cannot read the active runs; cache eviction may remove an upload that a queued run needs")
+        return []
+    return [e for r in runs for e in staged_entries(str((r.recipe or {}).get("model", "")))]
 
 
 def _sha256(path: Path) -> str:
@@ -177,11 +263,15 @@ def estimate_slimming(summary: dict, slimming: dict) -> Estimate:
 
 def recipe_from(model_source: str, form: dict) -> Recipe:
     """A validated Recipe from the Compress form: {"slimming": {...}, "distill": {...}, "calibration": {...},
-    "evaluate": {...}, "stages": n, "seed": s}. Raises RecipeError naming the bad fields."""
+    "evaluate": {...}, "stages": n, "seed": s}. Raises RecipeError naming the bad fields, SourceError for a model
+    source outside the roots (`allowed_source`)."""
+    allowed_source(model_source)
     return Recipe.parse({"model": model_source, **form})
 
 
 def enqueue(recipe: Recipe, *, name: str = "") -> int:
+    """Queue a run of `recipe`, whose model must be one the studio may open (`allowed_source`)."""
+    allowed_source(recipe.model)
     from workers.service import enqueue_run
     return enqueue_run(recipe, name=name)
 
@@ -192,6 +282,8 @@ def cancel(run_id: int) -> str:
 
 
 def rerun(run_id: int) -> int:
+    """Queue the recipe of run `run_id` again, if its model is still one the studio may open."""
+    allowed_source(str((repo.get_run(int(run_id)).recipe or {}).get("model", "")))
     from workers.service import rerun as _rerun
     return _rerun(run_id)
 

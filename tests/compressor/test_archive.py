@@ -12,6 +12,7 @@ import pytest
 
 from compressor import archive
 from compressor.archive import ArchiveError, archive_kind, extract_archive
+from tests.hostile import cve_2025_4517_tar, zeros_zip
 
 
 def _zip(path: Path, members: dict[str, bytes], *, symlinks: dict[str, str] | None = None) -> Path:
@@ -128,30 +129,11 @@ def test_tar_device_file_refused(tmp_path):
         extract_archive(src, tmp_path / "out")
 
 
-def _cve_2025_4517_tar(path: Path, outside: Path, dest: Path) -> Path:
-    """The published CVE-2025-4517 archive: 16 nested folders of 247-character names, each with a one-letter
-    symlink to it, so that `a/b/.../p` is a path far past PATH_MAX once resolved; a symlink under it climbing 16
-    levels (os.path.realpath gives up on the long path, so PEP 706's `data` filter of CPython <= 3.11.12 sees it
-    inside); then `escape` -> that link + enough '..' to reach `outside`, and a file written through `escape`."""
-    comp, steps, prefix = "d" * 247, "abcdefghijklmnop", ""
-    members: list = []
-    for step in steps:
-        folder = tarfile.TarInfo(f"{prefix}{comp}")
-        folder.type = tarfile.DIRTYPE
-        members += [folder, _link(f"{prefix}{step}", comp)]
-        prefix += comp + "/"
-    chain = "/".join(steps) + "/" + "l" * 254
-    members.append(_link(chain, "../" * len(steps)))
-    members.append(_link("escape", chain + "/" + "../" * (len(dest.parts) - 1) + str(outside).lstrip("/")))
-    members.append(("escape/pwned.txt", b"written outside the extraction folder\n"))
-    return _tar(path, members)
-
-
 def test_tar_symlink_chain_of_cve_2025_4517_is_refused_before_anything_is_written(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
     dest = tmp_path / "box" / "out"
-    src = _cve_2025_4517_tar(tmp_path / "chain.tar", outside, dest)
+    src = cve_2025_4517_tar(tmp_path / "chain.tar", outside=outside, dest=dest)
     with pytest.raises(ArchiveError, match=r"is a symbolic link; refusing the archive.*tar -h") as err:
         extract_archive(src, dest)
     assert len(str(err.value)) < 600                      # the 250-character member names are cut short
@@ -161,7 +143,7 @@ def test_tar_symlink_chain_of_cve_2025_4517_is_refused_before_anything_is_writte
 
 def test_zip_bomb_refused_by_its_compression_ratio(tmp_path):
     """8 MiB of zeros deflate to about 8 KB (~1000x): refused before a byte is written, far below the size cap."""
-    src = _zip(tmp_path / "zeros.zip", {"m/config.json": b"{}", "m/model.safetensors": b"\0" * (8 << 20)})
+    src = zeros_zip(tmp_path / "zeros.zip", mib=8)
     assert src.stat().st_size < 64 << 10
     with pytest.raises(ArchiveError, match=r"member 'm/model.safetensors' expands \d+x .*above the cap of 200x"):
         extract_archive(src, tmp_path / "out")

@@ -1,6 +1,10 @@
 """One studio for the UI tests: `python app.py` in a subprocess (embedded Redis + one real Celery worker, SQLite,
 artifacts and caches in a temporary folder), driven over HTTP by gradio_client and by a headless browser.
 
+The data folder is outside the working directory (the repository) and outside the studio's temp folder (TMPDIR and
+GRADIO_TEMP_DIR point to `<home>/tmp`), as in the Docker layout (MOE_STUDIO_HOME=/data): Gradio serves the download
+zips only because app.py names the artifacts folder in `allowed_paths`.
+
 Recipes and calibration are tiny so that the whole folder runs in a few minutes on 2 cores.
 """
 from __future__ import annotations
@@ -68,6 +72,8 @@ def studio(tmp_path_factory):
     port = _free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("MOE_STUDIO_") and k not in ("REDIS_URL", "DATABASE_URL")}
+    (home / "tmp").mkdir()
+    env.update(TMPDIR=str(home / "tmp"), GRADIO_TEMP_DIR=str(home / "tmp" / "gradio"))
     env.update(MOE_STUDIO_HOME=str(home), MOE_STUDIO_CACHE=str(home / "cache"), MOE_STUDIO_MAX_UPLOAD=MAX_UPLOAD,
                MOE_STUDIO_PROGRESS_EVERY_S="0.5", HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
                PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))

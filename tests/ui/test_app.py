@@ -1,5 +1,6 @@
 """app.py without launching: flags and environment, and the composed Blocks (every event named once)."""
 import collections
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,35 @@ def test_environment_and_flags(monkeypatch):
     assert app.parse_auth("") is None
     with pytest.raises(SystemExit, match="user:password"):
         app.parse_auth("alice")
+
+
+def test_model_roots_flag_is_repeatable_and_checked(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    args = app.parse_args(["--model-root", str(tmp_path / "a"), "--model-root", str(tmp_path / "b")])
+    assert app.model_roots_env(args.model_root) == os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")])
+    with pytest.raises(SystemExit, match="--model-root .*no such folder"):
+        app.model_roots_env([str(tmp_path / "missing")])
+    assert app.parse_args([]).model_root is None
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("redis://:s3cret@h:6379/0", "redis://:***@h:6379/0"),
+    ("rediss://alice:s3:cr@t@h:6380/1", "rediss://alice:***@h:6380/1"),
+    ("postgresql+psycopg://u:p%40ss@db.example:5432/studio", "postgresql+psycopg://u:***@db.example:5432/studio"),
+    ("redis://h:6379/0", "redis://h:6379/0"),
+    ("redis://user@h/0", "redis://user@h/0"),
+    ("sqlite:///studio-data/studio.db", "sqlite:///studio-data/studio.db"),
+    ("redis://u:p@[::1", "<unparsable URL>"),
+])
+def test_urls_are_logged_without_their_password(url, shown):
+    assert app.redact_url(url) == shown
+
+
+def test_gradio_may_serve_the_artifacts_folder_only(tmp_path, monkeypatch):
+    monkeypatch.delenv("MOE_STUDIO_ARTIFACTS", raising=False)
+    monkeypatch.setenv("MOE_STUDIO_HOME", str(tmp_path / "data"))
+    assert app.allowed_paths() == [str(tmp_path / "data" / "artifacts")]
 
 
 def test_every_event_has_its_own_api_name():

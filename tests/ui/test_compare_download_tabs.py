@@ -1,6 +1,7 @@
 """Compare and Download tabs over HTTP, on a finished tiny run: side-by-side generations with the same settings,
 per-token agreement and top-5 at a position, metrics side by side; the zip by run id loads in stock transformers."""
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,12 +50,18 @@ def test_compare_refuses_unknown_runs(studio):
 
 
 def test_download_zip_by_run_id_loads_in_transformers(studio, finished_run, tmp_path):
+    """The data folder lies outside the studio's working directory and temp folder (tests/ui/conftest.py), so the
+    zip is served only through app.py's `allowed_paths` (item 6: the Docker layout, MOE_STUDIO_HOME=/data)."""
+    from tests.ui.conftest import REPO
+    assert not studio.home.is_relative_to(REPO) and not (studio.home / "artifacts").is_relative_to(studio.home / "tmp")
     c = studio.client()
     choice = c.predict(None, api_name="/download_choices")
     assert finished_run in [v for _, v in choice["choices"]]
     status, button = c.predict(finished_run, api_name="/download_zip")
     assert f"run-{finished_run}.zip is ready" in status
     path = button["value"] if isinstance(button, dict) else button
+    assert (studio.home / "artifacts" / str(finished_run) / f"run-{finished_run}.zip").is_file()
+    assert not Path(path).is_relative_to(studio.home)          # fetched over HTTP by gradio_client
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
         assert f"run-{finished_run}/recipe.yaml" in names and f"run-{finished_run}/metrics.json" in names

@@ -1,14 +1,29 @@
-"""ui.services without a server: uploads are staged by content hash and checked, run ids are ids, recipes validate."""
+"""ui.services without a server: uploads are staged by content hash and checked, run ids are ids, recipes validate,
+models come from the model roots only, the cache keeps its quota."""
+import os
+import zipfile
+from pathlib import Path
+
 import pytest
 
-from compressor.recipe import RecipeError
-from ui import services
+from compressor.recipe import Recipe, RecipeError
+from compressor.sources import SourceError, load_model
+from tests.hostile import cve_2025_4517_tar, zeros_zip
+from ui import model, services
 from ui.common import error_text, run_id_of
 
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
+    """The cache, the data folder and the working directory in a temporary folder; no model roots configured."""
     monkeypatch.setenv("MOE_STUDIO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MOE_STUDIO_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MOE_STUDIO_MODEL_ROOTS", raising=False)
+    monkeypatch.delenv("MOE_STUDIO_ARTIFACTS", raising=False)
+    monkeypatch.delenv("MOE_STUDIO_CACHE_QUOTA", raising=False)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
     return tmp_path / "cache"
 
 
@@ -74,3 +89,117 @@ def test_compare_choices_are_original_or_run_ids():
     assert services.compare_source("original", "demo") == "demo"
     with pytest.raises(ValueError, match="choose the original or a finished run"):
         services.compare_source("/etc", "demo")
+
+
+def _files_outside(tmp_path, *inside) -> list[str]:
+    return sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")
+                  if not any(p == d or d in p.parents for d in inside))
+
+
+def test_tar_symlink_chain_uploaded_is_refused_and_writes_nothing_outside(tmp_path, cache):
+    """Item 1 through the Model tab's path: stage_upload, then the load that open_model runs on the staged file."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    extraction = cache / "archives" / ".0123456789abcdef-tmpname" / "x"     # where extract_cached unpacks
+    attack = cve_2025_4517_tar(tmp_path / "model.tar", outside=outside, dest=extraction)
+    staged = services.stage_upload([str(attack)])
+    with pytest.raises(SourceError, match=r"is a symbolic link; refusing the archive.*tar -h"):
+        load_model(staged)
+    assert list(outside.iterdir()) == []
+    assert [p.name for p in (cache / "archives").iterdir()] == []            # no extraction left behind
+    assert services.discard_staged(staged) == [Path(staged)] and not Path(staged).exists()
+    assert _files_outside(tmp_path, cache, tmp_path / "home") == ["model.tar", "outside", "work"]
+
+
+def test_local_folders_only_under_the_roots_with_one_message(tmp_path, monkeypatch):
+    """Item 3: outside the roots (existing or not, through a symlink, '..', '~') the same words, nothing listed."""
+    home = tmp_path / "home"
+    (home / "models" / "m").mkdir(parents=True)
+    (home / "models" / "out").symlink_to(tmp_path)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "config.json").write_text("{}")
+    assert services.allowed_source(str(home / "models" / "m"), kind="folder") == str(home / "models" / "m")
+    assert services.allowed_source("demo") == "demo"
+    endings = set()
+    for text in (str(secret), str(tmp_path / "nope"), str(home / "models" / "out" / "secret"), "../secret", "~",
+                 "/etc", "/etc/shadow", "/proc/self", "/" + "x" * 100_000):
+        with pytest.raises(SourceError, match="is outside the folders this studio opens models from") as err:
+            services.allowed_source(text, kind="folder")
+        message = str(err.value)
+        assert str(home) in message and "--model-root DIR" in message and "MOE_STUDIO_MODEL_ROOTS" in message
+        assert "config.json" not in message and len(message) < 1200
+        endings.add(message.split(" is outside")[1])
+    assert len(endings) == 1
+    monkeypatch.setenv("MOE_STUDIO_MODEL_ROOTS", os.pathsep.join([str(secret), str(tmp_path / "other")]))
+    assert services.allowed_source(str(secret), kind="folder") == str(secret)
+    with pytest.raises(SourceError, match="outside"):
+        services.allowed_source(str(home / "models" / "m"), kind="folder")   # the configured roots replace defaults
+
+
+def test_hub_box_and_recipes_refuse_paths_outside_the_roots(tmp_path, monkeypatch):
+    for text in ("/etc", "/etc/passwd", "~/.ssh", "../../etc/passwd", "org/../x"):
+        with pytest.raises(SourceError, match="is not a hub id"):
+            services.allowed_source(text, kind="hub")
+    assert services.allowed_source("org/name@v2", kind="hub") == "org/name@v2"
+    with pytest.raises(SourceError, match="outside the folders"):
+        services.recipe_from(str(tmp_path), {})
+    with pytest.raises(SourceError, match="outside the folders"):
+        services.enqueue(Recipe.parse({"model": "/etc"}))
+    staged = services.stage_upload([str(zeros_zip(tmp_path / "m.zip", mib=0))])
+    assert services.recipe_from(staged, {}).model == staged                  # uploads are staged inside a root
+    # a hub id naming a path relative to a working directory that is not a root: refused, not opened as a folder
+    monkeypatch.setenv("MOE_STUDIO_MODEL_ROOTS", str(tmp_path / "home"))
+    (tmp_path / "work" / "etc" / "ssh").mkdir(parents=True)
+    with pytest.raises(SourceError, match="cannot be used as a hub id here"):
+        services.allowed_source("etc/ssh", kind="hub")
+
+
+def test_upload_cache_keeps_its_quota(tmp_path, cache, monkeypatch):
+    """Item 4: the least recently used upload makes room; one larger than the quota is refused."""
+    monkeypatch.setenv("MOE_STUDIO_CACHE_QUOTA", "12kb")
+    first = services.stage_upload([str(_write(tmp_path / "a.zip", os.urandom(8 * 1024)))])
+    second = services.stage_upload([str(_write(tmp_path / "b.zip", os.urandom(8 * 1024)))])
+    assert not Path(first).exists() and Path(second).exists()
+    with pytest.raises(ValueError, match="more than its whole quota of 12.0 KiB; raise MOE_STUDIO_CACHE_QUOTA"):
+        services.stage_upload([str(_write(tmp_path / "c.zip", os.urandom(13 * 1024)))])
+    assert Path(second).exists() and sorted(p.name for p in (cache / "uploads").iterdir()) == [Path(second).name]
+
+
+def test_gradio_uploads_are_deleted_once_staged(tmp_path, cache, monkeypatch):
+    """Item 4: the files Gradio handed over are deleted after staging (only those in its upload folder), and a
+    second Open of the same upload in the session reuses the staged copy."""
+    gradio_tmp = tmp_path / "gradio"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(gradio_tmp))
+    (gradio_tmp / "f00d").mkdir(parents=True)
+    upload = _write(gradio_tmp / "f00d" / "m.zip", b"zip bytes")
+    mine = _write(tmp_path / "mine.zip", b"zip bytes")
+    staged: dict = {}
+    source = model._staged_upload([str(upload)], staged)
+    assert Path(source).read_bytes() == b"zip bytes" and not (gradio_tmp / "f00d").exists()
+    assert model._staged_upload([str(upload)], staged) == source              # reopened from the session
+    with pytest.raises(ValueError, match="no longer on the server"):
+        model._staged_upload([str(upload)], {})
+    model._staged_upload([str(mine)], {})
+    assert mine.exists()                                                       # not Gradio's: left alone
+    bad = _write(gradio_tmp / "pytorch_model.bin", b"x")
+    with pytest.raises(services.UploadError, match="pickle"):
+        model._staged_upload([str(bad)], {})
+    assert not bad.exists()                                                    # refused uploads are deleted too
+
+
+def test_zip_bomb_upload_is_refused_by_its_ratio(tmp_path, cache):
+    staged = services.stage_upload([str(zeros_zip(tmp_path / "bomb.zip", mib=16))])
+    assert os.path.getsize(staged) < 64 * 1024
+    with pytest.raises(SourceError, match=r"expands \d+x .*above the cap of 200x"):
+        load_model(staged)
+    assert [p.name for p in (cache / "archives").iterdir()] == []
+
+
+def test_summary_card_escapes_the_folder_name_and_source():
+    summary = {"moe_layers": 1, "num_layers": 1, "num_experts": 4, "top_k": 2, "expert_intermediate_size": 8,
+               "params_total": 100, "params_active": 50, "family": "<b>f</b>"}
+    card = model.summary_card({"label": "<img src=x onerror=alert(1)>", "source": "/m/<script>x</script>",
+                               "summary": summary, "fingerprint": "abc"})
+    assert "<img" not in card and "<script>" not in card and "<b>f</b>" not in card
+    assert "&lt;img src=x onerror=alert(1)&gt;" in card and "&lt;script&gt;" in card
