@@ -188,15 +188,21 @@ def _hub_source(raw: str) -> ModelSource | None:
     return None
 
 
-def load_model(source: ModelSource | str, *, dtype: torch.dtype | str | None = None, allow_pickle: bool = False,
-               trust_remote_code: bool = False, revision: str | None = None, work_dir: Path | None = None,
-               experts_implementation: str | None = None) -> LoadedModel:
-    """Resolve `source` to a local folder, check it, load model (eval mode) + tokenizer, fingerprint the weights.
+@dataclass(frozen=True)
+class LocalModel:
+    """A source resolved to a checked folder on this machine (nothing loaded yet)."""
 
-    dtype None keeps transformers' default ("auto": the checkpoint's dtype). `revision` pins a hub id (it must
-    agree with an '@rev' in the id). Dense or unsupported families load fine here; `families.resolve_adapter`
-    is the one that refuses them.
-    """
+    source: ModelSource
+    local_dir: Path
+    weights: str                 # 'safetensors' | 'bin' | 'pt' (check_model_dir)
+    revision: str | None = None  # hub: the revision asked for
+    commit: str | None = None    # hub: the commit it resolved to
+
+
+def resolve_local(source: ModelSource | str, *, allow_pickle: bool = False, trust_remote_code: bool = False,
+                  revision: str | None = None, work_dir: Path | None = None) -> LocalModel:
+    """The folder `source` names (demo, folder, extracted archive, downloaded hub snapshot), checked against the
+    safety rules (`check_model_dir`); no weights are read."""
     src = parse_source(source) if isinstance(source, str) else source
     rev = commit = None
     if src.kind == "demo":
@@ -212,12 +218,28 @@ def load_model(source: ModelSource | str, *, dtype: torch.dtype | str | None = N
         local = _download_hub(src.location, rev, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         commit = local.name
     weights = check_model_dir(local, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    model = _load_weights(local, weights, dtype=dtype, trust_remote_code=trust_remote_code,
+    return LocalModel(source=src, local_dir=local, weights=weights, revision=rev, commit=commit)
+
+
+def load_model(source: ModelSource | str, *, dtype: torch.dtype | str | None = None, allow_pickle: bool = False,
+               trust_remote_code: bool = False, revision: str | None = None, work_dir: Path | None = None,
+               experts_implementation: str | None = None) -> LoadedModel:
+    """Resolve `source` to a local folder (`resolve_local`), load model (eval mode) + tokenizer, fingerprint the
+    weights.
+
+    dtype None keeps transformers' default ("auto": the checkpoint's dtype). `revision` pins a hub id (it must
+    agree with an '@rev' in the id). Dense or unsupported families load fine here; `families.resolve_adapter`
+    is the one that refuses them.
+    """
+    found = resolve_local(source, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, revision=revision,
+                          work_dir=work_dir)
+    local = found.local_dir
+    model = _load_weights(local, found.weights, dtype=dtype, trust_remote_code=trust_remote_code,
                           experts_implementation=experts_implementation)
     model.eval()
     tokenizer = _load_tokenizer(local, trust_remote_code=trust_remote_code)
-    return LoadedModel(model=model, tokenizer=tokenizer, source=src, local_dir=local,
-                       fingerprint=weights_fingerprint(local), revision=rev, commit=commit)
+    return LoadedModel(model=model, tokenizer=tokenizer, source=found.source, local_dir=local,
+                       fingerprint=weights_fingerprint(local), revision=found.revision, commit=found.commit)
 
 
 def _demo_dir() -> Path:
@@ -351,7 +373,7 @@ def _load_weights(local: Path, weights: str, *, dtype, trust_remote_code: bool,
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "output_loading_info": True}
     if dtype is not None:
-        kwargs["dtype"] = _dtype(dtype)
+        kwargs["dtype"] = parse_dtype(dtype)
     if experts_implementation is not None:
         kwargs["experts_implementation"] = experts_implementation
     try:
@@ -431,7 +453,7 @@ def _pickle_refusal(where: Path, err: Exception) -> str:
             "machine and load that folder instead.")
 
 
-def _dtype(dtype: torch.dtype | str) -> torch.dtype | str:
+def parse_dtype(dtype: torch.dtype | str) -> torch.dtype | str:
     if isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
     value = getattr(torch, str(dtype), None)

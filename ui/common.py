@@ -1,7 +1,8 @@
 """What every tab shares: the error guard, message boxes, number formatting, theme and CSS.
 
 Every event function is wrapped by `guard(...)`: an expected error (bad input, a refused model, a missing run)
-becomes a readable message in the page (a toast plus the tab's status box) and the other outputs stay as they were;
+becomes a readable message in the page (a toast plus the tab's status box, both HTML-escaped: messages quote user
+strings such as folder names) and the other outputs stay as they were;
 an unexpected one is logged with its traceback on the server and shown as one line, never as a stack trace.
 
     @guard(outputs=3, status=0)
@@ -65,7 +66,8 @@ def error_text(exc: BaseException) -> str:
 
 def _expected() -> tuple[type[BaseException], ...]:
     kinds: list[type[BaseException]] = [ValueError, LookupError, FileNotFoundError, PermissionError]
-    for mod, name in (("workers.service", "RunBusy"), ("workers.service", "BrokerUnavailable")):
+    for mod, name in (("workers.service", "RunBusy"), ("workers.service", "BrokerUnavailable"),
+                      ("compressor.isolate", "IsolatedFailure")):
         try:
             kinds.append(getattr(__import__(mod, fromlist=[name]), name))
         except (ImportError, AttributeError):
@@ -91,7 +93,7 @@ def guard(*, outputs: int, status: int | None = 0, toast: bool = True):
                     log.exception("event %s failed", fn.__name__)
                 text = error_text(exc)
                 if toast:
-                    gr.Warning(text, duration=8)
+                    gr.Warning(html.escape(text, quote=False), duration=8)   # Gradio renders toasts as HTML
                 values = [gr.skip()] * outputs
                 if status is not None:
                     values[status] = box(text, "error")

@@ -162,22 +162,34 @@ def loaded_model(source: str):
     return _MODELS.get(f"src:{source}", lambda: load_model(source))
 
 
+def open_memory_bytes() -> int:
+    """Address-space ceiling of the process that opens models for the studio: `MOE_STUDIO_OPEN_MEMORY` (e.g. 4gb)."""
+    from compressor.studio_cache import parse_size
+    return parse_size(os.environ.get("MOE_STUDIO_OPEN_MEMORY") or "4gb", name="MOE_STUDIO_OPEN_MEMORY")
+
+
 def open_model(text: str) -> OpenedModel:
-    """Parse, load and inspect a model source; record it in the catalogue. Raises readable errors (SourceError,
-    ArchiveError, UnsupportedModelError) for sources that cannot be used."""
-    from compressor.inspect import inspect_model
+    """Parse and describe a model source from its config.json and weight headers (no weights are read), in a
+    memory-capped child process (`compressor.isolate`), never in the web process; record it in the catalogue.
+    A refused upload's files are deleted from the cache. Raises readable errors (SourceError, ArchiveError,
+    CheckpointError, UnsupportedModelError, IsolatedFailure)."""
+    from compressor.describe import describe_source
+    from compressor.isolate import run_isolated
     from compressor.sources import parse_source
+    from compressor.studio_cache import discard_staged
 
     src = parse_source(text)
-    source = str(src)
-    loaded = loaded_model(source)
-    summary = inspect_model(loaded.model)
-    summary["tie_word_embeddings"] = bool(getattr(loaded.model.config, "tie_word_embeddings", False))
+    try:
+        opened = run_isolated(describe_source, str(src), memory_bytes=open_memory_bytes())
+    except Exception:
+        discard_staged(str(src))       # only ever touches the cache's uploads/ and archives/
+        raise
+    source, summary = opened["source"], opened["summary"]
+    fingerprint = summary.pop("fingerprint")
     with _CATALOG_LOCK:     # catalog.upsert_model is select-then-insert: two opens of one model must not race
-        model_id = catalog.upsert_model(source=source, fingerprint=loaded.fingerprint, summary=summary)
+        model_id = catalog.upsert_model(source=source, fingerprint=fingerprint, summary=summary)
     label = "demo" if src.kind == "demo" else (Path(source).name if src.kind != "hub" else source)
-    return OpenedModel(source=source, label=label, summary=summary, fingerprint=loaded.fingerprint,
-                       model_id=model_id)
+    return OpenedModel(source=source, label=label, summary=summary, fingerprint=fingerprint, model_id=model_id)
 
 
 def stage_upload(paths: list[str]) -> str:

@@ -22,11 +22,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from compressor.inspect import inspect_model
+    """Safetensors folders are described from config.json + the weight headers (no weights read); pickle checkpoints
+    (only with --allow-pickle) are loaded."""
     from compressor.commands.model_args import model_safety_kwargs
-    from compressor.sources import load_model
+    from compressor.describe import describe_checkpoint
+    from compressor.sources import load_model, parse_dtype, resolve_local
 
-    loaded = load_model(args.model, dtype=args.dtype, **model_safety_kwargs(args))
-    info = {"model": str(loaded.source), **inspect_model(loaded.model)}
+    safety = model_safety_kwargs(args)
+    found = resolve_local(args.model, **safety)
+    if found.weights == "safetensors":
+        summary = describe_checkpoint(found.local_dir, dtype=parse_dtype(args.dtype) if args.dtype else None)
+        info = {"model": str(found.source), **summary}
+    else:
+        from compressor.inspect import inspect_model
+        loaded = load_model(found.source, dtype=args.dtype, **safety)
+        info = {"model": str(loaded.source), **inspect_model(loaded.model)}
     sys.stdout.write(json.dumps(info, indent=2) + "\n")
     return 0

@@ -10,7 +10,7 @@ from compressor.recipe import Recipe, RecipeError
 from compressor.sources import SourceError, load_model
 from tests.hostile import cve_2025_4517_tar, zeros_zip
 from ui import model, services
-from ui.common import error_text, run_id_of
+from ui.common import error_text, guard, run_id_of
 
 
 @pytest.fixture(autouse=True)
@@ -203,3 +203,49 @@ def test_summary_card_escapes_the_folder_name_and_source():
                                "summary": summary, "fingerprint": "abc"})
     assert "<img" not in card and "<script>" not in card and "<b>f</b>" not in card
     assert "&lt;img src=x onerror=alert(1)&gt;" in card and "&lt;script&gt;" in card
+
+
+def test_error_messages_reach_the_page_escaped(monkeypatch):
+    """A user string quoted in an error (a folder named like HTML) is text in the status box and in the toast."""
+    toasts = []
+    monkeypatch.setattr(model.gr, "Warning", lambda text, **kw: toasts.append(text))
+
+    @guard(outputs=2, status=0)
+    def event(path):
+        raise ValueError(f"{path!r} is not an existing folder")
+    status, _ = event("<img src=x onerror=alert(1)>")
+    assert "<img" not in status and "&lt;img src=x onerror=alert(1)&gt;" in status
+    assert toasts and "<img" not in toasts[0] and "&lt;img" in toasts[0]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"hidden_size": 1_000_000}, "hidden_size = 1000000 is not a plausible value"),
+    ({"num_hidden_layers": 1_000_000}, "num_hidden_layers = 1000000 is not a plausible value"),
+    ({"num_experts_per_tok": 64}, "top-64 of 8 experts"),
+])
+def test_a_hostile_config_upload_is_refused_in_the_child_and_its_files_deleted(tmp_path, cache, changes, message):
+    """The 18 MB demo checkpoint with an impossible config.json: refused from headers, in the isolated child; this
+    process never builds it, and the refused upload's extraction and archive leave the cache."""
+    import json
+    import resource
+    import shutil
+
+    from compressor.demo import demo_model_dir
+    from compressor.describe import CheckpointError
+
+    src = tmp_path / "m"
+    shutil.copytree(demo_model_dir(), src)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, **changes}))
+    archive = tmp_path / "hostile.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in src.iterdir():
+            zf.write(f, f"m/{f.name}")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    staged = services.stage_upload([str(archive)])
+    with pytest.raises(CheckpointError, match=message):
+        services.open_model(staged)
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 < 100e6
+    assert not Path(staged).exists()
+    assert not (cache / "archives").exists() or not any((cache / "archives").iterdir())
+    assert services.open_model("demo").summary["num_experts"] == 8          # the studio still opens models
