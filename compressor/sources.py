@@ -237,7 +237,7 @@ def load_model(source: ModelSource | str, *, dtype: torch.dtype | str | None = N
     model = _load_weights(local, found.weights, dtype=dtype, trust_remote_code=trust_remote_code,
                           experts_implementation=experts_implementation)
     model.eval()
-    tokenizer = _load_tokenizer(local, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(local, trust_remote_code=trust_remote_code)
     return LoadedModel(model=model, tokenizer=tokenizer, source=found.source, local_dir=local,
                        fingerprint=weights_fingerprint(local), revision=found.revision, commit=found.commit)
 
@@ -462,7 +462,8 @@ def parse_dtype(dtype: torch.dtype | str) -> torch.dtype | str:
     return value
 
 
-def _load_tokenizer(local: Path, *, trust_remote_code: bool):
+def load_tokenizer(local: Path, *, trust_remote_code: bool = False):
+    """The folder's tokenizer, or None when it ships no tokenizer files."""
     if not any((local / n).is_file() for n in _TOKENIZER_FILES):
         return None
     from transformers import AutoTokenizer

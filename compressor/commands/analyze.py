@@ -20,8 +20,9 @@ _CAL = CalibrationConfig()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from compressor.commands.model_args import add_model_safety_arguments
+    from compressor.commands.model_args import add_model_safety_arguments, add_streaming_argument
     add_model_safety_arguments(parser)
+    add_streaming_argument(parser)
     parser.add_argument("model", metavar="MODEL", help="'demo', a model folder, a .zip/.tar.gz of one, or a hub id")
     parser.add_argument("--out", required=True, type=Path, help="folder for the tables and summary.json")
     parser.add_argument("--tokens", type=int, default=_CAL.tokens, help=f"calibration tokens (default {_CAL.tokens})")
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from compressor.importance import AnalyzeConfig, load_or_analyze
-    from compressor.commands.model_args import calibration_from_args, model_safety_kwargs
+    from compressor.commands.model_args import calibration_from_args, model_safety_kwargs, streaming_plan
     from compressor.sources import load_model
 
     if args.threads is not None:
@@ -55,24 +56,50 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     cal = CalibrationConfig(tokens=args.tokens, seq_len=args.seq_len, batch_size=args.batch_size)
-    loaded = load_model(args.model, dtype=args.dtype, **model_safety_kwargs(args))
-    batches = calibration_from_args(loaded, args, cal)
     config = AnalyzeConfig(taylor=args.taylor)
+    found, plan = streaming_plan(args, tokens=cal.tokens, taylor=args.taylor)
+    if plan is None:
+        loaded = load_model(found.source, dtype=args.dtype, **model_safety_kwargs(args))
+        model, tokenizer, weights_fp, analyzer = loaded.model, loaded.tokenizer, loaded.fingerprint, None
+    else:
+        model, tokenizer, weights_fp, analyzer = streamed_analysis(found, args)
+    batches = calibration_from_args(tokenizer, args, cal)
     with tqdm(total=len(batches), desc="calibrate", unit="batch", file=sys.stderr) as bar:
         def on_progress(event):
+            if event.total and event.total != bar.total:     # layer-by-layer work counts layers, not batches
+                bar.reset(total=event.total)
             bar.update(event.step - bar.n)
             if event.tokens_per_s:
                 bar.set_postfix(tok_s=f"{event.tokens_per_s:,.0f}", loss=f"{event.loss or 0:.3f}")
 
-        report = load_or_analyze(loaded.model, batches, config=config, weights_fp=loaded.fingerprint,
-                                 cache_dir=args.cache_dir, use_cache=args.cache, on_progress=on_progress)
-    report.meta.update({"model": str(loaded.source), "calibration": cal.model_dump(),
+        report = load_or_analyze(model, batches, config=config, weights_fp=weights_fp, cache_dir=args.cache_dir,
+                                 use_cache=args.cache, on_progress=on_progress, analyzer=analyzer)
+    report.meta.update({"model": str(found.source), "calibration": cal.model_dump(),
+                        "execution": plan.to_dict() if plan else {"streaming": False},
                         "text": str(args.text) if args.text else "shipped corpus (train split)", "seed": args.seed})
     out = report.save(args.out, table_format=args.format)
     cache = report.meta.get("cache", {})
     digest = {"out": str(out), "family": report.family, "tokens": report.meta["tokens"],
               "tokens_per_s": round(report.meta["tokens_per_s"], 1), "ce_loss": round(report.meta["ce_loss"], 4),
-              "taylor": report.meta["taylor"], "cache_hit": cache.get("hit", False),
+              "taylor": report.meta["taylor"], "cache_hit": cache.get("hit", False), "streamed": plan is not None,
               "files": sorted(p.name for p in out.iterdir())}
     sys.stdout.write(json.dumps(digest, indent=2) + "\n")
     return 0
+
+
+def streamed_analysis(found, args):
+    """(meta-device model for the cache key, tokenizer, weights fingerprint, analyzer) of the layer-by-layer path:
+    the same cache keys as in memory, since both paths give the same scores."""
+    from compressor.fingerprint import weights_fingerprint
+    from compressor.sources import load_tokenizer, parse_dtype
+    from compressor.stream.analyze import stream_analyze
+    from compressor.stream.skeleton import Skeleton
+
+    dtype = parse_dtype(args.dtype) if args.dtype else None
+    skeleton = Skeleton.open(found.local_dir, dtype=dtype)
+
+    def analyzer(batches, **kw):
+        return stream_analyze(found.local_dir, batches, dtype=dtype, **kw)
+
+    tokenizer = load_tokenizer(found.local_dir, trust_remote_code=args.trust_remote_code)
+    return skeleton.model, tokenizer, weights_fingerprint(found.local_dir), analyzer

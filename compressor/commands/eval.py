@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32",
                         help="dtype both models run in (default float32; the speed probe may still pick bf16)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--streaming", choices=("auto", "on", "off"), default="auto",
+                        help="evaluate layer by layer (perplexity, agreement, KL and sizes; no speed): 'auto' when a "
+                             "model does not fit comfortably, 'on' always, 'off' never (default auto)")
     add_threads_argument(parser)
 
 
@@ -52,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
                                    for e in exc.errors())) from None
     apply_threads(args)
+    streamed = _streamed_dirs(args, cfg)
+    if streamed is not None:
+        return _run_streamed(args, cfg, *streamed)
     loaded = load_model(args.model, dtype=args.dtype)
     base = load_model(args.baseline, dtype=args.dtype) if args.baseline else None
     tokenizer = loaded.tokenizer or (base.tokenizer if base else None)
@@ -76,3 +82,63 @@ def run(args: argparse.Namespace) -> int:
 def _reporter(bars):
     from compressor.progress import Reporter
     return Reporter(on_progress=bars)
+
+
+def _streamed_dirs(args, cfg):
+    """(model folder, baseline folder or None) when either model should be evaluated layer by layer, else None."""
+    from compressor.sources import parse_dtype, resolve_local
+    from compressor.stream.budget import plan_execution
+
+    if args.streaming == "off":
+        return None
+    found = [resolve_local(m) for m in (args.model, args.baseline) if m]
+    dtype = parse_dtype(args.dtype) if args.dtype else None
+    plans = [plan_execution(f.local_dir, args.streaming, tokens=cfg.tokens, taylor=False, dtype=dtype) for f in found]
+    if not any(p.streaming for p in plans):
+        return None
+    return found[0], (found[1] if len(found) > 1 else None)
+
+
+def _run_streamed(args, cfg, model, baseline) -> int:
+    """Quality from one sweep per model (compressor.stream.evaluate) and sizes from the headers; speed and tasks
+    need the whole model in memory and are left out (said in the output)."""
+    from compressor.describe import describe_checkpoint
+    from compressor.evaluate import render_table
+    from compressor.evaluate.report import EvalReport
+    from compressor.evaluate.size import SizeStats
+    from compressor.sources import load_tokenizer, parse_dtype
+    from compressor.stream.evaluate import stream_quality
+    import resource
+    import time
+
+    from compressor.data import eval_windows
+
+    tokenizer = load_tokenizer(model.local_dir) or (load_tokenizer(baseline.local_dir) if baseline else None)
+    if tokenizer is None:
+        raise ValueError(f"{args.model} ships no tokenizer files and no --baseline tokenizer was given")
+    if cfg.tasks:
+        raise ValueError("--task needs the whole model in memory; run it with --streaming off")
+
+    def size(found):
+        s = describe_checkpoint(found.local_dir)
+        return SizeStats(params_total=s["params_total"], params_active=s["params_active"], weight_bytes=0,
+                         checkpoint_bytes=s["checkpoint_bytes"], checkpoint_bytes_from="files", peak_memory_bytes=0,
+                         peak_memory_method="none")
+
+    t0 = time.perf_counter()
+    report = EvalReport(size=size(model), baseline_size=size(baseline) if baseline else None)
+    if cfg.perplexity:
+        windows = eval_windows(tokenizer, tokens=cfg.tokens, seq_len=cfg.seq_len)
+        report.quality = stream_quality(model.local_dir, baseline.local_dir if baseline else None, windows,
+                                        dtype=parse_dtype(args.dtype) if args.dtype else None)
+    report.seconds = time.perf_counter() - t0
+    report.size.peak_memory_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    report.size.peak_memory_method = "ru_maxrss"      # this whole process, both sweeps included
+    if args.json:
+        out = {"model": str(model.source), "baseline": str(baseline.source) if baseline else None,
+               "streamed": True, **report.to_dict()}
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+    else:
+        title = f"{model.source}" + (f" vs {baseline.source}" if baseline else "") + " (layer by layer; no speed)"
+        sys.stdout.write(title + "\n\n" + render_table(report) + "\n")
+    return 0

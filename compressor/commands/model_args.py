@@ -22,12 +22,35 @@ def model_safety_kwargs(args: argparse.Namespace) -> dict:
             "revision": args.revision}
 
 
-def calibration_from_args(loaded, args: argparse.Namespace, cal) -> list[dict]:
-    """Calibration batches for a loaded model: `--text FILE` or the shipped text, `cal` tokens in windows."""
+def calibration_from_args(tokenizer, args: argparse.Namespace, cal) -> list[dict]:
+    """Calibration batches with a model's tokenizer: `--text FILE` or the shipped text, `cal` tokens in windows."""
     from compressor.data import calibration_batches, text_from_file
-    if loaded.tokenizer is None:
+    if tokenizer is None:
         raise ValueError(f"{args.model}: the model folder has no tokenizer files, so calibration text cannot be "
                          "tokenised; add tokenizer.json (or tokenizer_config.json + vocab) to the folder")
     text = text_from_file(args.text) if args.text else None
-    return calibration_batches(loaded.tokenizer, tokens=cal.tokens, seq_len=cal.seq_len,
+    return calibration_batches(tokenizer, tokens=cal.tokens, seq_len=cal.seq_len,
                                batch_size=cal.batch_size, seed=args.seed, text=text)
+
+
+def add_streaming_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--streaming", choices=("auto", "on", "off"), default="auto",
+                        help="work layer by layer (one decoder layer in memory): 'auto' when the model does not fit "
+                             "comfortably (compressor.stream.budget), 'on' always, 'off' never (default auto)")
+
+
+def streaming_plan(args: argparse.Namespace, *, tokens: int, taylor: bool):
+    """(the resolved local model, its ExecutionPlan or None when it runs in memory) for a command's MODEL argument.
+    Pickle checkpoints always run in memory; `--streaming on` on one is refused."""
+    from compressor.sources import parse_dtype, resolve_local
+    from compressor.stream.budget import plan_execution
+
+    found = resolve_local(args.model, **model_safety_kwargs(args))
+    if found.weights != "safetensors":
+        if args.streaming == "on":
+            raise ValueError(f"{args.model}: layer-by-layer work reads safetensors shards; this model has only "
+                             "pickle weights. Convert it to safetensors first.")
+        return found, None
+    dtype = parse_dtype(args.dtype) if getattr(args, "dtype", None) else None
+    plan = plan_execution(found.local_dir, args.streaming, tokens=tokens, taylor=taylor, dtype=dtype)
+    return found, plan if plan.streaming else None

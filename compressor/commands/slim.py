@@ -26,8 +26,9 @@ REPORT_FILE = "slim_report.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from compressor.commands.model_args import add_model_safety_arguments
+    from compressor.commands.model_args import add_model_safety_arguments, add_streaming_argument
     add_model_safety_arguments(parser)
+    add_streaming_argument(parser)
     parser.add_argument("model", metavar="MODEL", help="'demo', a model folder, a .zip/.tar.gz of one, or a hub id")
     parser.add_argument("--out", required=True, type=Path, help="output folder: checkpoint/ + slim_report.json")
     parser.add_argument("--expert-keep-ratio", type=float, default=1.0,
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from compressor.importance import load_or_analyze
     from compressor.slimming.apply import apply_slimming_
     from compressor.slimming.export import save_checkpoint, verify_reload
-    from compressor.commands.model_args import calibration_from_args, model_safety_kwargs
+    from compressor.commands.model_args import calibration_from_args, model_safety_kwargs, streaming_plan
     from compressor.sources import load_model
 
     t0 = time.perf_counter()
@@ -89,12 +90,15 @@ def run(args: argparse.Namespace) -> int:
     ckpt = out / "checkpoint"
     if (ckpt / "config.json").exists() and not args.overwrite:
         raise ValueError(f"{ckpt} already holds a checkpoint; choose another --out or pass --overwrite")
-    loaded = load_model(args.model, dtype=args.dtype, **model_safety_kwargs(args))
-    model = loaded.model
     analyze_cfg = _analyze_config(cfg)
+    found, plan = streaming_plan(args, tokens=cal.tokens, taylor=bool(analyze_cfg and analyze_cfg.taylor))
+    if plan is not None:
+        return _run_streamed(args, found, plan, cfg, cal, analyze_cfg, t0)
+    loaded = load_model(found.source, dtype=args.dtype, **model_safety_kwargs(args))
+    model = loaded.model
     batches, importance, scores_meta = None, None, {}
     if analyze_cfg is not None:
-        batches = calibration_from_args(loaded, args, cal)
+        batches = calibration_from_args(loaded.tokenizer, args, cal)
         importance = load_or_analyze(model, batches, config=analyze_cfg, weights_fp=loaded.fingerprint,
                                      cache_dir=args.cache_dir, use_cache=args.cache, on_progress=_progress_line)
         scores_meta = {"analyze": analyze_cfg.to_dict(), "cache": importance.meta.get("cache"),
@@ -109,12 +113,55 @@ def run(args: argparse.Namespace) -> int:
     if args.verify:
         probe = batches[0]["input_ids"][:2] if batches else _probe_ids(model)
         report["checkpoint"]["reload_max_abs_logit_diff"] = verify_reload(ckpt, model, probe)
+    return _write_report(out, ckpt, report, t0)
+
+
+def _write_report(out: Path, ckpt: Path, report: dict, t0: float) -> int:
     report["total_seconds"] = time.perf_counter() - t0
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
     digest = {"checkpoint": str(ckpt), "report": str(out / REPORT_FILE), "params_before": report["params_before"],
-              "params_after": report["params_after"], "seconds": round(report["total_seconds"], 2)}
+              "params_after": report["params_after"], "seconds": round(report["total_seconds"], 2),
+              "streamed": bool(report.get("execution", {}).get("streaming"))}
     sys.stdout.write(json.dumps(digest, indent=2) + "\n")
     return 0
+
+
+def _run_streamed(args, found, plan, cfg: SlimmingConfig, cal: CalibrationConfig, analyze_cfg, t0: float) -> int:
+    """The layer-by-layer path: scores (cached under the same keys as in memory), cuts and the written checkpoint,
+    with one decoder layer in memory at a time. The written globals and first / last layer are read back through
+    transformers' conversion (`--verify` cannot compare logits without the whole model in memory)."""
+    import shutil
+
+    from compressor.commands.analyze import streamed_analysis
+    from compressor.commands.model_args import calibration_from_args
+    from compressor.importance import load_or_analyze
+    from compressor.slimming.export import model_card
+    from compressor.sources import parse_dtype
+    from compressor.stream.skeleton import Skeleton
+    from compressor.stream.slim import stream_slim
+
+    out, ckpt = Path(args.out), Path(args.out) / "checkpoint"
+    batches, importance, scores_meta = None, None, {}
+    skeleton_model, tokenizer, weights_fp, analyzer = streamed_analysis(found, args)
+    if analyze_cfg is not None:
+        batches = calibration_from_args(tokenizer, args, cal)
+        importance = load_or_analyze(skeleton_model, batches, config=analyze_cfg, weights_fp=weights_fp,
+                                     cache_dir=args.cache_dir, use_cache=args.cache, on_progress=_progress_line,
+                                     analyzer=analyzer)
+        scores_meta = {"analyze": analyze_cfg.to_dict(), "cache": importance.meta.get("cache"),
+                       "tokens": importance.meta.get("tokens"), "calibration": cal.model_dump(),
+                       "text": str(args.text) if args.text else "shipped corpus (train split)", "seed": args.seed}
+    if ckpt.exists() and args.overwrite:
+        shutil.rmtree(ckpt)
+    result = stream_slim(found.local_dir, importance, cfg, ckpt, batches=batches,
+                         dtype=parse_dtype(args.dtype) if args.dtype else None, on_progress=_progress_line)
+    card = model_card(Skeleton.open(ckpt).model, {"source": str(found.source), "slimming": cfg.model_dump()})
+    (ckpt / "README.md").write_text(card)
+    report = {"model": str(found.source), "slimming": cfg.model_dump(), **result.to_dict(), "scores": scores_meta,
+              "execution": plan.to_dict(),
+              "checkpoint": {"dir": str(ckpt), "bytes": sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file()),
+                             "verified": "config.json rebuilds the written globals and first / last layer"}}
+    return _write_report(out, ckpt, report, t0)
 
 
 def _probe_ids(model):

@@ -61,16 +61,21 @@ def cache_key(*, weights_fp: str, data_fp: str, config: AnalyzeConfig, settings:
 def load_or_analyze(model: nn.Module, batches: Iterable, *, config: AnalyzeConfig = AnalyzeConfig(),
                     weights_fp: str | None = None, data_fp: str | None = None, cache_dir: str | Path | None = None,
                     use_cache: bool = True, on_progress: ProgressFn | None = None,
-                    should_cancel: CancelFn | None = None) -> ImportanceReport:
+                    should_cancel: CancelFn | None = None, analyzer=None) -> ImportanceReport:
     """The cached report for (weights, data, settings) when there is one, else `analyze(...)` and store it.
 
     weights_fp defaults to `weights_fingerprint(model)` (hashes every tensor; pass `LoadedModel.fingerprint` to
     skip that), data_fp to `data_fingerprint(batches)`. use_cache=False analyses without reading or writing.
-    `meta["cache"]` says whether it was a hit and where the scores live.
+    `meta["cache"]` says whether it was a hit and where the scores live. `analyzer(batches, config=...,
+    on_progress=..., should_cancel=...)` replaces `analyze(model, ...)` (the layer-by-layer engine passes its own,
+    with the meta-device skeleton as `model` for the settings: both paths give the same scores, so they share keys).
     """
     batches = list(batches)
+    if analyzer is None:
+        def analyzer(b, **kw):
+            return analyze(model, b, **kw)
     if not use_cache:
-        return analyze(model, batches, config=config, on_progress=on_progress, should_cancel=should_cancel)
+        return analyzer(batches, config=config, on_progress=on_progress, should_cancel=should_cancel)
     key = cache_key(weights_fp=weights_fp or weights_fingerprint(model), data_fp=data_fp or data_fingerprint(batches),
                     config=config, settings=model_settings(model))
     root = Path(cache_dir) if cache_dir is not None else scores_cache_dir()
@@ -83,7 +88,7 @@ def load_or_analyze(model: nn.Module, batches: Iterable, *, config: AnalyzeConfi
         else:
             report.meta["cache"] = {"key": key, "hit": True, "dir": str(target)}
             return report
-    report = analyze(model, batches, config=config, on_progress=on_progress, should_cancel=should_cancel)
+    report = analyzer(batches, config=config, on_progress=on_progress, should_cancel=should_cancel)
     _store(report, root, key)
     report.meta["cache"] = {"key": key, "hit": False, "dir": str(target)}
     return report

@@ -1,0 +1,95 @@
+"""Whether a job runs in memory or layer by layer, and whether one decoder layer fits at all: decided from the
+safetensors headers before any weight is read.
+
+    in-memory need   = checkpoint parameters x bytes of the load dtype x `IN_MEMORY_FACTOR` (the cut copies and, for
+                       Taylor scores, the expert gradients)
+    streamed need    = `LAYER_FACTOR` x the largest decoder layer (the loaded layer, its cut copy, the copy written)
+                       + the activations between layers (calibration tokens x hidden x 4 bytes, times the layers when
+                       Taylor scores keep every layer's input for the backward sweep)
+    available        = `MOE_STUDIO_MEMORY` (e.g. "16gb") when set, else the machine's available memory (psutil)
+`auto` streams when the in-memory need passes half of what is available. A streamed job whose need passes what is
+available is refused with the figures.
+
+    plan = plan_execution(Path("big"), "auto", tokens=32768, taylor=False)
+    plan.streaming, plan.reason
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from compressor.stream.shards import ShardIndex
+
+MODES = ("auto", "on", "off")
+IN_MEMORY_FACTOR = 2.0
+LAYER_FACTOR = 3.0
+
+
+class LayerTooLargeError(ValueError):
+    """Even one decoder layer does not fit in the memory the job may use; the message gives the figures."""
+
+
+def memory_available() -> int:
+    raw = os.environ.get("MOE_STUDIO_MEMORY")
+    if raw:
+        from compressor.studio_cache import parse_size
+        return parse_size(raw, name="MOE_STUDIO_MEMORY")
+    import psutil
+    return int(psutil.virtual_memory().available)
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    streaming: bool
+    reason: str
+    model_bytes: int          # parameters in the load dtype
+    layer_bytes: int          # the largest decoder layer in the load dtype
+    activation_bytes: int
+    available: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
+
+
+def plan_execution(folder: Path | str, mode: str, *, tokens: int, taylor: bool,
+                   dtype: torch.dtype | None = None, index: ShardIndex | None = None) -> ExecutionPlan:
+    """Decide in memory vs layer by layer for `mode` (auto | on | off); raise LayerTooLargeError when streaming
+    is chosen and one layer plus the activations do not fit."""
+    if mode not in MODES:
+        raise ValueError(f"streaming must be one of {', '.join(MODES)}, got {mode!r}")
+    index = index or ShardIndex.open(folder)
+    scale = (lambda info: info.nbytes if dtype is None or not info.dtype.is_floating_point
+             else info.nbytes // info.dtype.itemsize * dtype.itemsize)
+    model_bytes = sum(scale(t) for t in index.tensors.values())
+    layers = index.num_layers()
+    layer_bytes = max((sum(scale(index.info(n)) for n in index.layer_names(i)) for i in range(layers)), default=0)
+    embed = next((n for n in index.tensors if n.endswith("embed_tokens.weight")), None)
+    hidden = index.shape(embed)[-1] if embed else 0
+    activation = tokens * hidden * 4 * ((layers + 1) if taylor else 2)
+    available = memory_available()
+    need_memory = model_bytes * IN_MEMORY_FACTOR
+    if mode == "off":
+        streaming, reason = False, "streaming off (asked)"
+    elif mode == "on":
+        streaming, reason = True, "streaming on (asked)"
+    elif need_memory > available / 2:
+        streaming, reason = True, (f"the model needs about {_gb(need_memory)} in memory, more than half of the "
+                                   f"{_gb(available)} available: layer by layer")
+    else:
+        streaming, reason = False, f"the model fits comfortably ({_gb(need_memory)} of {_gb(available)} available)"
+    if streaming:
+        need = LAYER_FACTOR * layer_bytes + activation
+        if need > available:
+            raise LayerTooLargeError(
+                f"one decoder layer is {_gb(layer_bytes)}; working on it layer by layer needs about {_gb(need)} "
+                f"({LAYER_FACTOR:g} x the layer + {_gb(activation)} of activations for {tokens} calibration tokens), "
+                f"but only {_gb(available)} is available. Free memory, use fewer calibration tokens, or run on a "
+                "larger machine (MOE_STUDIO_MEMORY sets the budget).")
+    return ExecutionPlan(streaming, reason, model_bytes, layer_bytes, activation, available)
