@@ -5,9 +5,14 @@
     workers.tasks       run_job(run_id): the Celery task (thin: it calls workers.job.execute_run)
     workers.job         execute_run: claim the row, run the pipeline, record results / error / cancel
     workers.monitor     RunMonitor: heartbeat, throttled progress writes and the cancel flag of one running job
-    workers.reaper      fail runs whose worker died; re-enqueue queued runs at start
+    workers.reaper      fail runs whose worker died; send queued runs the broker never took or lost
+    workers.broker      which runs the broker holds a message for (the Redis queue and unacknowledged deliveries)
     workers.embedded    EmbeddedServices: private redis-server + one worker process when REDIS_URL is unset
+    workers.supervisor  restart the embedded redis-server and worker when they die, with a back-off
     workers.service     enqueue_run, cancel_run, rerun, delete_run
+
+What happens on each fault (broker down or restarted, database away during a claim, a worker or Redis killed, a
+worker machine whose clock is off) and how fast the studio recovers: docs/workers.md.
 
 Running workers separately (external mode). Give the app and every worker the same REDIS_URL, DATABASE_URL
 (PostgreSQL) and artifact directory (MOE_STUDIO_HOME, or MOE_STUDIO_ARTIFACTS, on a shared disk), then on each machine:
@@ -16,7 +21,7 @@ Running workers separately (external mode). Give the app and every worker the sa
         celery -A workers worker --pool=prefork --concurrency=1 --loglevel=INFO --hostname=gpu1@%h
 
 One job per worker process (concurrency 1 per GPU); the app (`python app.py` with the same variables) starts no
-Redis and no worker, but runs the reaper and re-sends queued runs at start. docker-compose.yml does exactly this.
+Redis and no worker, but runs the reaper, which also sends queued runs the broker does not hold. docker-compose.yml does exactly this.
 
 `celery -A workers worker` finds the app as `workers.app`, built lazily from the environment so that importing
 this package never fixes REDIS_URL before the embedded broker has chosen its port.

@@ -72,6 +72,7 @@ def make_app(settings: WorkerSettings) -> Celery:
         broker_transport_options=transport,
         result_backend_transport_options=transport,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,   # a worker waits out a broker outage of any length (default: ~50 min)
         broker_connection_timeout=5,
         task_publish_retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.5,
                                    "interval_max": 1},

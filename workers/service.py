@@ -1,5 +1,8 @@
 """What the UI and the CLI call: enqueue, cancel, re-run, delete. Ids in, ids out; the runs table is the truth.
 
+A broker that is down does not lose a run and does not fail the enqueue: the run is stored as queued, its message
+says "waiting for the broker (...)", and the reaper sends it at its first round after the broker is back.
+
     run_id = enqueue_run({"model": "demo", "slimming": {"expert_keep_ratio": 0.5}})
     cancel_run(run_id)            # "cancelled" when it was queued, "running" while the worker winds down
     new_id = rerun(run_id)        # same recipe, new run
@@ -9,11 +12,16 @@ from __future__ import annotations
 
 import logging
 
+from celery import Celery
+
 from compressor.recipe import Recipe
 from storage import artifacts, repo
 from storage.models import RunStatus
 
+from .broker import BrokerUnavailable, one_line
 from .celery_app import send_run_message
+
+__all__ = ["BrokerUnavailable", "RunBusy", "cancel_run", "delete_run", "enqueue_run", "rerun", "send_run"]
 
 log = logging.getLogger(__name__)
 
@@ -22,27 +30,29 @@ class RunBusy(RuntimeError):
     """The run is running; cancel it and wait for it to stop first."""
 
 
-class BrokerUnavailable(RuntimeError):
-    """The run was saved as queued but could not be sent to the broker."""
-
-
-def send_run(run_id: int) -> None:
-    """Put a message for `run_id` on the queue (the worker re-reads the row)."""
+def send_run(run_id: int, app: Celery | None = None, *, note: str | None = None) -> None:
+    """Put a message for `run_id` on the queue (the worker re-reads the row) and record the send on the row
+    (`sent_at`, `send_count`; `note` goes to the run's log). Raises `BrokerUnavailable` when the broker did not
+    take it."""
     try:
-        send_run_message(run_id)
+        send_run_message(run_id, app)
     except Exception as exc:
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise BrokerUnavailable(
-            f"run {run_id} is saved as queued, but the broker did not take it ({reason}). "
-            "Check REDIS_URL / that Redis is running; queued runs are sent again when the studio restarts.") from exc
+            f"run {run_id} is saved as queued, but the broker did not take it ({one_line(exc)}). Check REDIS_URL / "
+            "that Redis is running; the run is sent as soon as the broker is reachable again.", one_line(exc)) from exc
+    repo.mark_sent(run_id, note=note)
 
 
 def enqueue_run(recipe: dict | Recipe, *, name: str = "", parent_run_id: int | None = None) -> int:
     """Validate `recipe` (a `RecipeError` naming every bad field is raised before any row exists), store a queued
-    run and send it. Returns the run id."""
+    run and send it. Returns the run id, also when the broker is down (the row then says it waits for it)."""
     parsed = recipe if isinstance(recipe, Recipe) else Recipe.parse(recipe)
     run_id = repo.create_run(parsed.to_dict(), name=name, parent_run_id=parent_run_id)
-    send_run(run_id)
+    try:
+        send_run(run_id)
+    except BrokerUnavailable as exc:
+        log.warning("%s", exc)
+        repo.mark_waiting_for_broker(run_id, exc.reason)
     return run_id
 
 

@@ -8,6 +8,14 @@
     MOE_STUDIO_REAP_EVERY_S      the reaper looks this often (default 10): a killed run is failed within
                                  stale_after + reap_every + heartbeat = 45 s by default
     MOE_STUDIO_PROGRESS_EVERY_S  progress reaches the row at most this often (default 1)
+    MOE_STUDIO_REQUEUE_AFTER_S   a queued run that no worker claimed this long after its message was sent, and whose
+                                 message the broker no longer holds (a broker restart or flush), is sent again by the
+                                 reaper (default 60); a run the broker never took is sent at the reaper's next round
+    MOE_STUDIO_CLAIM_RETRIES     a worker whose claim of a run meets a database error tries this many more times
+                                 (default 5) ...
+    MOE_STUDIO_CLAIM_BACKOFF_S   ... waiting this long, then twice as long, and so on (default 0.5: 0.5 + 1 + ... + 8 s);
+                                 then the task is retried by Celery (3 times, same waits) and after that the reaper's
+                                 re-send takes over, so a database outage delays a run but never loses it
     MOE_STUDIO_MAX_JOB_S         the longest job allowed (default 3 days); the Redis visibility timeout is set an hour
                                  above it so that an unacknowledged long job is never delivered twice
 """
@@ -18,16 +26,18 @@ from dataclasses import dataclass
 from typing import Mapping
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _number(env: Mapping[str, str], name: str, default, *, cast=float, zero_ok: bool = False):
+    """`env[name]` as `cast` (float seconds, or int); `default` when unset; positive (or >= 0 with `zero_ok`)."""
     raw = env.get(name)
     if raw in (None, ""):
         return default
     try:
-        value = float(raw)
+        value = cast(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number of seconds") from None
-    if value <= 0:
-        raise ValueError(f"{name}={raw!r} must be positive")
+        kind = "a whole number" if cast is int else "a number of seconds"
+        raise ValueError(f"{name}={raw!r} is not {kind}") from None
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(f"{name}={raw!r} must be {'zero or more' if zero_ok else 'positive'}")
     return value
 
 
@@ -41,6 +51,9 @@ class WorkerSettings:
     reap_every_s: float = 10.0
     progress_every_s: float = 1.0
     max_job_s: float = 3 * 24 * 3600.0
+    requeue_after_s: float = 60.0
+    claim_retries: int = 5
+    claim_backoff_s: float = 0.5
 
     def __post_init__(self):
         if self.stale_after_s < 2 * self.heartbeat_s:
@@ -48,6 +61,12 @@ class WorkerSettings:
                              f"MOE_STUDIO_HEARTBEAT_S ({self.heartbeat_s:g}), or live runs would be reaped")
         if ":" not in self.pipeline:
             raise ValueError(f"MOE_STUDIO_PIPELINE={self.pipeline!r} must look like 'package.module:function'")
+
+    @property
+    def claim_retry_countdown_s(self) -> float:
+        """How long Celery waits before it delivers a task whose claim failed every in-process try: the next
+        back-off step, claim_backoff * 2^claim_retries."""
+        return self.claim_backoff_s * 2 ** self.claim_retries
 
     @property
     def visibility_timeout_s(self) -> int:
@@ -62,9 +81,12 @@ class WorkerSettings:
             redis_url=env.get("REDIS_URL") or None,
             queue=env.get("MOE_STUDIO_QUEUE") or d.queue,
             pipeline=env.get("MOE_STUDIO_PIPELINE") or d.pipeline,
-            heartbeat_s=_float(env, "MOE_STUDIO_HEARTBEAT_S", d.heartbeat_s),
-            stale_after_s=_float(env, "MOE_STUDIO_STALE_AFTER_S", d.stale_after_s),
-            reap_every_s=_float(env, "MOE_STUDIO_REAP_EVERY_S", d.reap_every_s),
-            progress_every_s=_float(env, "MOE_STUDIO_PROGRESS_EVERY_S", d.progress_every_s),
-            max_job_s=_float(env, "MOE_STUDIO_MAX_JOB_S", d.max_job_s),
+            heartbeat_s=_number(env, "MOE_STUDIO_HEARTBEAT_S", d.heartbeat_s),
+            stale_after_s=_number(env, "MOE_STUDIO_STALE_AFTER_S", d.stale_after_s),
+            reap_every_s=_number(env, "MOE_STUDIO_REAP_EVERY_S", d.reap_every_s),
+            progress_every_s=_number(env, "MOE_STUDIO_PROGRESS_EVERY_S", d.progress_every_s),
+            max_job_s=_number(env, "MOE_STUDIO_MAX_JOB_S", d.max_job_s),
+            requeue_after_s=_number(env, "MOE_STUDIO_REQUEUE_AFTER_S", d.requeue_after_s),
+            claim_retries=_number(env, "MOE_STUDIO_CLAIM_RETRIES", d.claim_retries, cast=int, zero_ok=True),
+            claim_backoff_s=_number(env, "MOE_STUDIO_CLAIM_BACKOFF_S", d.claim_backoff_s),
         )

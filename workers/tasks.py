@@ -24,17 +24,24 @@ from celery.signals import worker_init, worker_process_init, worker_ready
 from storage import db, repo
 
 from .celery_app import RUN_TASK
-from .job import execute_run
+from .job import ClaimUnavailable, execute_run
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+CLAIM_TASK_RETRIES = 3
 
 
 @shared_task(name=RUN_TASK, bind=True)
 def run_job(self, run_id: int) -> str:
-    """Run one queued run; idempotent on `run_id` (a second delivery finds it claimed and returns "skipped")."""
-    return execute_run(int(run_id), worker=self.request.hostname or socket.gethostname(),
-                       settings=WorkerSettings.from_env())
+    """Run one queued run; idempotent on `run_id` (a second delivery finds it claimed and returns "skipped").
+    A claim the database refused after every in-process try is retried by Celery `CLAIM_TASK_RETRIES` times,
+    `claim_retry_countdown_s` apart; after that the run is still queued and the app's reaper sends it again."""
+    settings = WorkerSettings.from_env()
+    try:
+        return execute_run(int(run_id), worker=self.request.hostname or socket.gethostname(), settings=settings)
+    except ClaimUnavailable as exc:
+        log.error("%s; the task is retried in %.1f s", exc, settings.claim_retry_countdown_s)
+        raise self.retry(exc=exc, countdown=settings.claim_retry_countdown_s, max_retries=CLAIM_TASK_RETRIES)
 
 
 @worker_init.connect

@@ -52,14 +52,17 @@ def pid_alive(pid: int) -> bool:
 
 
 class WorkerCluster:
-    def __init__(self, n: int = 2):
+    """`n` worker processes with this process's environment, plus `env` (e.g. a DATABASE_URL only they use)."""
+
+    def __init__(self, n: int = 2, *, env: dict[str, str] | None = None):
         self.nodes = [f"test{i}-{uuid.uuid4().hex[:6]}@localhost" for i in range(n)]
+        self.env = env or {}
         self.procs: list[subprocess.Popen] = []
         self.log_dir = db.studio_home() / "logs"
 
     def __enter__(self) -> "WorkerCluster":
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env = dict(os.environ, PYTHONPATH=str(REPO), **self.env)
         for node in self.nodes:
             with open(self.log_dir / f"{node.split('@')[0]}.log", "ab") as logf:
                 self.procs.append(subprocess.Popen(

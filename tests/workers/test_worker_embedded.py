@@ -74,6 +74,7 @@ def test_a_run_left_running_by_a_dead_studio_is_failed_at_start(home):
     with EmbeddedServices() as services:
         run_id = enqueue_run({"model": "test:steps=400,step_s=0.05"})
         run = wait_for(lambda: (r := repo.get_run(run_id)).step >= 2 and r, timeout=30, what="the run to start")
+        services.supervisor.pause()  # the whole studio dies: nothing restarts its worker
         os.killpg(services.worker_proc.pid, 9)  # the studio's worker dies without any cleanup
         services.worker_proc.wait()
         services.worker_proc = None  # nothing left for stop() to put back in the queue

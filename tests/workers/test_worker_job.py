@@ -1,15 +1,19 @@
-"""execute_run and RunMonitor in-process, on SQLite and PostgreSQL: the throttle, the heartbeat, a lost claim, and
-idempotency. (The queue itself is tested with real worker processes in test_worker_faults.py.)"""
+"""execute_run and RunMonitor in-process, on SQLite and PostgreSQL: the throttle, the heartbeat, a lost claim,
+idempotency, and a claim through a database outage. (The queue itself is tested with real worker processes in
+test_worker_faults.py and test_worker_recovery.py.)"""
 from __future__ import annotations
 
+import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from compressor.progress import ProgressEvent
-from storage import artifacts, repo
+from storage import artifacts, db, repo
 from tests.workers.cluster import TEST_PIPELINE
-from workers.job import execute_run, flatten_numbers, stage_metric_rows
+from tests.workers.faults import database_outage
+from workers.job import ClaimUnavailable, claim_run, execute_run, flatten_numbers, stage_metric_rows
 from workers.monitor import RunMonitor
 from workers.settings import WorkerSettings
 
@@ -89,3 +93,39 @@ def test_stage_metrics_are_the_finite_numbers_of_each_stage():
 def test_pipeline_setting_must_name_module_and_function(spec):
     with pytest.raises(ValueError, match="must look like"):
         WorkerSettings(pipeline=spec)
+
+
+@pytest.fixture
+def lost_db(db_url, monkeypatch):
+    """The test database reached as a worker reaches it in the fault tests, with `down()` / `up()` (faults.py)."""
+    with database_outage(db_url) as outage:
+        for name, value in outage.env.items():
+            monkeypatch.setenv(name, value)
+        db.dispose_all()
+        db.init_db(outage.url)
+        yield outage
+
+
+def test_the_claim_is_retried_through_a_short_database_outage(lost_db, caplog):
+    run_id = repo.create_run({"model": "demo"})
+    settings = WorkerSettings(pipeline=TEST_PIPELINE, claim_retries=4, claim_backoff_s=0.2)  # tries for 3 s
+    caplog.set_level(logging.WARNING, logger="workers.job")
+    with ThreadPoolExecutor(1) as pool:
+        with lost_db.outage(1.0):
+            claim = pool.submit(claim_run, run_id, worker="w", settings=settings)
+        token = claim.result(timeout=30)
+    run = repo.get_run(run_id)
+    assert token and (run.status, run.claim_token, run.attempts) == ("running", token, 1)
+    assert any(f"run {run_id}: claim failed (OperationalError" in r.getMessage() for r in caplog.records)
+
+
+def test_a_claim_the_database_keeps_refusing_raises_and_leaves_the_run_queued(lost_db):
+    run_id = repo.create_run({"model": "test:steps=1"})
+    settings = WorkerSettings(pipeline=TEST_PIPELINE, claim_retries=2, claim_backoff_s=0.1)
+    with lost_db.outage(0):
+        with pytest.raises(ClaimUnavailable, match=rf"run {run_id}: the database did not take the claim in 3 tries "
+                                                   r"\(OperationalError"):
+            execute_run(run_id, worker="w", settings=settings)
+    run = repo.get_run(run_id)
+    assert (run.status, run.attempts, run.claim_token) == ("queued", 0, None)
+    assert execute_run(run_id, worker="w", settings=settings) == "succeeded"  # the retried task, once it is back

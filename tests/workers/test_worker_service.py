@@ -3,6 +3,8 @@ consumes this queue, so the messages can be counted), on SQLite and PostgreSQL."
 from __future__ import annotations
 
 import json
+import os
+import time
 import uuid
 
 import pytest
@@ -12,7 +14,9 @@ from compressor.recipe import RECIPE_VERSION, Recipe, RecipeError
 from storage import artifacts, repo
 from tests.storage.databases import flushed_test_redis
 from workers.celery_app import PromptRecycle, get_app, make_app
-from workers.service import BrokerUnavailable, RunBusy, cancel_run, delete_run, enqueue_run, rerun
+from workers.broker import read_broker
+from workers.reaper import RESENT_NOTE, Resender
+from workers.service import BrokerUnavailable, RunBusy, cancel_run, delete_run, enqueue_run, rerun, send_run
 from workers.settings import WorkerSettings
 
 
@@ -28,6 +32,17 @@ def test_settings_from_env_and_their_checks():
         WorkerSettings.from_env({"MOE_STUDIO_REAP_EVERY_S": "soon"})
     with pytest.raises(ValueError, match="'package.module:function'"):
         WorkerSettings.from_env({"MOE_STUDIO_PIPELINE": "compressor.pipeline.run_recipe"})
+    s = WorkerSettings.from_env({"MOE_STUDIO_REQUEUE_AFTER_S": "5", "MOE_STUDIO_CLAIM_RETRIES": "0",
+                                 "MOE_STUDIO_CLAIM_BACKOFF_S": "0.25"})
+    assert (s.requeue_after_s, s.claim_retries, s.claim_backoff_s, s.claim_retry_countdown_s) == (5.0, 0, 0.25, 0.25)
+    d = WorkerSettings.from_env({})
+    assert (d.requeue_after_s, d.claim_retries, d.claim_retry_countdown_s) == (60.0, 5, 16.0)
+    with pytest.raises(ValueError, match="MOE_STUDIO_CLAIM_RETRIES='two' is not a whole number"):
+        WorkerSettings.from_env({"MOE_STUDIO_CLAIM_RETRIES": "two"})
+    with pytest.raises(ValueError, match="MOE_STUDIO_CLAIM_RETRIES='-1' must be zero or more"):
+        WorkerSettings.from_env({"MOE_STUDIO_CLAIM_RETRIES": "-1"})
+    with pytest.raises(ValueError, match="MOE_STUDIO_REQUEUE_AFTER_S='0' must be positive"):
+        WorkerSettings.from_env({"MOE_STUDIO_REQUEUE_AFTER_S": "0"})
 
 
 def test_the_app_is_configured_for_long_ml_jobs():
@@ -110,12 +125,52 @@ def test_rerun_cancel_and_delete(queue):
     assert [r.id for r in repo.list_runs()] == [first]
 
 
-def test_a_broker_that_is_down_leaves_the_run_queued_for_the_next_start(db_url, monkeypatch):
+def test_enqueue_while_the_broker_is_down_keeps_the_run_queued_and_says_it_waits(db_url, monkeypatch):
     with socket_closed_port() as port:
         monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{port}/0")
-        with pytest.raises(BrokerUnavailable, match=r"saved as queued.*sent again when the studio restarts"):
-            enqueue_run({"model": "demo"})
-    assert [r.status for r in repo.list_runs()] == ["queued"]
+        t0 = time.monotonic()
+        run_id = enqueue_run({"model": "demo"})  # no error for the user: the run is not lost
+        took = time.monotonic() - t0
+        with pytest.raises(BrokerUnavailable, match=r"saved as queued.*sent as soon as the broker is reachable"):
+            send_run(run_id)
+    run = repo.get_run(run_id)
+    assert (run.status, run.sent_at, run.send_count) == ("queued", None, 0)
+    assert run.message.startswith("waiting for the broker (OperationalError: Error 111 connecting to 127.0.0.1:")
+    assert repo.get_logs(run_id)[-1].level == "warning"
+    assert repo.runs_due_for_send(older_than_s=3600) == [run_id]  # the reaper's next round sends it
+    assert took < 5, took
+
+
+def test_the_resender_sends_only_the_runs_the_broker_does_not_hold(queue, monkeypatch):
+    monkeypatch.setenv("MOE_STUDIO_REQUEUE_AFTER_S", "1")
+    resend = Resender(WorkerSettings.from_env())
+    held = enqueue_run({"model": "demo"})
+    never_sent = repo.create_run({"model": "demo"})  # as if the broker had been down at enqueue
+    assert resend() == [never_sent] and queue() == [f"[{held}]", f"[{never_sent}]"]
+    time.sleep(1.1)  # both are due now, but the broker holds both
+    assert resend() == [] and len(queue()) == 2
+    lose_messages = redis.Redis.from_url(os.environ["REDIS_URL"]).delete  # what a broker restart or flush does
+    lose_messages(os.environ["MOE_STUDIO_QUEUE"])
+    assert resend() == [held, never_sent] and queue() == [f"[{held}]", f"[{never_sent}]"]
+    assert [repo.get_run(i).send_count for i in (held, never_sent)] == [2, 2]
+    assert repo.get_logs(held)[-1].message == RESENT_NOTE
+    lose_messages(os.environ["MOE_STUDIO_QUEUE"])
+    assert resend() == [] and queue() == []  # sent less than requeue_after_s ago: a worker may be claiming it
+
+
+def test_a_message_a_consumer_holds_unacknowledged_counts_until_requeue_after_s(queue, monkeypatch):
+    monkeypatch.setenv("MOE_STUDIO_REQUEUE_AFTER_S", "1")
+    settings = WorkerSettings.from_env()
+    run_id = enqueue_run({"model": "demo"})
+    with get_app(settings).connection_for_read() as conn:
+        taken = conn.SimpleQueue(settings.queue, no_ack=False).get(timeout=5)  # a worker that never claims
+        assert json.loads(taken.body)[0] == [run_id] and queue() == []
+        assert read_broker(settings).delivered and read_broker(settings).waiting == set()
+        resend = Resender(settings)
+        time.sleep(1.1)
+        assert resend() == []  # first seen now: a live worker holds it
+        time.sleep(1.1)
+        assert resend() == [run_id] and queue() == [f"[{run_id}]"]  # held too long: its worker is gone
 
 
 class socket_closed_port:
