@@ -54,7 +54,7 @@ def test_least_recently_used_entries_go_first_until_the_new_one_fits(cache):
 
 def test_an_entry_larger_than_the_whole_quota_is_refused(cache):
     kept = _entry(cache / "uploads" / SHA_B, 1024, age_s=10)
-    with pytest.raises(CacheFullError, match=r"needs 11.0 KiB .* more than its whole quota of 10.0 KiB; raise MOE_STUDIO_CACHE_QUOTA"):
+    with pytest.raises(CacheFullError, match=r"needs 11.0 KiB .* whole quota of 10.0 KiB; raise MOE_STUDIO_CACHE_QUOTA"):
         make_room(11 * 1024)
     assert kept.exists()                                              # nothing evicted for a refusal
 

@@ -178,15 +178,15 @@ def test_new_user_flow(studio, page, tmp_path):
     assert out.shape[1] > 5 and torch.isfinite(model(input_ids=out).logits).all()
 
 
-def test_heatmap_of_a_64_expert_model(studio, page, tmp_path):
+def test_heatmap_of_a_64_expert_model(studio, page):
     """Render time of the layer x expert heatmap for a synthetic 64-expert, top-8, 2-layer model (the grid the
-    benchmarks' realistic synthetic model has), opened from a local folder."""
+    benchmarks' realistic synthetic model has), opened from a local folder (under the data folder: a model root)."""
     from transformers import AutoTokenizer
 
     from compressor.demo import demo_model_dir
     from compressor.testing import tiny_moe
     tok = AutoTokenizer.from_pretrained(demo_model_dir())
-    folder = tmp_path / "moe64"
+    folder = studio.home / "models" / "moe64"
     tiny_moe("qwen3_moe", hidden=64, experts=64, top_k=8, width=32, layers=2, vocab=len(tok)).save_pretrained(folder)
     tok.save_pretrained(folder)
     pg = page
