@@ -38,11 +38,14 @@ def stream_analyze(folder: Path | str, batches, *, config: AnalyzeConfig = Analy
     batches = list(batches)
     started = time.perf_counter()
     acts = capture_inputs(sk, batches)
+    sk.release_globals_()
     L = len(sk.layers)
     kept_inputs: list[list[torch.Tensor]] = []
     collectors: list[ScoreCollector] = []
     parts: list[tuple] = [None] * L
+    layer_seconds = []
     for i in range(L):
+        tl = time.perf_counter()
         reporter.report("calibrate", i, L * (2 if config.taylor else 1), message=f"layer {i + 1}/{L}: scoring")
         sk.load_layer_(i)
         view = sk.layer_view(i)
@@ -59,7 +62,12 @@ def stream_analyze(folder: Path | str, batches, *, config: AnalyzeConfig = Analy
         else:
             parts[i] = col.result()
         sk.release_layer_(i)
+        layer_seconds.append(time.perf_counter() - tl)
+    th = time.perf_counter()
+    sk.load_globals_()
     loss_sum, loss_tokens, grads = _loss_and_grads(sk, acts, taylor=config.taylor)
+    sk.release_globals_()
+    head_seconds = time.perf_counter() - th
     if config.taylor:
         for i in reversed(range(L)):
             reporter.report("calibrate", 2 * L - 1 - i, 2 * L, message=f"layer {i + 1}/{L}: Taylor backward")
@@ -79,22 +87,28 @@ def stream_analyze(folder: Path | str, batches, *, config: AnalyzeConfig = Analy
         "ce_loss": loss_sum / max(loss_tokens, 1), "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9),
         "taylor": config.taylor, "config": config.to_dict(), "dtype": str(sk.dtype).removeprefix("torch."),
         "experts_implementation": getattr(sk.config, "_experts_implementation", None), "streamed": True,
+        "layer_seconds": layer_seconds, "head_seconds": head_seconds,
     }
     return ImportanceReport(family=adapter.family, experts=experts, neurons=neurons, layers=layers, meta=meta)
 
 
 def _loss_and_grads(sk: Skeleton, acts, *, taylor: bool) -> tuple[float, int, list[torch.Tensor] | None]:
-    """Summed next-token loss over the batches; with `taylor`, also d(loss_b)/d(h_L) per batch."""
+    """Summed next-token loss over the batches; with `taylor`, also d(loss_b)/d(h_L) per batch. One row at a time:
+    the logits of a 150k vocabulary over a whole batch would cost more than a decoder layer."""
     loss_sum, loss_tokens, grads = 0.0, 0, [] if taylor else None
     for b, h in enumerate(acts.hidden):
-        with torch.set_grad_enabled(taylor):
-            h = h.detach().requires_grad_(taylor)
-            logits = final_logits(sk, h)
-            loss, n = next_token_loss_sum(logits=logits, input_ids=acts.input_ids[b], attention_mask=acts.masks[b])
-            if taylor:
-                (g,) = torch.autograd.grad(loss, h)
-                grads.append(g)
-        loss_sum, loss_tokens = loss_sum + float(loss.detach()), loss_tokens + n
+        ids, mask = acts.input_ids[b], acts.masks[b]
+        rows = []
+        for r in range(h.shape[0]):
+            with torch.set_grad_enabled(taylor):
+                hr = h[r:r + 1].detach().requires_grad_(taylor)
+                loss, n = next_token_loss_sum(logits=final_logits(sk, hr), input_ids=ids[r:r + 1],
+                                              attention_mask=None if mask is None else mask[r:r + 1])
+                if taylor:
+                    rows.append(torch.autograd.grad(loss, hr)[0])
+            loss_sum, loss_tokens = loss_sum + float(loss.detach()), loss_tokens + n
+        if taylor:
+            grads.append(torch.cat(rows))
     return loss_sum, loss_tokens, grads
 
 

@@ -25,10 +25,12 @@ from compressor.stream.sweep import advance_, capture_inputs, final_logits
 @torch.no_grad()
 def final_hidden(folder: Path | str, batches: list[torch.Tensor], *, dtype: torch.dtype | None = None,
                  reporter: Reporter | None = None) -> tuple[Skeleton, list[torch.Tensor]]:
-    """The skeleton (globals loaded) and the last decoder layer's output for every batch [B, L] of ids."""
+    """The skeleton and the last decoder layer's output for every batch [B, L] of ids (globals released again:
+    `load_globals_()` before computing logits)."""
     sk = Skeleton.open(folder, dtype=dtype)
     sk.load_globals_()
     acts = capture_inputs(sk, batches)
+    sk.release_globals_()
     n = len(sk.layers)
     for i in range(n):
         if reporter is not None:
@@ -62,10 +64,11 @@ def stream_quality(model_dir: Path | str, baseline_dir: Path | str | None, windo
     """`compare_quality` of the checkpoint in `model_dir` against the one in `baseline_dir` (or alone), with one
     decoder layer of one model in memory at a time."""
     batches = list(windows.split(batch_size))
-    sk, hidden = final_hidden(model_dir, batches, dtype=dtype, reporter=reporter)
-    model = ReplayLM(sk, batches, hidden)
-    base = None
-    if baseline_dir is not None:
-        bsk, bhidden = final_hidden(baseline_dir, batches, dtype=dtype, reporter=reporter)
-        base = ReplayLM(bsk, batches, bhidden)
-    return compare_quality(model, base, windows, batch_size=batch_size, reporter=reporter)
+    sweeps = [final_hidden(d, batches, dtype=dtype, reporter=reporter) for d in (model_dir, baseline_dir)
+              if d is not None]
+    lms = []
+    for sk, hidden in sweeps:                    # the heads are loaded only once every layer sweep is done
+        sk.load_globals_()
+        lms.append(ReplayLM(sk, batches, hidden))
+    return compare_quality(lms[0], lms[1] if len(lms) > 1 else None, windows, batch_size=batch_size,
+                           reporter=reporter)

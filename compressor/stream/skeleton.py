@@ -109,6 +109,16 @@ class Skeleton:
         if getattr(self.config, "tie_word_embeddings", False):
             self.model.tie_weights()
 
+    def release_globals_(self) -> None:
+        """Embeddings, final norm and lm_head back to the meta device (a large vocabulary costs as much as a layer;
+        they are needed only before the first and after the last layer)."""
+        for name, module in self.model.named_children():
+            if module is not self.base:
+                release_(module)
+        for name, module in self.base.named_children():
+            if name != "layers":
+                release_(module)
+
     def load_layer_(self, i: int) -> nn.Module:
         """Decoder layer i with real tensors from the checkpoint (converted as `from_pretrained` would)."""
         names = self.index.layer_names(i)

@@ -98,6 +98,7 @@ def stream_slim(folder: Path | str, importance, cfg: SlimmingConfig, out_dir: Pa
         with ShardWriter(out, model=plan.model) as writer:
             plan.load_globals_()
             writer.write(_global_tensors(plan.model))
+            plan.release_globals_()
             for j, i in enumerate(keep):
                 tl = time.perf_counter()
                 reporter.report("slim", j, len(keep), message=f"layer {i} -> {j}: cut and write")
@@ -182,6 +183,7 @@ def _sparsity_statistics(src, plan, keep, cuts, inputs, scfg, batches, reporter)
     if inputs is None:
         plan.load_globals_()
         acts = capture_inputs(plan, list(batches))
+        plan.release_globals_()
         inputs = {}
     for j, i in enumerate(keep):
         reporter.report("sparsify", j, n, message=f"layer {j + 1}/{n}: Wanda statistics")

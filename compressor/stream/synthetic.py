@@ -2,7 +2,7 @@
 for benchmarks and memory tests of the layer-by-layer engine (a 30 GB Qwen3-30B-A3B-shaped model on a 24 GB box).
 
 Init rule (as `compressor.testing.tiny_moe`): matrices ~ N(0, std^2) with std 0.02 (routers 0.08, so routing
-depends on the input), norm weights 1, other vectors ~ N(0, 0.02^2). Tensors are written under the model's own
+depends on the input), norm weights 1, other vectors ~ N(0, 0.02^2), drawn directly in the checkpoint dtype. Tensors are written under the model's own
 (fused) names, which `from_pretrained` loads natively.
 
     config = tiny_config("qwen3_moe", hidden=2048, experts=128, top_k=8, width=768, layers=24, vocab=151936)
@@ -19,12 +19,14 @@ from compressor.stream.writer import ShardWriter
 
 
 def _random_like(name: str, p: torch.Tensor, g: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-    if p.dim() >= 2:
-        std = 0.08 if name.endswith(("gate.weight", "router.weight")) and p.dim() == 2 else 0.02
-        return (torch.randn(p.shape, generator=g) * std).to(dtype)
-    if "norm" in name:
-        return torch.ones(p.shape, dtype=dtype)
-    return (torch.randn(p.shape, generator=g) * 0.02).to(dtype)
+    """Filled in place, one slice of the first axis at a time (no float32 copy of a 1 GB expert tensor)."""
+    out = torch.empty(p.shape, dtype=dtype)
+    if p.dim() < 2 and "norm" in name:
+        return out.fill_(1.0)
+    std = 0.08 if name.endswith(("gate.weight", "router.weight")) and p.dim() == 2 else 0.02
+    for part in (out if out.dim() >= 3 else [out]):
+        part.normal_(0.0, std, generator=g)
+    return out
 
 
 @torch.no_grad()

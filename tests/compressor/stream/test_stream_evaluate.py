@@ -31,6 +31,7 @@ def test_replay_refuses_another_batch(family_ckpt):
     _, folder, _ = family_ckpt
     batches = [tiny_inputs(batch=1, seq=8, seed=0)]
     sk, hidden = final_hidden(folder, batches)
+    sk.load_globals_()
     lm = ReplayLM(sk, batches, hidden)
     with pytest.raises(RuntimeError, match="another batch"):
         lm(input_ids=tiny_inputs(batch=1, seq=8, seed=9))
