@@ -7,7 +7,7 @@
 
 Each test asserts that no run is lost and none runs twice (the executions log of the test pipeline). Timings are
 shortened through the settings production reads (requeue after 2 s, reaper every 0.5 s, claim back-off 0.2 s).
-Run with `-s` to see the measured delays.
+Run with `-s` to see the measured delays; MOE_STUDIO_TEST_OUTAGE_S=240 keeps the broker down longer.
 """
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ from workers.embedded import EmbeddedServices
 from workers.reaper import RESENT_NOTE
 from workers.service import enqueue_run
 
+# A longer outage for a measurement, e.g. MOE_STUDIO_TEST_OUTAGE_S=240 (the worker's reconnect waits grow to 30 s).
+LONG_OUTAGE_S = float(os.environ.get("MOE_STUDIO_TEST_OUTAGE_S") or 0)
 TIMINGS = dict(FAST_TIMINGS, MOE_STUDIO_REQUEUE_AFTER_S="2", MOE_STUDIO_CLAIM_RETRIES="1",
                MOE_STUDIO_CLAIM_BACKOFF_S="0.2")
 
@@ -129,12 +131,13 @@ def test_a_run_enqueued_while_the_broker_is_down_starts_once_it_is_back(open_sta
         enqueue_s = time.monotonic() - t0
         run = repo.get_run(run_id)
         assert run.status == "queued" and run.message.startswith("waiting for the broker (")
+        time.sleep(LONG_OUTAGE_S)
         back = stack.broker_back()
         started = wait_for(lambda: _started(run_id), timeout=45, what="the run to start")
         run = wait_for(lambda: _finished(run_id), timeout=30, what="the run to finish")
         executions = _executions()
-    print(f"\n[{stack.kind}] enqueue with the broker down took {enqueue_s:.1f} s; "
-          f"broker back -> run started: {started - back:.1f} s")
+    print(f"\n[{stack.kind}] enqueue with the broker down took {enqueue_s:.1f} s; broker back (after at least "
+          f"{LONG_OUTAGE_S:g} s) -> run started: {started - back:.1f} s")
     assert (run.status, run.attempts, run.message) == ("succeeded", 1, "succeeded"), (run.error, run.message)
     assert executions[run_id] == 1 and enqueue_s < 5
     assert started - back < 35  # a reaper round (0.5 s) plus the worker's reconnect (Celery: 2, 4, 6 ... s apart)
