@@ -126,7 +126,36 @@ class _Job:
     should_cancel: CancelFn | None
 
 
+def _streamed(recipe: Recipe, staging: Path, reporter: Reporter) -> PipelineResult | None:
+    """The layer-by-layer run (`compressor.stream.pipeline`) when `recipe.execution.streaming` and the model's size
+    call for it (`compressor.stream.budget`), else None."""
+    from compressor.sources import resolve_local
+    from compressor.stream.budget import DISTILL_FACTOR, IN_MEMORY_FACTOR, plan_execution
+
+    mode = recipe.execution.streaming
+    if mode == "off":
+        return None
+    found = resolve_local(recipe.model)
+    if found.weights != "safetensors":
+        if mode == "on":
+            raise ValueError(f"{recipe.model}: layer-by-layer work reads safetensors shards; this model has only "
+                             "pickle weights. Convert it to safetensors, or set execution.streaming: off.")
+        return None
+    factor = DISTILL_FACTOR if recipe.distill.steps else IN_MEMORY_FACTOR
+    plan = plan_execution(found.local_dir, mode, tokens=recipe.calibration.tokens, dtype=torch.float32,
+                          taylor=analysis_needs(recipe.slimming)[1], in_memory_factor=factor)
+    if not plan.streaming:
+        return None
+    from compressor.stream.pipeline import run_streamed_recipe
+    out = run_streamed_recipe(recipe, staging, reporter, found, plan)
+    return PipelineResult(metrics=out["metrics"], stages=out["stages"], checkpoint_dir=staging / "checkpoint",
+                          timings=out["timings"])
+
+
 def _run(recipe: Recipe, staging: Path, reporter: Reporter, on_progress, should_cancel) -> PipelineResult:
+    streamed = _streamed(recipe, staging, reporter)
+    if streamed is not None:
+        return streamed
     t, d = _Timings(), recipe.distill
     torch.manual_seed(recipe.seed)
     with t("load"):

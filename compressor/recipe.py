@@ -109,6 +109,14 @@ class EvaluateConfig(_Strict):
         default_factory=list, max_length=64, description="paths of local JSONL multiple-choice tasks")
 
 
+class ExecutionConfig(_Strict):
+    """How the job runs: `streaming` auto | on | off (`compressor.stream.budget`: layer by layer, one decoder layer in
+    memory, when the model does not fit comfortably). Streamed jobs score, cut and evaluate; global distillation and
+    multi-stage slimming need the whole model in memory and are refused for them before any work."""
+
+    streaming: Literal["auto", "on", "off"] = "auto"
+
+
 class Recipe(_Strict):
     """A whole job. `model` is `demo`, a local directory, an archive (.zip/.tar.gz), or a hub id."""
 
@@ -119,6 +127,7 @@ class Recipe(_Strict):
     stages: int = Field(3, ge=1, le=32)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="before")

@@ -2,7 +2,8 @@
 safetensors headers before any weight is read.
 
     in-memory need   = checkpoint parameters x bytes of the load dtype x `IN_MEMORY_FACTOR` (the cut copies and, for
-                       Taylor scores, the expert gradients)
+                       Taylor scores, the expert gradients; a recipe with distillation passes `DISTILL_FACTOR`:
+                       student, teacher, gradients and two AdamW moments)
     streamed need    = `LAYER_FACTOR` x the largest decoder layer (the loaded layer, its cut copy, the copy written)
                        + the activations between layers (calibration tokens x hidden x 4 bytes, times the layers when
                        Taylor scores keep every layer's input for the backward sweep)
@@ -25,6 +26,7 @@ from compressor.stream.shards import ShardIndex
 
 MODES = ("auto", "on", "off")
 IN_MEMORY_FACTOR = 2.0
+DISTILL_FACTOR = 5.0
 LAYER_FACTOR = 3.0
 
 
@@ -59,7 +61,8 @@ def _gb(n: float) -> str:
 
 
 def plan_execution(folder: Path | str, mode: str, *, tokens: int, taylor: bool,
-                   dtype: torch.dtype | None = None, index: ShardIndex | None = None) -> ExecutionPlan:
+                   dtype: torch.dtype | None = None, index: ShardIndex | None = None,
+                   in_memory_factor: float = IN_MEMORY_FACTOR) -> ExecutionPlan:
     """Decide in memory vs layer by layer for `mode` (auto | on | off); raise LayerTooLargeError when streaming
     is chosen and one layer plus the activations do not fit."""
     if mode not in MODES:
@@ -74,7 +77,7 @@ def plan_execution(folder: Path | str, mode: str, *, tokens: int, taylor: bool,
     hidden = index.shape(embed)[-1] if embed else 0
     activation = tokens * hidden * 4 * ((layers + 1) if taylor else 2)
     available = memory_available()
-    need_memory = model_bytes * IN_MEMORY_FACTOR
+    need_memory = model_bytes * in_memory_factor
     if mode == "off":
         streaming, reason = False, "streaming off (asked)"
     elif mode == "on":

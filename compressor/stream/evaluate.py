@@ -64,11 +64,14 @@ def stream_quality(model_dir: Path | str, baseline_dir: Path | str | None, windo
     """`compare_quality` of the checkpoint in `model_dir` against the one in `baseline_dir` (or alone), with one
     decoder layer of one model in memory at a time."""
     batches = list(windows.split(batch_size))
-    sweeps = [final_hidden(d, batches, dtype=dtype, reporter=reporter) for d in (model_dir, baseline_dir)
-              if d is not None]
+    reporter = reporter or Reporter()
+    dirs = [d for d in (model_dir, baseline_dir) if d is not None]
+    share = 0.9 / len(dirs)
+    sweeps = [final_hidden(d, batches, dtype=dtype, reporter=reporter.span(k * share, (k + 1) * share))
+              for k, d in enumerate(dirs)]
     lms = []
     for sk, hidden in sweeps:                    # the heads are loaded only once every layer sweep is done
         sk.load_globals_()
         lms.append(ReplayLM(sk, batches, hidden))
     return compare_quality(lms[0], lms[1] if len(lms) > 1 else None, windows, batch_size=batch_size,
-                           reporter=reporter)
+                           reporter=reporter.span(0.9, 1.0))

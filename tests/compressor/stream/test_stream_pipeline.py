@@ -1,0 +1,59 @@
+"""run_recipe works layer by layer when the recipe (or the model's size) asks for it, with the same outputs as in
+memory; what needs the whole model is refused before any work."""
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from compressor.pipeline import run_recipe
+from compressor.recipe import Recipe
+from compressor.testing import char_tokenizer, tiny_moe
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-olmoe")
+    tiny_moe("olmoe", layers=3).save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOE_STUDIO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MOE_STUDIO_MEMORY", raising=False)
+
+
+def _recipe(folder, streaming: str, **extra) -> Recipe:
+    return Recipe.parse({"model": str(folder), "stages": 1, "seed": 0,
+                         "calibration": {"tokens": 256, "seq_len": 32, "batch_size": 4},
+                         "slimming": {"expert_keep_ratio": 0.5, "experts_keep": 6, "neuron_score": "taylor"},
+                         "distill": {"steps": 0}, "evaluate": {"tokens": 256, "seq_len": 32, "speed": False},
+                         "execution": {"streaming": streaming}, **extra})
+
+
+def test_streamed_recipe_gives_the_in_memory_checkpoint_and_figures(tiny_dir, tmp_path):
+    events = []
+    on = run_recipe(_recipe(tiny_dir, "on"), tmp_path / "on", on_progress=events.append)
+    off = run_recipe(_recipe(tiny_dir, "off"), tmp_path / "off")
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "on" / "checkpoint", dtype=torch.float32).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "off" / "checkpoint", dtype=torch.float32).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert on.metrics["perplexity"] == pytest.approx(off.metrics["perplexity"], rel=1e-5)
+    assert on.metrics["params_total"] == off.metrics["params_total"]
+    assert on.metrics["execution"]["streaming"] is True
+    saved = json.loads((tmp_path / "on" / "metrics.json").read_text())
+    assert saved["stages"][0]["stage"].endswith("(layer by layer)")
+    assert (tmp_path / "on" / "recipe.yaml").is_file() and (tmp_path / "on" / "checkpoint" / "README.md").is_file()
+    fractions = [e.fraction for e in events]
+    assert fractions == sorted(fractions) and events[-1].stage == "done"
+
+
+def test_what_needs_the_whole_model_is_refused_before_any_work(tiny_dir, tmp_path):
+    recipe = _recipe(tiny_dir, "on", stages=3)
+    recipe.distill.steps = 10
+    with pytest.raises(ValueError, match=r"runs layer by layer \(streaming on \(asked\)\), so: distill.steps is 10 "
+                                         r".*stages is 3"):
+        run_recipe(recipe, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
