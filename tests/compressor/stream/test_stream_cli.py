@@ -8,21 +8,10 @@ from transformers import AutoModelForCausalLM
 
 from compressor import cli
 from compressor.stream.budget import LayerTooLargeError, plan_execution
-from compressor.testing import char_tokenizer, tiny_moe
+from compressor.testing import tiny_moe
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-qwen3")
-    tiny_moe("qwen3_moe", layers=3).save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOE_STUDIO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("MOE_STUDIO_MEMORY", raising=False)
+pytestmark = pytest.mark.usefixtures("studio_cache")
 
 
 def _slim(folder, out, streaming, capsys):
