@@ -340,7 +340,7 @@ def download_zip(run_id: int) -> Path:
 # -- explore ---------------------------------------------------------------------------------------------------------
 def cached_scores_dir(source: str, settings) -> Path | None:
     from workers.analysis import scores_dir_if_cached
-    return scores_dir_if_cached(loaded_model(source), settings)
+    return scores_dir_if_cached(source, settings)
 
 
 def start_analysis(model_id: int, settings) -> str:

@@ -1,14 +1,15 @@
 """Importance analysis as a Celery job, for the Explore tab when a model's scores are not cached yet.
 
-The task takes a model id (a row of `storage.catalog`) and the calibration settings, loads the model, and calls
-`compressor.importance.load_or_analyze` on the same calibration batches a recipe with these settings uses, so the
+The task takes a model id (a row of `storage.catalog`) and the calibration settings and calls
+`compressor.scoring.analyze_source` (in memory, or layer by layer for a model that does not fit) on the same
+calibration batches a recipe with these settings uses, so the
 scores land in the same on-disk cache (`compressor.importance.scores_cache_dir()`) and a later run re-uses them.
 Progress goes to the Celery result backend (`update_state(state="PROGRESS", meta=ProgressEvent)`); the analysis
 is not a run, so it has no row in the runs table. The task is idempotent: a second delivery finds the cache filled.
 
     task_id = send_analysis(model_id, AnalysisSettings(tokens=4096))
     analysis_state(task_id)       # {"state": "PROGRESS", "fraction": 0.4, "message": "batch 2/5", ...}
-    scores_dir_if_cached(loaded, AnalysisSettings(tokens=4096))   # Path once it finished
+    scores_dir_if_cached("demo", AnalysisSettings(tokens=4096))   # Path once it finished (no weights loaded)
 """
 from __future__ import annotations
 
@@ -48,52 +49,31 @@ class AnalysisSettings:
         return cls(**{k: data[k] for k in ("tokens", "seq_len", "batch_size", "taylor") if k in data})
 
 
-def _inputs(loaded, settings: AnalysisSettings):
-    from compressor.data import calibration_batches
-    from compressor.importance import AnalyzeConfig
-
-    if loaded.tokenizer is None:
-        raise ValueError(f"{loaded.source}: the model folder has no tokenizer files, so calibration text cannot be "
-                         "encoded; add tokenizer.json / tokenizer_config.json next to config.json")
-    batches = calibration_batches(loaded.tokenizer, tokens=settings.tokens, seq_len=settings.seq_len,
-                                  batch_size=settings.batch_size)
-    return batches, AnalyzeConfig(taylor=settings.taylor)
+def _inputs(source: str, settings: AnalysisSettings):
+    from compressor.scoring import scoring_inputs
+    return scoring_inputs(source, tokens=settings.tokens, seq_len=settings.seq_len, batch_size=settings.batch_size,
+                          taylor=settings.taylor)
 
 
-def scores_dir_if_cached(loaded, settings: AnalysisSettings) -> Path | None:
-    """The cache folder of this model's scores for `settings` when a finished analysis is there, else None."""
-    from compressor.importance import cache_key, data_fingerprint, scores_cache_dir
-    from compressor.importance.cache import model_settings
-    from compressor.importance.scores import SUMMARY_FILE
-
-    batches, config = _inputs(loaded, settings)
-    key = cache_key(weights_fp=loaded.fingerprint, data_fp=data_fingerprint(batches), config=config,
-                    settings=model_settings(loaded.model))
-    target = scores_cache_dir() / key
-    return target if (target / SUMMARY_FILE).is_file() else None
-
-
-def run_analysis(loaded, settings: AnalysisSettings, *, on_progress=None, should_cancel=None):
-    """`load_or_analyze` on the calibration batches of `settings`; returns the ImportanceReport."""
-    from compressor.importance import load_or_analyze
-
-    batches, config = _inputs(loaded, settings)
-    return load_or_analyze(loaded.model, batches, config=config, weights_fp=loaded.fingerprint,
-                           on_progress=on_progress, should_cancel=should_cancel)
+def scores_dir_if_cached(source: str, settings: AnalysisSettings) -> Path | None:
+    """The cache folder of this model's scores for `settings` when a finished analysis is there, else None. Reads
+    config.json, the tokenizer and the weight files' fingerprint (hashed once per process), never the weights into
+    memory: the web process calls it."""
+    from compressor.scoring import cached_scores_dir
+    return cached_scores_dir(_inputs(source, settings))
 
 
 @shared_task(name=ANALYZE_TASK, bind=True)
 def analyze_model(self, model_id: int, settings: dict) -> dict:
     """Score the catalogued model `model_id` with `settings`; returns {"dir", "hit", "seconds"}."""
-    from compressor.sources import load_model
 
     row = catalog.get_model(int(model_id))
     if row is None:
         raise ValueError(f"model {model_id} is not in the catalogue; open it in the Model tab again")
     cfg = AnalysisSettings.from_dict(settings)
     t0 = time.perf_counter()
-    self.update_state(state="PROGRESS", meta={"stage": "load", "fraction": 0.0, "message": f"loading {row.source}"})
-    loaded = load_model(row.source)
+    self.update_state(state="PROGRESS", meta={"stage": "load", "fraction": 0.0, "message": f"preparing {row.source}"})
+    inputs = _inputs(row.source, cfg)
     last = [0.0]
 
     def on_progress(event) -> None:
@@ -102,7 +82,8 @@ def analyze_model(self, model_id: int, settings: dict) -> dict:
             last[0] = now
             self.update_state(state="PROGRESS", meta=event.to_dict())
 
-    report = run_analysis(loaded, cfg, on_progress=on_progress)
+    from compressor.scoring import analyze_source
+    report = analyze_source(inputs, on_progress=on_progress)      # in memory, or layer by layer when it must
     cache = report.meta.get("cache", {})
     return {"dir": cache.get("dir"), "hit": bool(cache.get("hit")), "seconds": time.perf_counter() - t0}
 
