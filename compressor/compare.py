@@ -11,10 +11,11 @@ model A's continuation) with teacher forcing, and for every continuation positio
     cmp.a.text, cmp.b.text          # the two continuations
     cmp.agreement_rate              # mean of agree_t over the continuation
     cmp.steps[3].top_a              # [(" the", 0.41), (" a", 0.12), ...]
+    Comparison.from_dict(json.loads(json.dumps(cmp.to_dict()))) == cmp    # what a worker sends back (JSON only)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from transformers import GenerationConfig
@@ -44,6 +45,14 @@ class DecodeSettings:
         if problems:
             raise ValueError("invalid decoding settings: " + "; ".join(problems))
 
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DecodeSettings":
+        """The settings `to_dict` wrote; unknown keys are ignored, missing ones take their defaults."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
 
 @dataclass
 class Generation:
@@ -62,6 +71,13 @@ class Step:
     top_a: list[tuple[str, float]] = field(default_factory=list)
     top_b: list[tuple[str, float]] = field(default_factory=list)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "Step":
+        """JSON turns the (token, probability) pairs into lists; they come back as tuples."""
+        return cls(position=int(data["position"]), token=data["token"], agree=bool(data["agree"]),
+                   top_a=[(str(t), float(p)) for t, p in data["top_a"]],
+                   top_b=[(str(t), float(p)) for t, p in data["top_b"]])
+
 
 @dataclass
 class Comparison:
@@ -75,6 +91,17 @@ class Comparison:
     @property
     def agreement_rate(self) -> float:
         return sum(s.agree for s in self.steps) / len(self.steps) if self.steps else float("nan")
+
+    def to_dict(self) -> dict:
+        """Plain JSON types only (str, int, float, bool, lists, dicts): what a Celery result backend carries."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Comparison":
+        """The Comparison `to_dict` wrote, after a JSON round trip."""
+        return cls(prompt=data["prompt"], prompt_tokens=int(data["prompt_tokens"]), a=Generation(**data["a"]),
+                   b=Generation(**data["b"]), steps=[Step.from_dict(s) for s in data["steps"]],
+                   same_prefix=int(data["same_prefix"]))
 
 
 def _encode(tokenizer, prompt: str) -> torch.Tensor:

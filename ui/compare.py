@@ -2,19 +2,24 @@
 
 Shows both generations side by side, the per-token top-1 agreement (on the prompt plus A's continuation), the top-5
 next tokens of both at a chosen position, and their metrics side by side. The models are served by run id.
+
+The web process loads no weights: Compare queues a short job on the workers (workers.compare_job), a timer polls it
+("waiting for the worker" while a run holds the worker, then its progress), and the result is drawn when it is done.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from html import escape
 
 import gradio as gr
 import pandas as pd
 
 from ui import figures, services
-from ui.common import box, fmt_count, guard
+from ui.common import box, fmt_count, guard, progress_bar
 from ui.runs import ACTIVE, PPL, baseline_metric, metric
 
 DEFAULT_PROMPT = "The state of our union is"
+POLL_S = 0.5            # a comparison of small models takes seconds: poll often
 
 
 @dataclass
@@ -37,6 +42,8 @@ class CompareTab:
     top: gr.Plot
     metrics: gr.Dataframe
     steps: gr.State
+    job: gr.State
+    timer: gr.Timer
 
 
 def build() -> CompareTab:
@@ -67,7 +74,7 @@ def build() -> CompareTab:
     metrics = gr.Dataframe(pd.DataFrame(columns=["metric", "A", "B", "B / A"]), interactive=False,
                            label="metrics side by side")
     return CompareTab(a, b, prompt, max_new, sample, temperature, top_p, top_k, seed, go, status, out_a, out_b,
-                      agreement, position, top, metrics, gr.State(None))
+                      agreement, position, top, metrics, gr.State(None), gr.State({}), gr.Timer(POLL_S, active=False))
 
 
 def choices(model: dict | None) -> list[tuple[str, str]]:
@@ -138,17 +145,37 @@ def top_figure(steps: list[dict] | None, position: int, names: tuple[str, str]):
                               context=st["context"])
 
 
-@guard(outputs=8, status=0)
-def run_compare(model: dict | None, a: str, b: str, prompt: str, max_new, sample, temperature, top_p, top_k, seed):
-    """(status, A text, B text, agreement, position slider, top-5 figure, metrics, steps state)."""
-    from compressor.compare import DecodeSettings
+def _settings(max_new, sample, temperature, top_p, top_k, seed):
+    from compressor.compare import DecodeSettings    # validates before anything is queued
+    return DecodeSettings(max_new_tokens=int(max_new), do_sample=bool(sample), temperature=float(temperature),
+                          top_p=float(top_p), top_k=int(top_k or 0), seed=int(seed or 0))
 
+
+_OUTPUTS = 10   # status, A text, B text, agreement, position slider, top-5 figure, metrics, steps, job, timer
+
+
+@guard(outputs=_OUTPUTS, status=0)
+def run_compare(model: dict | None, a: str, b: str, prompt: str, max_new, sample, temperature, top_p, top_k, seed):
+    """Queue the comparison on the workers and switch the poll timer on; the metrics (from the runs table) show at
+    once, the generations when `poll_compare` finds the job done. Outputs: see `_OUTPUTS`."""
     if not model:
         raise ValueError("open a model first (tab 1): it is the original")
-    settings = DecodeSettings(max_new_tokens=int(max_new), do_sample=bool(sample), temperature=float(temperature),
-                              top_p=float(top_p), top_k=int(top_k or 0), seed=int(seed or 0))
-    cmp = services.compare(a, b, original=model["source"], prompt=prompt, settings=settings)
-    names = (f"A · {_label(a)}", f"B · {_label(b)}")
+    settings = _settings(max_new, sample, temperature, top_p, top_k, seed)
+    task = services.start_compare(a, b, original=model["source"], prompt=prompt, settings=settings)
+    job = {"task": task, "prompt": prompt, "names": (f"A · {_label(a)}", f"B · {_label(b)}")}
+    return (_progress_box("waiting for the worker", 0.0), "", "", [], gr.skip(),
+            figures.message_figure("the top-5 next tokens appear when the comparison is done"),
+            metrics_frame(a, b, model), None, job, gr.Timer(active=True))
+
+
+def _progress_box(message: str, fraction: float) -> str:
+    return (f'<div class="msg msg-info">Comparing on the worker: {escape(message)} · {fraction:.0%}'
+            f'<div style="margin-top:6px">{progress_bar(fraction)}</div></div>')
+
+
+def _result(job: dict, cmp) -> tuple:
+    """The outputs for a finished comparison `cmp` (a compressor.compare.Comparison)."""
+    prompt, names = job["prompt"], tuple(job["names"])
     steps, text = [], prompt
     for s in cmp.steps:
         steps.append({"top_a": s.top_a, "top_b": s.top_b, "context": text[-40:], "token": s.token})
@@ -157,8 +184,23 @@ def run_compare(model: dict | None, a: str, b: str, prompt: str, max_new, sample
     msg = (f"Top-1 agreement {cmp.agreement_rate:.0%} over {len(cmp.steps)} tokens; the two generations are "
            f"identical for the first {cmp.same_prefix} tokens.")
     return (box(msg, "ok"), cmp.a.text, cmp.b.text, highlighted,
-            gr.update(maximum=max(len(steps) - 1, 1), value=0), top_figure(steps, 0, names),
-            metrics_frame(a, b, model), {"steps": steps, "names": names})
+            gr.update(maximum=max(len(steps) - 1, 1), value=0), top_figure(steps, 0, names), gr.skip(),
+            {"steps": steps, "names": names}, {}, gr.Timer(active=False))
+
+
+@guard(outputs=_OUTPUTS, status=0, toast=False)
+def poll_compare(job: dict | None):
+    """Timer tick: the comparison job's progress; draws the result and stops the timer when it has ended."""
+    task = (job or {}).get("task")
+    if not task:
+        return (*[gr.skip()] * (_OUTPUTS - 1), gr.Timer(active=False))
+    st = services.compare_state(task)
+    if st["state"] == "SUCCESS" and st["result"] is not None:
+        return _result(job, st["result"])
+    if st["state"] == "FAILURE":
+        return (box(f"The comparison failed: {st['error']}", "error"), *[gr.skip()] * (_OUTPUTS - 3), {},
+                gr.Timer(active=False))
+    return (_progress_box(st["message"] or st["state"].lower(), st["fraction"]), *[gr.skip()] * (_OUTPUTS - 1))
 
 
 @guard(outputs=1, status=None)
@@ -173,9 +215,10 @@ def wire(tab: CompareTab, *, model_state: gr.State, tab_item: gr.Tab) -> None:
                     show_progress="hidden")
     model_state.change(refresh_choices, [model_state, tab.a, tab.b], [tab.a, tab.b],
                        api_name="compare_model", show_progress="hidden")
+    outputs = [tab.status, tab.out_a, tab.out_b, tab.agreement, tab.position, tab.top, tab.metrics, tab.steps,
+               tab.job, tab.timer]
     tab.go.click(run_compare, [model_state, tab.a, tab.b, tab.prompt, tab.max_new, tab.sample, tab.temperature,
-                               tab.top_p, tab.top_k, tab.seed],
-                 [tab.status, tab.out_a, tab.out_b, tab.agreement, tab.position, tab.top, tab.metrics, tab.steps],
-                 api_name="compare")
+                               tab.top_p, tab.top_k, tab.seed], outputs, api_name="compare")
+    tab.timer.tick(poll_compare, [tab.job], outputs, api_name="compare_poll", show_progress="hidden")
     tab.position.input(at_position, [tab.steps, tab.position], tab.top, api_name="compare_position",
                        show_progress="hidden")

@@ -1,10 +1,10 @@
 """The thin calls the UI makes: open models, stage uploads, estimate, build recipes, enqueue / cancel / re-run /
 delete runs, read runs, find or start importance analyses, compare two models, build downloads.
 
-No torch math here: models are loaded and compared by `compressor`, runs live in `storage` and run in `workers`.
-Modules that pull in torch are imported inside the functions that need them, so the page is up before torch is.
-Loaded models are kept in a small in-process LRU (`MOE_STUDIO_MODEL_CACHE`, default 3) so that Compare and Explore
-do not reload them on every click.
+No torch math and no weights here: models are described from their headers in a child process, analysed and
+compared by jobs on the workers (`workers.analysis`, `workers.compare_job`); runs live in `storage` and run in
+`workers`. Modules that pull in torch are imported inside the functions that need them, so the page is up before
+torch is.
 
     opened = open_model("demo")               # OpenedModel(source="demo", summary={...})
     est = estimate_slimming(opened.summary, {"expert_keep_ratio": 0.5})
@@ -142,7 +142,6 @@ class _LRU:
             return value
 
 
-_MODELS = _LRU(int(os.environ.get("MOE_STUDIO_MODEL_CACHE", "3")))
 _FRAMES = _LRU(4)
 _CATALOG_LOCK = threading.Lock()
 
@@ -154,12 +153,6 @@ class OpenedModel:
     summary: dict        # compressor.inspect.inspect_model + tie_word_embeddings
     fingerprint: str
     model_id: int | None  # row in storage.catalog
-
-
-def loaded_model(source: str):
-    """The `compressor.sources.LoadedModel` for a source string, loaded once and kept in the LRU."""
-    from compressor.sources import load_model
-    return _MODELS.get(f"src:{source}", lambda: load_model(source))
 
 
 def open_memory_bytes() -> int:
@@ -374,13 +367,19 @@ def compare_source(choice: str, original: str) -> str:
     return str(path)
 
 
-def compare(choice_a: str, choice_b: str, *, original: str, prompt: str, settings):
-    """Generate with both models and score them (compressor.compare); returns the Comparison."""
-    from compressor.compare import compare_models
+def start_compare(choice_a: str, choice_b: str, *, original: str, prompt: str, settings) -> str:
+    """Queue the side-by-side generation of two Compare choices (`compare_source`) as a worker job
+    (workers.compare_job); returns the task id for `compare_state`. No model is loaded here."""
+    from workers.compare_job import send_compare
+    return send_compare(compare_source(choice_a, original), compare_source(choice_b, original), prompt, settings)
 
-    a = loaded_model(compare_source(choice_a, original))
-    b = loaded_model(compare_source(choice_b, original))
-    tokenizer = a.tokenizer or b.tokenizer
-    if tokenizer is None:
-        raise ValueError("neither model ships tokenizer files, so a prompt cannot be encoded")
-    return compare_models(a.model, b.model, tokenizer, prompt, settings=settings)
+
+def compare_state(task_id: str) -> dict:
+    """The comparison job's state (workers.compare_job.compare_state), with "result" as a
+    `compressor.compare.Comparison` once the job succeeded."""
+    from workers.compare_job import compare_state as _state
+    st = _state(task_id)
+    if st["result"] is not None:
+        from compressor.compare import Comparison
+        st["result"] = Comparison.from_dict(st["result"])
+    return st

@@ -3,6 +3,8 @@
     workers.settings    WorkerSettings from the environment (REDIS_URL, timings, pipeline)
     workers.celery_app  get_app(): the Celery app, configured for long ML jobs
     workers.tasks       run_job(run_id): the Celery task (thin: it calls workers.job.execute_run)
+    workers.analysis    analyze_model: the Explore tab's importance analysis job
+    workers.compare_job compare_job: the Compare tab's side-by-side generation of two models
     workers.job         execute_run: claim the row, run the pipeline, record results / error / cancel
     workers.monitor     RunMonitor: heartbeat, throttled progress writes and the cancel flag of one running job
     workers.reaper      fail runs whose worker died; send queued runs the broker never took or lost

@@ -21,7 +21,7 @@ from .settings import WorkerSettings
 
 RUN_TASK = "workers.run_job"
 # Every worker registers these, however it is started (embedded, or `celery -A workers worker` elsewhere).
-TASK_MODULES = ["workers.tasks", "workers.analysis"]
+TASK_MODULES = ["workers.tasks", "workers.analysis", "workers.compare_job"]
 
 _apps: dict[tuple, Celery] = {}
 _lock = threading.Lock()

@@ -7,8 +7,8 @@ Worker hooks (connected when a worker imports this module):
 - `worker_process_init` (each forked child): die with the parent (Linux), so a killed worker leaves no orphan
   job running unseen; the reaper then fails its run.
 
-Importance analysis (`workers.analyze_model`) lives in workers/analysis.py; workers load it through
-`celery_app.TASK_MODULES`.
+Importance analysis (`workers.analyze_model`) lives in workers/analysis.py and Compare's side-by-side generation
+(`workers.compare_models`) in workers/compare_job.py; workers load them through `celery_app.TASK_MODULES`.
 """
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """Compare and Download tabs over HTTP, on a finished tiny run: side-by-side generations with the same settings,
-per-token agreement and top-5 at a position, metrics side by side; the zip by run id loads in stock transformers."""
+computed by a worker job that the page polls; per-token agreement and top-5 at a position, metrics side by side;
+the zip by run id loads in stock transformers."""
+import time
 import zipfile
 from pathlib import Path
 
@@ -10,15 +12,33 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tests.ui.studio import figure, open_demo
 
 
+def compare(client, *args, timeout: float = 120) -> tuple[list, list, list[str]]:
+    """Press Compare with `args`, then poll like the page's timer until the job ended: (first outputs, last
+    outputs, every status shown). Outputs: status, A, B, agreement, position, top-5, metrics, timer."""
+    first = out = client.predict(*args, api_name="/compare")
+    statuses = [out[0]]
+    t0 = time.monotonic()
+    while "msg-info" in out[0]:
+        assert time.monotonic() - t0 < timeout, statuses[-3:]
+        time.sleep(0.25)
+        out = client.predict(api_name="/compare_poll")
+        statuses.append(out[0])
+    return first, out, statuses
+
+
 def test_compare_original_with_a_finished_run(studio, finished_run):
     c = studio.client()
     open_demo(c)
     a, b = c.predict(api_name="/compare_choices")
     assert (f"run:{finished_run}" in [v for _, v in b["choices"]]) and b["value"] == f"run:{finished_run}"
-    out = c.predict("original", f"run:{finished_run}", "The state of our union is", 12, False, 0.8, 0.95, 0, 0,
-                    api_name="/compare")
-    status, text_a, text_b, agreement, position, top, metrics = out
-    assert "msg-ok" in status and "Top-1 agreement" in status
+    t0 = time.monotonic()
+    first, out, statuses = compare(c, "original", f"run:{finished_run}", "The state of our union is", 12, False,
+                                   0.8, 0.95, 0, 0)
+    studio.timings["compare job, demo vs a run, 12 tokens (s)"] = time.monotonic() - t0
+    assert "waiting for the worker" in statuses[0] and first[1] == "" and first[2] == ""   # nothing computed yet
+    status, text_a, text_b, agreement, position, top = out[:6]
+    metrics = first[6]                                                     # from the runs table, shown at once
+    assert "msg-ok" in status and "Top-1 agreement" in status, statuses[-3:]
     assert text_a and text_b
     tokens = [t for t in agreement if t["class_or_confidence"] in ("agree", "differ")]
     assert len(tokens) == 12 and agreement[0]["token"] == "The state of our union is"
@@ -35,18 +55,25 @@ def test_compare_original_with_a_finished_run(studio, finished_run):
 def test_same_model_twice_agrees_everywhere(studio):
     c = studio.client()
     open_demo(c)
-    out = c.predict("original", "original", "The economy", 8, True, 0.9, 0.95, 0, 7, api_name="/compare")
-    assert out[1] == out[2]                                                # same weights, same seed
+    _, out, _ = compare(c, "original", "original", "The economy", 8, True, 0.9, 0.95, 0, 7)
+    assert out[1] and out[1] == out[2]                                     # same weights, same seed
     assert "Top-1 agreement 100%" in out[0]
+
+
+def test_a_refusal_from_the_worker_is_shown(studio):
+    c = studio.client()
+    open_demo(c)
+    _, out, statuses = compare(c, "original", "original", "   ", 4, False, 0.8, 0.95, 0, 0)
+    assert "msg-error" in out[0] and "prompt is empty" in out[0], statuses[-3:]
 
 
 def test_compare_refuses_unknown_runs(studio):
     c = studio.client()
     open_demo(c)
     out = c.predict("original", "run:99999", "x", 4, False, 0.8, 0.95, 0, 0, api_name="/compare")
-    assert "msg-error" in out[0] and "does not exist" in out[0]
+    assert "msg-error" in out[0] and "does not exist" in out[0]           # refused before anything is queued
     out = c.predict("original", "../../etc", "x", 4, False, 0.8, 0.95, 0, 0, api_name="/compare")
-    assert "msg-error" in out[0]
+    assert "msg-error" in out[0] and "choose the original or a finished run" in out[0]
 
 
 def test_download_zip_by_run_id_loads_in_transformers(studio, finished_run, tmp_path):
