@@ -52,12 +52,19 @@ class SlimmingConfig(_Strict):
     """What to cut. Every field at its default leaves the model unchanged."""
 
     expert_keep_ratio: float = Field(1.0, gt=0.0, le=1.0, description="share of neurons kept in every expert")
-    neuron_score: Literal["taylor", "activation"] = "taylor"
+    neuron_score: Literal["taylor", "taylor_per_batch", "activation"] = Field(
+        "taylor", description="taylor = |w * sum_b dL_b/dw| per neuron (LLM-Pruner: gradients of all calibration "
+                              "batches summed first); taylor_per_batch = sum_b |w * dL_b/dw|; activation = mean |h| x "
+                              "||down column||")
     experts_keep: int | None = Field(None, ge=1, le=4096, description="experts kept per MoE layer; null = all")
-    expert_score: Literal["reap", "frequency", "man", "taylor"] = "reap"
+    expert_score: Literal["reap", "frequency", "man", "ean_sum", "taylor"] = Field(
+        "reap", description="reap = mean g ||f||; man = mean ||f|| (REAP's ean_mean); ean_sum = sum ||f|| over routed "
+                            "tokens (REAP's ean_sum); frequency = share of tokens routed; taylor = |w * dL/dw|")
     layers_drop: int = Field(0, ge=0, le=1024, description="decoder layers removed")
     sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="unstructured (Wanda) sparsity of the remaining linear maps")
-    sparsity_allocation: Literal["uniform", "owl", "dlp"] = "dlp"
+    sparsity_allocation: Literal["uniform", "owl", "dlp"] = Field(
+        "owl", description="how sparsity is spread over layers: owl (outlier share, the default until DLP wins on "
+                           "bench/quality.py), dlp (median Wanda score per layer, as in the DLP paper) or uniform")
 
     @property
     def is_identity(self) -> bool:
@@ -70,8 +77,13 @@ class DistillConfig(_Strict):
 
     steps: int = Field(300, ge=0, le=MAX_STEPS, description="total optimizer steps over all stages")
     lr: float = Field(3.0e-4, gt=0.0, le=1.0)
-    temperature: float = Field(2.0, gt=0.0, le=100.0)
-    loss: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    temperature: float = Field(2.0, gt=0.0, le=100.0,
+                               description="T of p = softmax(z / T); the KD term is multiplied by T^2 (Hinton et al. "
+                                           "2015), which TRL's GKD does not do, so at T = 2 `ce_weight` is 4x weaker "
+                                           "relative to the KD term than the same weight in TRL")
+    loss: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
+        "forward_kl", description="KD divergence, T^2 * mean over tokens (compressor.distill.losses): forward_kl "
+                                  "KL(p_t || p_s), reverse_kl KL(p_s || p_t), jsd generalised JSD(jsd_beta)")
     jsd_beta: float = Field(0.5, ge=0.0, le=1.0)
     ce_weight: float = Field(0.0, ge=0.0, le=100.0)
     hidden_mse_weight: float = Field(0.0, ge=0.0, le=100.0)

@@ -55,10 +55,11 @@ def build() -> CompressTab:
                 gr.Markdown("**Experts** · SlimMoE neuron slimming and expert pruning", padding=True)
                 keep_ratio = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="expert keep ratio (share of neurons "
                                        "kept in every expert)", elem_id="keep-ratio")
-                neuron_score = gr.Radio(["taylor", "activation"], value=d.slimming.neuron_score,
+                neuron_score = gr.Radio(["taylor", "taylor_per_batch", "activation"], value=d.slimming.neuron_score,
                                         label="neuron score")
                 experts_keep = gr.Slider(1, 8, value=8, step=1, label="experts kept per layer (all = no pruning)")
-                expert_score = gr.Dropdown(["reap", "frequency", "man", "taylor"], value=d.slimming.expert_score,
+                expert_score = gr.Dropdown(["reap", "frequency", "man", "ean_sum", "taylor"],
+                                           value=d.slimming.expert_score,
                                            label="expert score (which experts to keep)")
             with gr.Group():
                 gr.Markdown("**Layers and sparsity**", padding=True)

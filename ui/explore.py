@@ -14,7 +14,8 @@ import gradio as gr
 from ui import figures, services
 from ui.common import box, guard, progress_bar
 
-EXPERT_SCORES = ["reap", "frequency", "man", "taylor"]
+EXPERT_SCORES = ["reap", "frequency", "man", "ean_sum", "taylor", "taylor_per_batch"]
+NEURON_SCORES = ["taylor", "taylor_per_batch", "activation"]
 
 
 @dataclass
@@ -54,7 +55,9 @@ def build() -> ExploreTab:
     with gr.Row(equal_height=False):
         score = gr.Dropdown(EXPERT_SCORES, value="reap", label="expert score", scale=1, min_width=160)
         gr.Markdown("**REAP**: router weight x expert output norm · **frequency**: share of tokens routed · "
-                    "**MAN**: mean output norm · **Taylor**: |w · dL/dw| summed over the expert", padding=True)
+                    "**MAN**: mean output norm · **EAN sum**: output norm summed over routed tokens · "
+                    "**Taylor**: |w · dL/dw| summed over the expert, the gradient summed over all batches first "
+                    "(per batch: |w · dL_b/dw| summed over batches)", padding=True)
     heatmap = gr.Plot(figures.message_figure("the layer x expert heatmap appears here"), label="experts",
                       show_label=False)
     with gr.Row(equal_height=False):
@@ -67,7 +70,7 @@ def build() -> ExploreTab:
     with gr.Row():
         n_layer = gr.Dropdown([], label="MoE layer", min_width=120)
         n_expert = gr.Slider(0, 7, value=0, step=1, label="expert")
-        n_score = gr.Radio(["taylor", "activation"], value="taylor", label="neuron score")
+        n_score = gr.Radio(NEURON_SCORES, value="taylor", label="neuron score")
         n_keep = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="keep ratio (the cut line)")
     neurons = gr.Plot(figures.message_figure("neuron-importance distribution"), show_label=False)
     timer = gr.Timer(1.0, active=False)

@@ -33,15 +33,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder: checkpoint/ + slim_report.json")
     parser.add_argument("--expert-keep-ratio", type=float, default=1.0,
                         help="share of intermediate neurons every expert keeps (SlimMoE), e.g. 0.5 (default 1.0)")
-    parser.add_argument("--neuron-score", choices=("taylor", "activation"), default=_SLIM.neuron_score,
-                        help=f"neuron score that ranks neurons (default {_SLIM.neuron_score})")
+    parser.add_argument("--neuron-score", choices=("taylor", "taylor_per_batch", "activation"),
+                        default=_SLIM.neuron_score,
+                        help=f"neuron score that ranks neurons: taylor = |w * gradient summed over all batches| "
+                             f"(LLM-Pruner), taylor_per_batch = sum over batches of |w * gradient| "
+                             f"(default {_SLIM.neuron_score})")
     parser.add_argument("--experts-keep", type=int, default=None, help="routed experts kept per MoE layer")
-    parser.add_argument("--expert-score", choices=("reap", "frequency", "man", "taylor"), default=_SLIM.expert_score,
-                        help=f"expert score that ranks experts (default {_SLIM.expert_score})")
+    parser.add_argument("--expert-score", choices=("reap", "frequency", "man", "ean_sum", "taylor"),
+                        default=_SLIM.expert_score,
+                        help=f"expert score that ranks experts; man = mean output norm, ean_sum = summed output norm "
+                             f"(REAP's EAN) (default {_SLIM.expert_score})")
     parser.add_argument("--layers-drop", type=int, default=0, help="decoder layers removed (lowest block influence)")
     parser.add_argument("--sparsity", type=float, default=0.0, help="unstructured Wanda sparsity, e.g. 0.5")
     parser.add_argument("--allocation", choices=("uniform", "owl", "dlp"), default=_SLIM.sparsity_allocation,
-                        help=f"how sparsity is spread over layers (default {_SLIM.sparsity_allocation})")
+                        help=f"how sparsity is spread over layers; dlp ranks layers by their median Wanda score "
+                             f"(default {_SLIM.sparsity_allocation})")
     parser.add_argument("--tokens", type=int, default=_CAL.tokens, help=f"calibration tokens (default {_CAL.tokens})")
     parser.add_argument("--seq-len", type=int, default=_CAL.seq_len, help=f"window length (default {_CAL.seq_len})")
     parser.add_argument("--batch-size", type=int, default=_CAL.batch_size, help="windows per forward pass")

@@ -1,5 +1,6 @@
-"""The model-card section a pipeline run adds to its checkpoint's README.md: the recipe, the headline figures
-against the original, each stage, and the wall time per phase.
+"""The model-card section a pipeline run adds to its checkpoint's README.md: the recipe, the distillation objective
+(with its T^2 factor, which TRL's GKD lacks), the headline figures against the original, each stage, and the wall
+time per phase.
 
     text = pipeline_card(recipe, result.metrics, result.stages)      # markdown
 """
@@ -28,11 +29,24 @@ def _num(v) -> str:
     return str(v)
 
 
+def _distill_loss_line(recipe: Recipe) -> str:
+    """The distillation objective with its T^2 factor, and what that means for a TRL user reading `ce_weight`."""
+    d = recipe.distill
+    t2 = d.temperature ** 2
+    return (f"Distillation loss: T^2 x {d.loss} on softmax(z / T) at T = {d.temperature:g} (Hinton et al. 2015), plus "
+            f"{d.ce_weight:g} x next-token CE. TRL's GKD does not multiply by T^2, so here the KD term weighs "
+            f"{t2:g}x what the same settings give in TRL: relative to it, ce_weight {d.ce_weight:g} weighs what "
+            f"{d.ce_weight / t2:.3g} would next to TRL's unscaled KD term.")
+
+
 def pipeline_card(recipe: Recipe, metrics: dict, stages: list[dict]) -> str:
     lines = ["## How this model was made", "",
              f"Compressed from `{recipe.model}` with `python -m compressor run recipe.yaml`, in {recipe.stages} "
              f"stage(s) of scoring, slimming and distillation. Recipe:", "", "```yaml", recipe.to_yaml().rstrip(),
-             "```", "", "## Results", "", "| metric | this model | original |", "|---|---:|---:|"]
+             "```"]
+    if recipe.distill.steps > 0:
+        lines += ["", _distill_loss_line(recipe)]
+    lines += ["", "## Results", "", "| metric | this model | original |", "|---|---:|---:|"]
     for key, base, label in _HEADLINE:
         if metrics.get(key) is not None:
             lines.append(f"| {label} | {_num(metrics[key])} | {_num(metrics.get(base)) if base else '-'} |")

@@ -7,9 +7,10 @@
 from compressor.importance.analyze import AnalyzeConfig, analyze, next_token_loss_sum
 from compressor.importance.cache import cache_key, data_fingerprint, load_or_analyze, scores_cache_dir
 from compressor.importance.collect import WANT_ALL, ScoreCollector, collect_scores, wanda_targets
-from compressor.importance.scores import (SCORES_VERSION, ExpertScores, ImportanceReport, LayerScores,
-                                          NeuronScores)
+from compressor.importance.scores import (EXPERT_SCORE_NAMES, NEURON_SCORE_NAMES, SCORES_VERSION, ExpertScores,
+                                          ImportanceReport, LayerScores, NeuronScores)
 
 __all__ = ["AnalyzeConfig", "analyze", "next_token_loss_sum", "cache_key", "data_fingerprint", "load_or_analyze",
            "scores_cache_dir", "WANT_ALL", "ScoreCollector", "collect_scores", "wanda_targets", "SCORES_VERSION",
-           "ExpertScores", "ImportanceReport", "LayerScores", "NeuronScores"]
+           "EXPERT_SCORE_NAMES", "NEURON_SCORE_NAMES", "ExpertScores", "ImportanceReport", "LayerScores",
+           "NeuronScores"]

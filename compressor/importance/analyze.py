@@ -1,8 +1,12 @@
 """The calibration pass: run the model over calibration batches with the score hooks on, return an ImportanceReport.
 
-With `taylor=True` every batch also runs a backward pass of the summed next-token cross-entropy with gradients on
-the routed experts only (all other parameters frozen for the pass, then restored); the gradients are read into
-per-expert / per-neuron |w * grad| sums and cleared after every batch. No optimizer, weights unchanged.
+With `taylor=True` every batch also runs a backward pass of the summed next-token cross-entropy L_b with gradients
+on the routed experts only (all other parameters frozen for the pass, then restored). The collector adds each
+batch's gradient g_b into G = sum_b g_b and clears it; the Taylor scores are then
+    taylor            (1/N) |w * G|            = |w * d(mean loss over all batches)/dw|   LLM-Pruner's rule, default
+    taylor_per_batch  (1/N) sum_b |w * g_b|                                                 the rule before v2
+summed per expert / per neuron (N = loss tokens; LLM-Pruner: `hf_prune.py` one backward over all examples,
+`LLMPruner/pruner/hf_llama_pruner.py` `salience = W * W.grad`). No optimizer, weights unchanged.
 
     report = analyze(model, batches, config=AnalyzeConfig(taylor=False), on_progress=print)
     report.experts.reap           # [L, E]

@@ -6,8 +6,9 @@ Hooks (all statistics float64, padding kept out through the mask set before each
   `args = (hidden [T, H], top_k_index [T, k], top_k_weights [T, k])` with T = batch x seq in batch-major order;
 - on every decoder layer: cos(h_in, h_out) per token, for block influence;
 - on every nn.Linear inside a decoder layer except routers: sum of x^2 per input feature (Wanda ||X_j||^2).
-After a backward pass, `accumulate_taylor_` reads the expert gradients, adds |w * grad| per expert and per neuron,
-and clears the gradients.
+After each batch's backward pass, `accumulate_taylor_` adds the expert gradients g_b into a float32 running sum
+G = sum_b g_b (then clears them) and adds the per-batch saliency |w * g_b| per expert and per neuron; `result` scores
+|w * G| (LLM-Pruner's rule, the default "taylor") beside sum_b |w * g_b| ("taylor_per_batch").
 
     with collect_scores(model, adapter) as col:
         for batch in batches:
@@ -154,17 +155,18 @@ class ScoreCollector:
 
     @torch.no_grad()
     def accumulate_taylor_(self, *, tokens: int) -> None:
-        """Add |w * grad| per expert and per neuron from the gradients of a summed loss over `tokens` loss tokens,
-        then clear the gradients (set to None). Raises if a gradient is missing."""
+        """Take in one batch's gradients g_b of a summed loss over `tokens` loss tokens: G += g_b (float32, one
+        buffer per expert tensor), per-batch sums += |w * g_b| per expert and per neuron; then clear the gradients
+        (set to None). Raises if a gradient is missing."""
         for blk, sums in zip(self.blocks, self.sums):
-            params = list(blk.experts.named_parameters(recurse=False))
-            if any(p.grad is None for _, p in params):
+            params = dict(blk.experts.named_parameters(recurse=False))
+            if any(p.grad is None for p in params.values()):
                 raise RuntimeError(f"{blk.name}: expert parameters have no gradient; the Taylor pass needs "
                                    "requires_grad on them and a backward() before accumulate_taylor_")
-            expert = torch.cat([M.taylor_expert_scores(params=[(p[e:e + 1], p.grad[e:e + 1]) for _, p in params])
-                                for e in range(blk.num_experts)])                 # one expert at a time
-            sums.add_taylor_(expert, _neuron_taylor(blk))
-            for _, p in params:
+            grads = {name: p.grad for name, p in params.items()}
+            sums.add_taylor_(_expert_taylor(blk, grads), _neuron_taylor(blk, grads))
+            sums.add_grads_(grads)
+            for p in params.values():
                 p.grad = None
         self.taylor_tokens += int(tokens)
 
@@ -176,15 +178,20 @@ class ScoreCollector:
         experts = neurons = layers = None
         tokens = max((s.tokens for s in self.sums), default=0)
         taylor = self.taylor_tokens > 0
+        with torch.no_grad():               # LLM-Pruner's rule: |w * G| per expert [E] and per neuron [E, I]
+            acc = [(_expert_taylor(b, s.grad_sum), _neuron_taylor(b, s.grad_sum))
+                   for b, s in zip(self.blocks, self.sums)] if taylor else []
         if "experts" in self.want and self.blocks:
             experts = ExpertScores(layers=layer_ids, tokens=tokens, top_k=self.top_k, counts=st("counts"),
                                    gate_sum=st("gate_sum"), reap_sum=st("reap_sum"), man_sum=st("man_sum"),
-                                   max_abs=st("max_abs"), taylor_sum=st("taylor_expert") if taylor else None,
+                                   max_abs=st("max_abs"), taylor_sum=_stack([a[0] for a in acc]) if taylor else None,
+                                   taylor_per_batch_sum=st("taylor_expert") if taylor else None,
                                    taylor_tokens=self.taylor_tokens)
         if "neurons" in self.want and self.blocks:
             down_norm = _stack([M.down_column_norms(down=b.down_weight()) for b in self.blocks])
             neurons = NeuronScores(layers=layer_ids, counts=st("counts"), abs_sum=st("abs_sum"), down_norm=down_norm,
-                                   taylor_sum=st("taylor_neuron") if taylor else None,
+                                   taylor_sum=_stack([a[1] for a in acc]) if taylor else None,
+                                   taylor_per_batch_sum=st("taylor_neuron") if taylor else None,
                                    taylor_tokens=self.taylor_tokens)
         if self.want & {"layers", "wanda"}:
             cos = torch.tensor([0.0 if c is None else float(c) for c in self.cos_sum], dtype=F64)
@@ -205,7 +212,7 @@ class ScoreCollector:
             per_layer[blk.layer] += [(blk.gate_weight(), x_sq), (blk.up_weight(), x_sq), (blk.down_weight(), h_sq)]
         dlp, owl = torch.zeros(self.num_layers, dtype=F64), torch.zeros(self.num_layers, dtype=F64)
         for i, maps in per_layer.items():
-            dlp[i], owl[i] = M.wanda_layer_stats(maps=maps, outlier_m=self.outlier_m)
+            _, dlp[i], owl[i] = M.wanda_layer_stats(maps=maps, outlier_m=self.outlier_m)    # DLP: the median
         return inputs, dlp, owl
 
 
@@ -220,7 +227,8 @@ class _BlockSums:
         self.abs_sum = z(E, I) if neurons else None
         self.x_sq = z(E, H) if wanda else None               # sum x^2 over the inputs routed to each expert
         self.h_sq = z(E, I) if wanda else None               # sum h^2 over their intermediate activations
-        self.taylor_expert, self.taylor_neuron = z(E), z(E, I)
+        self.taylor_expert, self.taylor_neuron = z(E), z(E, I)     # per-batch rule: sum_b |w * g_b|
+        self.grad_sum: dict[str, torch.Tensor] = {}                  # G = sum_b g_b per expert tensor, float32
 
     def add_tokens_(self, blk: MoEBlock, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> None:
         """x [T, H] non-padding tokens, idx / w [T, k] their experts and router weights: recompute each routed
@@ -263,22 +271,40 @@ class _BlockSums:
         self.taylor_expert += expert.to(self.taylor_expert.device)
         self.taylor_neuron += neuron.to(self.taylor_neuron.device)
 
+    def add_grads_(self, grads: dict[str, torch.Tensor]) -> None:
+        """G += g_b. Float32, not float64: the sum is as large as the experts themselves (a float64 copy would cost 4x
+        a bf16 model's expert bytes), and a few dozen batch gradients, each already rounded to the model's dtype,
+        lose < 1e-6 relative in a float32 sum."""
+        for name, g in grads.items():
+            if name in self.grad_sum:
+                self.grad_sum[name] += g
+            else:
+                self.grad_sum[name] = g.detach().to(torch.float32, copy=True)
+
 
 def _stack(ts: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.detach().to("cpu", F64) for t in ts])
 
 
-def _neuron_taylor(blk: MoEBlock) -> torch.Tensor:
-    """Per-neuron Taylor [E, I] of one block from its current gradients, in the canonical layout: the gradients
-    go through the same views as the weights (a copy of the block whose 'experts' hold the gradients)."""
+def _expert_taylor(blk: MoEBlock, grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-expert Taylor [E] of one block: sum over every expert tensor P of |P[e] * grads[P][e]|."""
+    params = list(blk.experts.named_parameters(recurse=False))
+    return torch.cat([M.taylor_expert_scores(params=[(p[e:e + 1], grads[n][e:e + 1]) for n, p in params])
+                      for e in range(blk.num_experts)])                           # one expert at a time
+
+
+def _neuron_taylor(blk: MoEBlock, grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-neuron Taylor [E, I] of one block from `grads` (parameter name -> a gradient of its shape), in the
+    canonical layout: the gradients go through the same views as the weights (a copy of the block whose 'experts'
+    hold the gradients)."""
     ex = blk.experts
-    grads = dataclasses.replace(blk, experts=SimpleNamespace(gate_up_proj=ex.gate_up_proj.grad,
-                                                             down_proj=ex.down_proj.grad))
-    w = dict(gate=blk.gate_weight(), up=blk.up_weight(), down=blk.down_weight(), gate_grad=grads.gate_weight(),
-             up_grad=grads.up_weight(), down_grad=grads.down_weight())        # views, no copies
+    g_blk = dataclasses.replace(blk, experts=SimpleNamespace(gate_up_proj=grads["gate_up_proj"],
+                                                             down_proj=grads["down_proj"]))
+    w = dict(gate=blk.gate_weight(), up=blk.up_weight(), down=blk.down_weight(), gate_grad=g_blk.gate_weight(),
+             up_grad=g_blk.up_weight(), down_grad=g_blk.down_weight())        # views, no copies
     if blk.has_bias and getattr(ex, "gate_up_proj_bias", None) is not None:
         g_pos, u_pos = blk.gate_up_positions(torch.arange(blk.intermediate_size, device=ex.gate_up_proj.device))
-        b, gb = ex.gate_up_proj_bias, ex.gate_up_proj_bias.grad
+        b, gb = ex.gate_up_proj_bias, grads["gate_up_proj_bias"]
         w.update(gate_bias=b[:, g_pos], up_bias=b[:, u_pos], gate_bias_grad=gb[:, g_pos], up_bias_grad=gb[:, u_pos])
     return torch.cat([M.taylor_neuron_scores(**{k: v[e:e + 1] for k, v in w.items()})
                       for e in range(blk.num_experts)])                          # one expert at a time

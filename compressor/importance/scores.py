@@ -5,6 +5,7 @@ layer; `ImportanceReport` bundles them with metadata. Row l of an expert / neuro
 `layers[l]` (a decoder-layer index: dense layers such as DeepSeek's first one have no row).
 
     report.experts.reap                    # [L, E] float64: S_e = mean_{x in X_e} g_e(x) ||f_e(x)||_2
+    report.neurons.taylor                  # [L, E, I] float64: (1/N) |w * sum_b dL_b/dw| summed over the neuron
     report.neurons.activation              # [L, E, I] float64
     frames = report.to_frames()            # {"experts": DataFrame, "neurons": ..., "layers": ...} long format
     report.save("scores/"); again = ImportanceReport.load("scores/")   # tensors reload exactly
@@ -22,7 +23,11 @@ from safetensors.torch import load_file, save_file
 
 from compressor.importance import math as M
 
-SCORES_VERSION = 1
+SCORES_VERSION = 2
+# Version 2: "taylor" is |w * sum_b g_b| (LLM-Pruner), was sum_b |w * g_b| (now "taylor_per_batch"); the layers' `dlp`
+# is the median Wanda score of the layer, was the mean. Version-1 folders and cache entries are not read.
+EXPERT_SCORE_NAMES = ("reap", "man", "ean_sum", "frequency", "weighted_frequency", "taylor", "taylor_per_batch")
+NEURON_SCORE_NAMES = ("activation", "taylor", "taylor_per_batch")
 TENSOR_FILE = "scores.safetensors"
 SUMMARY_FILE = "summary.json"
 TABLE_FORMATS = ("csv", "parquet")
@@ -33,8 +38,10 @@ class ExpertScores:
     """Per MoE layer x expert, [L, E] float64 sums over non-padding tokens.
 
     counts = |X_e|, gate_sum = sum g_e, reap_sum = sum g_e ||f_e||, man_sum = sum ||f_e||, max_abs = max |f_e|
-    (super-expert guard); taylor_sum = sum over batches of |w * d(sum of token losses)/dw| summed over the expert's
-    tensors, divided by `taylor_tokens` (the loss tokens) on read. `tokens` = tokens each MoE layer saw.
+    (super-expert guard). With L_b the summed next-token loss of batch b and g_b = dL_b/dw:
+    taylor_sum = |w * sum_b g_b| summed over the expert's tensors (LLM-Pruner's rule), taylor_per_batch_sum =
+    sum_b |w * g_b| summed likewise; both divided by `taylor_tokens` (the loss tokens) on read. `tokens` = tokens
+    each MoE layer saw.
     """
 
     layers: list[int]
@@ -46,6 +53,7 @@ class ExpertScores:
     man_sum: torch.Tensor
     max_abs: torch.Tensor
     taylor_sum: torch.Tensor | None = None
+    taylor_per_batch_sum: torch.Tensor | None = None
     taylor_tokens: int = 0
 
     @property
@@ -69,17 +77,30 @@ class ExpertScores:
         return M.safe_divide(num=self.man_sum, den=self.counts)
 
     @property
+    def ean_sum(self) -> torch.Tensor:
+        """REAP's EAN criterion `ean_sum` = sum_{x in X_e} ||f_e(x)||_2 (CerebrasResearch/reap
+        `pruning_metrics.py`): MAN times |X_e|, so an expert that is routed more scores higher. Not divided by
+        anything, as in REAP; it ranks experts within a layer."""
+        return self.man_sum.to(torch.float64).clone()
+
+    @property
     def taylor(self) -> torch.Tensor | None:
-        """T_e = (1/N) sum_batches sum_{w in expert e} |w * dL_b/dw|, L_b the summed next-token loss of batch b."""
-        if self.taylor_sum is None:
-            return None
-        return M.safe_divide(num=self.taylor_sum, den=torch.tensor(float(self.taylor_tokens)))
+        """T_e = (1/N) sum_{w in expert e} |w * sum_b dL_b/dw|, L_b the summed next-token loss of batch b and N the
+        loss tokens: the gradient of the mean loss over all calibration batches, as in LLM-Pruner (`hf_prune.py`:
+        one backward of the loss over all examples; `LLMPruner/pruner/hf_llama_pruner.py`: `salience = W * W.grad`,
+        `param_first`: |salience| summed)."""
+        return _per_token(self.taylor_sum, self.taylor_tokens)
+
+    @property
+    def taylor_per_batch(self) -> torch.Tensor | None:
+        """(1/N) sum_b sum_{w in expert e} |w * dL_b/dw|: |w * grad| per batch, summed over batches (>= `taylor`;
+        equal with one batch). The studio's rule before scores version 2."""
+        return _per_token(self.taylor_per_batch_sum, self.taylor_tokens)
 
     def score(self, name: str) -> torch.Tensor:
-        """The [L, E] score called `name`: reap | man | frequency | weighted_frequency | taylor."""
-        if name not in ("reap", "man", "frequency", "weighted_frequency", "taylor"):
-            raise ValueError(f"unknown expert score {name!r}; choose reap, man, frequency, weighted_frequency "
-                             "or taylor")
+        """The [L, E] score called `name`, one of `EXPERT_SCORE_NAMES`."""
+        if name not in EXPERT_SCORE_NAMES:
+            raise ValueError(f"unknown expert score {name!r}; choose one of {', '.join(EXPERT_SCORE_NAMES)}")
         value = getattr(self, name)
         if value is None:
             raise ValueError("no Taylor scores in this report: analyze with taylor=True (CLI: --taylor)")
@@ -91,13 +112,15 @@ class NeuronScores:
     """Per MoE layer x expert x neuron, [L, E, I] float64.
 
     abs_sum = sum_{x in X_e} |h_e(x)_i|, down_norm = ||Wd_e[:, i]||_2 at collection time, counts [L, E] = |X_e|;
-    taylor_sum as for experts, restricted to the neuron's gate row, up row and down column."""
+    taylor_sum / taylor_per_batch_sum as for experts, restricted to the neuron's gate row, up row and down column
+    (and its gate / up bias)."""
 
     layers: list[int]
     counts: torch.Tensor
     abs_sum: torch.Tensor
     down_norm: torch.Tensor
     taylor_sum: torch.Tensor | None = None
+    taylor_per_batch_sum: torch.Tensor | None = None
     taylor_tokens: int = 0
 
     @property
@@ -113,14 +136,20 @@ class NeuronScores:
 
     @property
     def taylor(self) -> torch.Tensor | None:
-        if self.taylor_sum is None:
-            return None
-        return M.safe_divide(num=self.taylor_sum, den=torch.tensor(float(self.taylor_tokens)))
+        """T_{e,i} = (1/N) sum over the neuron's weights w of |w * sum_b dL_b/dw|: LLM-Pruner's rule and the default
+        neuron score (`hf_prune.py` takes one backward of the loss over all examples; `hf_llama_pruner.py`:
+        `salience = W * W.grad`, `param_first`: |salience| summed over the neuron's rows / columns)."""
+        return _per_token(self.taylor_sum, self.taylor_tokens)
+
+    @property
+    def taylor_per_batch(self) -> torch.Tensor | None:
+        """(1/N) sum_b sum over the neuron's weights w of |w * dL_b/dw| (|w * grad| per batch, then summed)."""
+        return _per_token(self.taylor_per_batch_sum, self.taylor_tokens)
 
     def score(self, name: str) -> torch.Tensor:
-        """The [L, E, I] score called `name`: activation | taylor."""
-        if name not in ("activation", "taylor"):
-            raise ValueError(f"unknown neuron score {name!r}; choose activation or taylor")
+        """The [L, E, I] score called `name`, one of `NEURON_SCORE_NAMES`."""
+        if name not in NEURON_SCORE_NAMES:
+            raise ValueError(f"unknown neuron score {name!r}; choose one of {', '.join(NEURON_SCORE_NAMES)}")
         value = getattr(self, name)
         if value is None:
             raise ValueError("no Taylor scores in this report: analyze with taylor=True (CLI: --taylor)")
@@ -131,11 +160,12 @@ class NeuronScores:
 class LayerScores:
     """Per decoder layer (all of them), [N] float64.
 
-    cos_sum = sum_t cos(h_in_t, h_out_t), tokens = tokens seen; dlp = mean Wanda score A over the layer's linear
-    maps (experts included); owl = share of A entries above outlier_m * mean. `wanda_inputs` maps each scored
-    linear map to sum_t x_t^2 per input feature (Wanda's ||X_j||^2): nn.Linear modules by their module name
-    ([in]), and for each MoE block '<block>.experts.gate_up' ([E, H], tokens routed to e) and
-    '<block>.experts.down' ([E, I], the intermediate h of those tokens)."""
+    cos_sum = sum_t cos(h_in_t, h_out_t), tokens = tokens seen; dlp = median Wanda score A over the layer's linear
+    maps (experts included; DLP's layer score, see `compressor.importance.math.wanda_layer_stats`); owl = share of
+    A entries above outlier_m * mean(A). `wanda_inputs` maps each scored linear map to sum_t x_t^2 per input feature
+    (Wanda's ||X_j||^2): nn.Linear modules by their module name ([in]), and for each MoE block
+    '<block>.experts.gate_up' ([E, H], tokens routed to e) and '<block>.experts.down' ([E, I], the intermediate h of
+    those tokens)."""
 
     layers: list[int]
     cos_sum: torch.Tensor
@@ -179,9 +209,11 @@ class ImportanceReport:
             cols = {"layer": np.repeat(ex.layers, E), "expert": np.tile(np.arange(E), L),
                     "tokens": ex.counts.reshape(-1).long().numpy(), "frequency": _flat(ex.frequency),
                     "weighted_frequency": _flat(ex.weighted_frequency), "reap": _flat(ex.reap),
-                    "man": _flat(ex.man), "max_abs_output": _flat(ex.max_abs)}
+                    "man": _flat(ex.man), "ean_sum": _flat(ex.ean_sum), "max_abs_output": _flat(ex.max_abs)}
             if ex.taylor is not None:
                 cols["taylor"] = _flat(ex.taylor)
+            if ex.taylor_per_batch is not None:
+                cols["taylor_per_batch"] = _flat(ex.taylor_per_batch)
             frames["experts"] = pd.DataFrame(cols)
         if self.neurons is not None:
             nr = self.neurons
@@ -191,6 +223,8 @@ class ImportanceReport:
                     "mean_abs": _flat(nr.mean_abs), "down_norm": _flat(nr.down_norm)}
             if nr.taylor is not None:
                 cols["taylor"] = _flat(nr.taylor)
+            if nr.taylor_per_batch is not None:
+                cols["taylor_per_batch"] = _flat(nr.taylor_per_batch)
             frames["neurons"] = pd.DataFrame(cols)
         if self.layers is not None:
             ly = self.layers
@@ -275,6 +309,13 @@ class ImportanceReport:
                     kw[f.name] = info[f.name]
             parts[part] = klass(**kw)
         return cls(family=family, meta=meta, **parts)
+
+
+def _per_token(value: torch.Tensor | None, tokens: int) -> torch.Tensor | None:
+    """A Taylor sum divided by the loss tokens it was taken over (None stays None)."""
+    if value is None:
+        return None
+    return M.safe_divide(num=value, den=torch.tensor(float(tokens)))
 
 
 def _flat(t: torch.Tensor) -> np.ndarray:

@@ -49,14 +49,16 @@ class SlimmingResult:
 
 
 def neuron_scores_from(importance, name: str) -> dict[int, torch.Tensor]:
-    """{decoder layer: [E, I]} from an ImportanceReport's neuron scores `name` (activation | taylor)."""
+    """{decoder layer: [E, I]} from an ImportanceReport's neuron scores `name` (activation | taylor |
+    taylor_per_batch; `NeuronScores.score`)."""
     if importance.neurons is None:
         raise ValueError("the importance report has no neuron scores; analyze with 'neurons' in want")
     return dict(zip(importance.neurons.layers, importance.neurons.score(name)))
 
 
 def expert_scores_from(importance, name: str) -> dict[int, torch.Tensor]:
-    """{decoder layer: [E]} from an ImportanceReport's expert scores `name` (reap | frequency | man | taylor)."""
+    """{decoder layer: [E]} from an ImportanceReport's expert scores `name` (reap | frequency | man | ean_sum |
+    taylor; `ExpertScores.score`)."""
     if importance.experts is None:
         raise ValueError("the importance report has no expert scores; analyze with 'experts' in want")
     return dict(zip(importance.experts.layers, importance.experts.score(name)))
@@ -118,7 +120,7 @@ def analysis_needs(cfg: SlimmingConfig) -> tuple[tuple[str, ...], bool]:
 
     neurons if expert_keep_ratio < 1; experts if experts_keep is set; layers if layers_drop > 0; Wanda input norms
     only when nothing structural is cut (otherwise `apply_slimming_` recollects them on the cut model). Taylor only
-    when the chosen neuron or expert score is "taylor" and that cut is made.
+    when the chosen neuron or expert score is a Taylor score ("taylor", "taylor_per_batch") and that cut is made.
 
         analysis_needs(SlimmingConfig(expert_keep_ratio=0.5)) == (("neurons",), True)
     """
@@ -131,6 +133,6 @@ def analysis_needs(cfg: SlimmingConfig) -> tuple[tuple[str, ...], bool]:
         want.append("layers")
     if cfg.sparsity > 0 and not want:
         want.append("wanda")
-    taylor = ("neurons" in want and cfg.neuron_score == "taylor") or \
-        ("experts" in want and cfg.expert_score == "taylor")
+    taylor = ("neurons" in want and cfg.neuron_score.startswith("taylor")) or \
+        ("experts" in want and cfg.expert_score.startswith("taylor"))
     return tuple(want), taylor

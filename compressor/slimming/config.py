@@ -2,7 +2,7 @@
 
     cfg = NeuronSlimConfig(keep_ratio=0.5)
     assert NeuronSlimConfig.from_dict(cfg.to_dict()) == cfg
-    SparsifyConfig(sparsity=0.5, allocation="dlp")          # alpha = 0.15 by default
+    SparsifyConfig(sparsity=0.5, allocation="dlp")          # median Wanda score per layer, alpha = 0.15
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import ClassVar
 
 SLIMMING_CONFIG_VERSION = 1
 ALLOCATIONS = ("uniform", "owl", "dlp")
+DLP_STATISTICS = ("median", "mean")       # DLP's layer score: the paper / --strategy default, the unstructured path's
 
 
 class _Config:
@@ -91,14 +92,18 @@ class LayerDropConfig(_Config):
 class SparsifyConfig(_Config):
     """Unstructured Wanda sparsity `sparsity` on average, spread over decoder layers by `allocation`.
 
-    owl: outlier threshold `owl_m` x mean, spread `owl_lambda`; dlp: spread `dlp_alpha` (methods.md)."""
+    owl: outlier threshold `owl_m` x mean, spread `owl_lambda`; dlp: layer score `dlp_statistic` (median, as in the
+    DLP paper and its repository's `--strategy` default, or mean, what the repository's unstructured path uses),
+    spread `dlp_alpha` (methods.md). OWL is the default until DLP wins on the studio's own benchmark
+    (bench/quality.py)."""
 
     kind: ClassVar[str] = "sparsify"
     sparsity: float = 0.5
-    allocation: str = "dlp"
+    allocation: str = "owl"
     owl_m: float = 5.0
     owl_lambda: float = 0.08
     dlp_alpha: float = 0.15
+    dlp_statistic: str = "median"
     version: int = SLIMMING_CONFIG_VERSION
 
     def __post_init__(self):
@@ -107,6 +112,8 @@ class SparsifyConfig(_Config):
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
+        if self.dlp_statistic not in DLP_STATISTICS:
+            raise ValueError(f"dlp_statistic must be one of {DLP_STATISTICS}, got {self.dlp_statistic!r}")
         if self.owl_m <= 0:
             raise ValueError(f"owl_m must be positive, got {self.owl_m!r}")
         for name in ("owl_lambda", "dlp_alpha"):

@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from compressor.families import resolve_adapter
+from compressor.importance.math import lower_median
 from compressor.inspect import count_params
 from compressor.progress import Reporter
-from compressor.slimming.config import SparsifyConfig
+from compressor.slimming.config import DLP_STATISTICS, SparsifyConfig
 from compressor.slimming.report import LayerSparsity, SparsifyReport
 from compressor.slimming.wanda import (dlp_sparsities, outlier_share, owl_sparsities, prune_rows_,
                                        uniform_sparsities, wanda_scores)
@@ -82,30 +83,68 @@ def _ranking_norms(x: torch.Tensor) -> torch.Tensor:
 
 
 def layer_statistics(maps: list[LinearMap], wanda_inputs: Mapping[str, torch.Tensor], layers: int, *,
-                     owl_m: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per decoder layer: (mean A, OWL outlier share, weights), one map's scores in memory at a time. The outlier
-    share needs a second pass and is computed only when `owl_m` is given (zeros otherwise)."""
-    total = torch.zeros(layers, dtype=torch.float64)
+                     owl_m: float | None, dlp_statistic: str | None = "median"
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per decoder layer l, over the float32 Wanda scores A_l of all its maps: (DLP score s_l, OWL outlier share D_l,
+    weights |A_l|), one map's scores in memory at a time.
+
+    s_l = median(A_l) for `dlp_statistic` "median" (DLP paper / repository default; `torch.median` of the
+    concatenation, the lower middle value for an even count, found exactly by a two-pass radix select over the
+    float32 bit patterns, `compressor.importance.math.lower_median`, no concatenation held), mean(A_l) for "mean"
+    (float32 row sums, float64 across rows), zeros for None. D_l = share of A_l above owl_m * mean(A_l), computed
+    only when `owl_m` is given (zeros otherwise). Called with one layer's maps it gives that layer's row exactly as
+    a call over all maps does (the layer-by-layer engine relies on it).
+
+        s, d, n = layer_statistics(sparsifiable_maps(model), inputs, L, owl_m=None)          # medians
+    """
+    if dlp_statistic not in DLP_STATISTICS + (None,):
+        raise ValueError(f"dlp_statistic must be one of {DLP_STATISTICS} or None, got {dlp_statistic!r}")
     count = torch.zeros(layers, dtype=torch.float64)
     for m in maps:
-        a = wanda_scores(weight=m.weight, input_norms=_norms(wanda_inputs, m))
-        total[m.layer] += a.sum(-1).double().sum().item()          # float32 row sums, float64 across rows
-        count[m.layer] += a.numel()
-    mean = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+        count[m.layer] += m.weight.numel()
+    need_mean = owl_m is not None or dlp_statistic == "mean"
+    mean = _layer_means(maps, wanda_inputs, count) if need_mean else torch.zeros(layers, dtype=torch.float64)
     above = torch.zeros(layers, dtype=torch.float64)
     if owl_m is not None:
         for m in maps:
             a = wanda_scores(weight=m.weight, input_norms=_norms(wanda_inputs, m))
             above[m.layer] += outlier_share(scores=a, threshold=owl_m * mean[m.layer].item())[0]
-    return mean, above / count.clamp(min=1), count
+    if dlp_statistic == "median":
+        score = torch.zeros(layers, dtype=torch.float64)
+        for i in sorted({m.layer for m in maps}):
+            mine = [m for m in maps if m.layer == i]
+            score[i] = lower_median(chunks=lambda: _layer_scores(mine, wanda_inputs))
+    else:
+        score = mean if dlp_statistic == "mean" else torch.zeros(layers, dtype=torch.float64)
+    return score, above / count.clamp(min=1), count
+
+
+def _layer_means(maps: list[LinearMap], wanda_inputs: Mapping[str, torch.Tensor], count: torch.Tensor
+                 ) -> torch.Tensor:
+    """mean(A_l) per layer: float32 row sums, float64 across rows."""
+    total = torch.zeros_like(count)
+    for m in maps:
+        a = wanda_scores(weight=m.weight, input_norms=_norms(wanda_inputs, m))
+        total[m.layer] += a.sum(-1).double().sum().item()
+    return torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+
+
+def _layer_scores(maps: list[LinearMap], wanda_inputs: Mapping[str, torch.Tensor]):
+    """The float32 Wanda scores of `maps`, one 2-D slice (one expert of a stacked map) at a time."""
+    for m in maps:
+        x = _norms(wanda_inputs, m)
+        w = m.weight.reshape(-1, *m.weight.shape[-2:])
+        for e in range(w.shape[0]):
+            yield wanda_scores(weight=w[e], input_norms=x.reshape(-1, x.shape[-1])[e])
 
 
 def allocate(cfg: SparsifyConfig, *, means: torch.Tensor, outliers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sparsity per layer, the statistic it came from) for `cfg.allocation`."""
+    """(sparsity per layer, the statistic it came from) for `cfg.allocation`. `means` holds the DLP layer scores
+    s_l (`layer_statistics`' first output: medians or means as `cfg.dlp_statistic` says), `outliers` OWL's D_l."""
     if cfg.allocation == "owl":
         return owl_sparsities(outlier_shares=outliers, sparsity=cfg.sparsity, lam=cfg.owl_lambda), outliers
     if cfg.allocation == "dlp":
-        return dlp_sparsities(layer_means=means, sparsity=cfg.sparsity, alpha=cfg.dlp_alpha), means
+        return dlp_sparsities(layer_scores=means, sparsity=cfg.sparsity, alpha=cfg.dlp_alpha), means
     return uniform_sparsities(layers=len(means), sparsity=cfg.sparsity), torch.zeros_like(means)
 
 
@@ -120,7 +159,8 @@ def sparsify_(model: nn.Module, wanda_inputs: Mapping[str, torch.Tensor], cfg: S
     before = count_params(model)
     maps = sparsifiable_maps(model)
     means, outliers, weights = layer_statistics(maps, wanda_inputs, L,
-                                                owl_m=cfg.owl_m if cfg.allocation == "owl" else None)
+                                                owl_m=cfg.owl_m if cfg.allocation == "owl" else None,
+                                                dlp_statistic=cfg.dlp_statistic if cfg.allocation == "dlp" else None)
     targets, stats = allocate(cfg, means=means, outliers=outliers)
     zeros = prune_maps_(maps, wanda_inputs, targets, reporter=reporter)
     return SparsifyReport(params_before=before, params_after=count_params(model), seconds=time.perf_counter() - t0,

@@ -5,14 +5,17 @@ Wanda (Sun et al. 2023):  A_ij = |W_ij| * ||X_j||_2,  X_j = input feature j over
 Allocation over decoder layers l = 1..L for a target mean sparsity S (both from methods.md):
     spread(x, S, lam) = keep_l = (x_l - min x) / (max x - min x) * 2*lam;  keep_l += (1 - S) - mean(keep)
     OWL (Yin et al. 2024):  x_l = D_l = share of A entries in layer l above M * mean(A_l)  (M = 5, lam = 0.08)
-    DLP (Chen et al. 2025): s_l = mean(A_l);  x_l = r_l = 1 - s_l / sum(s)             (alpha = 0.15)
+    DLP (Chen et al. 2025): s_l = median(A_l) (or mean(A_l));  x_l = r_l = 1 - s_l / sum(s)   (alpha = 0.15)
     sparsity_l = clamp(1 - keep_l, 0, 1)
 With S = 0 every layer gets 0; with max x == min x every layer gets S. The DLP normalisation follows
-ironartisan/DLP `lib/prune.py::get_dlp_ratios` (mean over the layer's maps, min-max scaled, re-centred on 1 - S).
+ironartisan/DLP `lib/prune.py::get_dlp_ratios` (min-max scaled, re-centred on 1 - S). Its layer score s_l is the
+median of A over the concatenation of the layer's maps in the paper and under the repository's `--strategy` default
+(`median`); the repository's unstructured path hard-codes the mean. Both are offered (`SparsifyConfig.dlp_statistic`),
+median by default.
 
     a = wanda_scores(weight=W, input_norms=x_norm)                     # [out, in]
     prune_rows_(W, scores=a, sparsity=0.5)                              # zeros half of every row, in place
-    dlp_sparsities(layer_means=torch.tensor([1.0, 2.0, 3.0]), sparsity=0.7, alpha=0.15)
+    dlp_sparsities(layer_scores=torch.tensor([1.0, 2.0, 3.0]), sparsity=0.7, alpha=0.15)   # [0.55, 0.70, 0.85]
 """
 from __future__ import annotations
 
@@ -63,10 +66,10 @@ def owl_sparsities(*, outlier_shares: torch.Tensor, sparsity: float, lam: float 
     return _to_sparsities(spread_keep_ratios(stat=outlier_shares, sparsity=sparsity, spread=lam), sparsity)
 
 
-def dlp_sparsities(*, layer_means: torch.Tensor, sparsity: float, alpha: float = 0.15) -> torch.Tensor:
-    """DLP: r_l = 1 - s_l / sum(s), s_l = mean Wanda score of layer l; layers with a larger r keep more.
-    layer_means [L] -> sparsity per layer [L]."""
-    s = layer_means.double()
+def dlp_sparsities(*, layer_scores: torch.Tensor, sparsity: float, alpha: float = 0.15) -> torch.Tensor:
+    """DLP: r_l = 1 - s_l / sum(s), s_l = the layer's Wanda score statistic (median or mean of A_l); layers with a
+    larger r (a smaller typical score) keep more. layer_scores [L] -> sparsity per layer [L]."""
+    s = layer_scores.double()
     total = s.sum()
     r = 1.0 - s / total if total > 0 else torch.ones_like(s)
     return _to_sparsities(spread_keep_ratios(stat=r, sparsity=sparsity, spread=alpha), sparsity)

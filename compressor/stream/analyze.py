@@ -6,8 +6,10 @@ every batch's hidden states through it, read the layer's scores, free it. With `
 layer are kept and a backward sweep follows: the gradient of the summed next-token loss with respect to the last
 hidden states is taken through norm + lm_head, then for i = L-1 .. 0 layer i is reloaded, recomputed on its stored
 inputs with gradients on its routed experts only, back-propagated with the incoming gradient (per batch, as the
-in-memory pass does), and its Taylor sums read. The result is the `ImportanceReport` `analyze` gives for the same
-model and batches (equal up to float summation order; bitwise for the statistics of the forward sweep).
+in-memory pass does), and its Taylor sums read: the collector adds every batch's expert gradients into one sum G and
+scores |w * G| (LLM-Pruner's rule, "taylor") beside sum_b |w * g_b| ("taylor_per_batch"), exactly as in memory.
+The result is the `ImportanceReport` `analyze` gives for the same model and batches (equal up to float summation
+order; bitwise for the statistics of the forward sweep).
 
     report = stream_analyze(Path("big-model"), batches, config=AnalyzeConfig(taylor=False))
 """
@@ -114,8 +116,9 @@ def _loss_and_grads(sk: Skeleton, acts, *, taylor: bool) -> tuple[float, int, li
 
 def _taylor_backward(sk: Skeleton, i: int, col: ScoreCollector, inputs: list[torch.Tensor],
                      grads_out: list[torch.Tensor], acts) -> tuple[list[torch.Tensor], tuple]:
-    """Recompute layer i on its inputs, back-propagate `grads_out`, add |w * grad| per batch; return the gradients
-    with respect to the layer's inputs and the layer's finished scores."""
+    """Recompute layer i on its inputs, back-propagate `grads_out` batch by batch, hand each batch's expert
+    gradients to the collector (which sums them, and |w * g_b|); return the gradients with respect to the layer's
+    inputs and the layer's finished scores (|w * sum_b g_b| read once, in `col.result()`)."""
     layer = sk.load_layer_(i)
     expert_params = {id(p) for p in col.expert_parameters()}
     for p in layer.parameters():
@@ -153,13 +156,17 @@ def merge_layer_scores(parts: list[tuple], num_layers: int) -> tuple:
         experts = ExpertScores(layers=[l for e in ex for l in e.layers], tokens=max(e.tokens for e in ex),
                                top_k=ex[0].top_k, counts=cat("counts"), gate_sum=cat("gate_sum"),
                                reap_sum=cat("reap_sum"), man_sum=cat("man_sum"), max_abs=cat("max_abs"),
-                               taylor_sum=cat("taylor_sum") if taylor else None, taylor_tokens=ex[0].taylor_tokens)
+                               taylor_sum=cat("taylor_sum") if taylor else None,
+                               taylor_per_batch_sum=cat("taylor_per_batch_sum") if taylor else None,
+                               taylor_tokens=ex[0].taylor_tokens)
     if ne:
         cat = lambda name: torch.cat([getattr(n, name) for n in ne])  # noqa: E731
         taylor = ne[0].taylor_sum is not None
         neurons = NeuronScores(layers=[l for n in ne for l in n.layers], counts=cat("counts"),
                                abs_sum=cat("abs_sum"), down_norm=cat("down_norm"),
-                               taylor_sum=cat("taylor_sum") if taylor else None, taylor_tokens=ne[0].taylor_tokens)
+                               taylor_sum=cat("taylor_sum") if taylor else None,
+                               taylor_per_batch_sum=cat("taylor_per_batch_sum") if taylor else None,
+                               taylor_tokens=ne[0].taylor_tokens)
     if la:
         pick = lambda name: torch.stack([getattr(s, name)[i] for i, s in enumerate(la)])  # noqa: E731
         layers = LayerScores(layers=list(range(num_layers)), cos_sum=pick("cos_sum"), tokens=pick("tokens"),

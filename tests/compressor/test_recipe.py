@@ -17,7 +17,7 @@ slimming:
   expert_score: reap
   layers_drop: 0
   sparsity: 0.0
-  sparsity_allocation: dlp
+  sparsity_allocation: owl
 stages: 3
 distill: {steps: 300, lr: 3.0e-4, temperature: 2.0, loss: forward_kl, ce_weight: 0.0, on_policy: 0.0}
 evaluate: {perplexity: true, speed: true, tasks: []}

@@ -6,7 +6,7 @@ import torch
 
 from compressor.families import resolve_adapter
 from compressor.fingerprint import weights_fingerprint
-from compressor.importance import AnalyzeConfig, analyze, next_token_loss_sum
+from compressor.importance import AnalyzeConfig, analyze, collect_scores, next_token_loss_sum
 from compressor.progress import Cancelled
 from compressor.testing import TINY_FAMILIES, tiny_inputs, tiny_moe
 
@@ -15,11 +15,11 @@ def _batch(ids, mask=None):
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids) if mask is None else mask}
 
 
-def _hand_taylor(model, ids):
-    """|w * dL/dw| from a separate autograd pass on a copy-free model: per expert and per neuron of MoE layer 0."""
+def _hand_grads(model, ids):
+    """(weights, dL/dw) of MoE layer 0's expert tensors from a separate autograd pass of the summed next-token loss
+    (float64 copies; flags and grads restored)."""
     blk = resolve_adapter(model).moe_blocks(model)[0]
-    ex = blk.experts
-    params = dict(ex.named_parameters(recurse=False))
+    params = dict(blk.experts.named_parameters(recurse=False))
     for p in model.parameters():
         p.requires_grad_(False)
     for p in params.values():
@@ -28,11 +28,17 @@ def _hand_taylor(model, ids):
     loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                                              reduction="sum")
     loss.backward()
-    n = ids[:, 1:].numel()
-    s = {k: (p.detach().double() * p.grad.double()).abs() / n for k, p in params.items()}
+    w = {k: p.detach().double().clone() for k, p in params.items()}
+    g = {k: p.grad.double().clone() for k, p in params.items()}
     for p in model.parameters():
         p.requires_grad_(True)
         p.grad = None
+    return w, g
+
+
+def _scores_from_saliency(model, s):
+    """Per-expert and per-neuron sums of an elementwise saliency s (name -> tensor shaped like the parameter)."""
+    blk = resolve_adapter(model).moe_blocks(model)[0]
     expert = sum(t.flatten(1).sum(1) for t in s.values())
     I = blk.intermediate_size
     gu, dn = s["gate_up_proj"], s["down_proj"]
@@ -41,7 +47,15 @@ def _hand_taylor(model, ids):
         neuron = neuron + s["gate_up_proj_bias"][:, 0::2] + s["gate_up_proj_bias"][:, 1::2]
     else:                                      # [E, 2I, H] gate rows then up rows, down [E, H, I]
         neuron = gu[:, :I].sum(2) + gu[:, I:].sum(2) + dn.sum(1)
-    return expert, neuron, s
+    return expert, neuron
+
+
+def _hand_taylor(model, ids):
+    """|w * dL/dw| / N from a separate autograd pass: per expert and per neuron of MoE layer 0, and the saliency."""
+    w, g = _hand_grads(model, ids)
+    n = ids[:, 1:].numel()
+    s = {k: (w[k] * g[k]).abs() / n for k in w}
+    return (*_scores_from_saliency(model, s), s)
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
@@ -57,20 +71,54 @@ def test_taylor_matches_autograd_by_hand(family):
     assert torch.allclose(report.neurons.taylor[0].sum(1) + rest, report.experts.taylor[0], rtol=1e-6)
 
 
-def test_taylor_over_two_batches_is_token_weighted_and_leaves_the_model_as_it_was():
+def test_taylor_over_two_batches_sums_the_gradients_first_and_leaves_the_model_as_it_was():
     model = tiny_moe("qwen3_moe")
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     fp = weights_fingerprint(model)
     a, b = tiny_inputs(batch=1, seq=9, seed=3), tiny_inputs(batch=2, seq=6, seed=4)
     both = analyze(model, [_batch(a), _batch(b)])
-    ea, _, _ = _hand_taylor(model, a)
-    eb, _, _ = _hand_taylor(model, b)
+    w, ga = _hand_grads(model, a)
+    _, gb = _hand_grads(model, b)
     na, nb = 8, 10                                            # next-token targets per batch
-    assert torch.allclose(both.experts.taylor[0], (ea * na + eb * nb) / (na + nb), rtol=1e-5)
+    # LLM-Pruner: |w * (g_a + g_b)| / N  (the gradient of the mean loss over both batches)
+    expert, neuron = _scores_from_saliency(model, {k: (w[k] * (ga[k] + gb[k])).abs() / (na + nb) for k in w})
+    assert torch.allclose(both.experts.taylor[0], expert, rtol=1e-5, atol=1e-10)
+    assert torch.allclose(both.neurons.taylor[0], neuron, rtol=1e-5, atol=1e-10)
+    # per batch: (|w * g_a| + |w * g_b|) / N
+    expert_pb, neuron_pb = _scores_from_saliency(
+        model, {k: ((w[k] * ga[k]).abs() + (w[k] * gb[k]).abs()) / (na + nb) for k in w})
+    assert torch.allclose(both.experts.taylor_per_batch[0], expert_pb, rtol=1e-5, atol=1e-10)
+    assert torch.allclose(both.neurons.taylor_per_batch[0], neuron_pb, rtol=1e-5, atol=1e-10)
+    # the two rules differ here, and |w * sum g| <= sum |w * g| everywhere (triangle inequality)
+    assert (expert_pb - expert).max() > 1e-3 * expert_pb.max()
+    assert (both.neurons.taylor <= both.neurons.taylor_per_batch * (1 + 1e-9)).all()
     assert both.meta["loss_tokens"] == na + nb and both.meta["tokens"] == 9 + 12
     assert weights_fingerprint(model) == fp
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_taylor_rules_on_hand_set_gradients_of_two_batches():
+    """g_1 = w, g_2 = -w / 2 on every expert tensor: |w * (g_1 + g_2)| = w^2 / 2 and |w g_1| + |w g_2| = 3 w^2 / 2."""
+    model = tiny_moe("mixtral")
+    adapter = resolve_adapter(model)
+    with collect_scores(model, adapter, want=("experts", "neurons")) as col:
+        params = col.expert_parameters()
+        for scale, tokens in ((1.0, 4), (-0.5, 6)):
+            for p in params:
+                p.grad = scale * p.detach().clone()
+            col.accumulate_taylor_(tokens=tokens)
+        experts, neurons, _ = col.result()
+    blk = adapter.moe_blocks(model)[0]
+    sq = {k: p.detach().double().square() for k, p in blk.experts.named_parameters(recurse=False)}
+    expert, neuron = _scores_from_saliency(model, sq)          # sum of w^2 per expert / per neuron
+    N = 4 + 6
+    assert experts.taylor_tokens == neurons.taylor_tokens == N
+    assert torch.allclose(experts.taylor[0], 0.5 * expert / N, rtol=1e-6)
+    assert torch.allclose(experts.taylor_per_batch[0], 1.5 * expert / N, rtol=1e-6)
+    assert torch.allclose(neurons.taylor[0], 0.5 * neuron / N, rtol=1e-6)
+    assert torch.allclose(neurons.taylor_per_batch[0], 1.5 * neuron / N, rtol=1e-6)
+    assert all(p.grad is None for p in params)
 
 
 def test_masked_next_token_loss_counts_only_real_pairs():

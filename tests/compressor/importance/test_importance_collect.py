@@ -33,7 +33,7 @@ def test_frequency_sums_to_top_k_and_counts_every_token(family):
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_reap_equals_direct_recomputation_on_two_tokens(family):
+def test_reap_and_ean_sum_equal_direct_recomputation_on_two_tokens(family):
     model = tiny_moe(family)
     blocks = resolve_adapter(model).moe_blocks(model)
     seen = []
@@ -45,7 +45,7 @@ def test_reap_equals_direct_recomputation_on_two_tokens(family):
         handle.remove()
     x, idx, w = seen[0]                                     # [2, H], [2, k], [2, k]
     E = blocks[0].num_experts
-    expected_sum, expected_n = torch.zeros(E, dtype=torch.float64), torch.zeros(E, dtype=torch.float64)
+    expected_sum, expected_n, expected_ean = (torch.zeros(E, dtype=torch.float64) for _ in range(3))
     with torch.no_grad():
         for t in range(2):
             for slot in range(idx.shape[1]):
@@ -53,10 +53,12 @@ def test_reap_equals_direct_recomputation_on_two_tokens(family):
                 # f_e(x) through the family's own experts kernel, routing the token to e alone with weight 1
                 f = blocks[0].experts(x[t:t + 1], torch.tensor([[e]]), torch.tensor([[1.0]], dtype=w.dtype))
                 expected_sum[e] += float(w[t, slot]) * float(f.double().norm())
+                expected_ean[e] += float(f.double().norm())
                 expected_n[e] += 1
     expected = torch.where(expected_n > 0, expected_sum / expected_n.clamp_min(1), torch.zeros(E, dtype=torch.float64))
     assert torch.allclose(report.experts.reap[0], expected, rtol=1e-5, atol=1e-7)
     assert torch.equal(report.experts.counts[0], expected_n)
+    assert torch.allclose(report.experts.ean_sum[0], expected_ean, rtol=1e-5, atol=1e-7)   # REAP's ean_sum
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)

@@ -29,6 +29,20 @@ def test_routed_expert_sums_by_hand():
     assert all(v.dtype == torch.float64 for v in s.values())
 
 
+def test_ean_sum_on_a_hand_routed_example_ranks_unlike_man():
+    from compressor.importance.scores import ExpertScores
+    # 4 tokens, top-1: tokens 0-2 -> expert 0 (||f|| = 1 each), token 3 -> expert 1 (||f|| = 2); expert 2 unused
+    expert = torch.tensor([0, 0, 0, 1])
+    out = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.0, -2.0]])
+    norm, peak = M.output_norm_and_peak(output=out)
+    s = M.routed_expert_sums(expert=expert, gate=torch.ones(4), out_norm=norm, out_peak=peak, num_experts=3)
+    ex = ExpertScores(layers=[0], tokens=4, top_k=1, counts=s["count"][None], gate_sum=s["gate_sum"][None],
+                      reap_sum=s["reap_sum"][None], man_sum=s["man_sum"][None], max_abs=s["max_abs"][None])
+    assert ex.score("ean_sum")[0].tolist() == pytest.approx([3.0, 2.0, 0.0])    # REAP's ean_sum: sum of ||f||
+    assert ex.score("man")[0].tolist() == pytest.approx([1.0, 2.0, 0.0])        # ean_mean: mean of ||f||
+    assert ex.ean_sum.argmax().item() == 0 and ex.man.argmax().item() == 1
+
+
 def test_reap_reference_is_mean_over_routed_tokens_only():
     gates = torch.tensor([[0.6, 0.0], [0.2, 0.0]])           # expert 1 never routed
     outputs = torch.tensor([[[3.0, 4.0], [9.0, 9.0]], [[1.0, 0.0], [9.0, 9.0]]])
@@ -85,7 +99,28 @@ def test_wanda_scores_and_layer_stats_by_hand():
     # second map: per-expert leading axis [E=2, out=1, in=1]
     w2 = torch.tensor([[[1.0]], [[-1.0]]])
     sq2 = torch.tensor([[16.0], [0.0]])                        # A = 4 and 0
-    mean, outliers = M.wanda_layer_stats(maps=[(w, sq), (w2, sq2)], outlier_m=1.5)
+    mean, median, outliers = M.wanda_layer_stats(maps=[(w, sq), (w2, sq2)], outlier_m=1.5)
     assert mean == pytest.approx((2 + 6 + 6 + 0 + 4 + 0) / 6)  # 3
+    assert median == 2.0                                       # sorted [0, 0, 2, 4, 6, 6]: the lower middle value
     assert outliers == pytest.approx(2 / 6)                    # entries > 4.5: the two 6s
     assert all(math.isnan(v) for v in M.wanda_layer_stats(maps=[]))
+
+
+def test_lower_median_by_hand():
+    assert M.lower_median(chunks=lambda: [torch.tensor([3.0, 1.0]), torch.tensor([2.0, 5.0])]) == 2.0   # even: lower
+    assert M.lower_median(chunks=lambda: [torch.tensor([[9.0, 0.5]]), torch.tensor([0.25])]) == 0.5     # odd
+    assert M.lower_median(chunks=lambda: [torch.tensor([-0.0, 0.0, 7.0])]) == 0.0                       # -0 is 0
+    assert math.isnan(M.lower_median(chunks=lambda: [torch.zeros(0)]))
+    with pytest.raises(ValueError, match=">= 0"):
+        M.lower_median(chunks=lambda: [torch.tensor([1.0, -1.0])])
+
+
+@pytest.mark.parametrize("sizes", [(1,), (2, 3), (1000, 1, 4097), (64, 64)])
+def test_lower_median_equals_torch_median_of_the_concatenation(sizes):
+    g = torch.Generator().manual_seed(sum(sizes))
+    # values spread over 12 orders of magnitude, with ties and zeros, so both radix passes matter
+    chunks = [(torch.rand(n, generator=g) * 10.0 ** torch.randint(-6, 6, (n,), generator=g)).float()
+              for n in sizes] + [torch.zeros(3), torch.full((5,), 0.125)]
+    want = torch.median(torch.cat(chunks)).item()
+    assert M.lower_median(chunks=lambda: iter(chunks)) == want
+    assert M.lower_median(chunks=lambda: (c.double() for c in chunks)) == want   # float64 in: median in float32

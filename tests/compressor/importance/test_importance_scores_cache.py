@@ -37,7 +37,9 @@ def test_frames_are_long_format_with_hand_checkable_rows(report):
     ex, nr, ly = frames["experts"], frames["neurons"], frames["layers"]
     L, E, I = report.neurons.abs_sum.shape
     assert list(ex.columns) == ["layer", "expert", "tokens", "frequency", "weighted_frequency", "reap", "man",
-                                "max_abs_output", "taylor"]
+                                "ean_sum", "max_abs_output", "taylor", "taylor_per_batch"]
+    assert list(nr.columns) == ["layer", "expert", "neuron", "activation", "mean_abs", "down_norm", "taylor",
+                                "taylor_per_batch"]
     assert len(ex) == L * E and len(nr) == L * E * I and len(ly) == 3
     assert sorted(ex.layer.unique()) == [1, 2]                 # DeepSeek's layer 0 is dense
     row = nr[(nr.layer == 2) & (nr.expert == 5) & (nr.neuron == 7)].iloc[0]

@@ -45,6 +45,16 @@ def test_apply_uses_the_named_scores_in_order(helpers):
                                                               "sparsify"]
 
 
+@pytest.mark.parametrize("score", ["ean_sum", "man"])
+def test_apply_keeps_the_experts_with_the_highest_named_output_norm_score(score):
+    model = tiny_moe("qwen2_moe")
+    importance = analyze(model, [tiny_inputs(seq=16)], config=AnalyzeConfig(want=("experts",), taylor=False))
+    report = apply_slimming_(model, importance, SlimmingConfig(experts_keep=4, expert_score=score)).reports[0]
+    rows = importance.experts.score(score)
+    for layer, row in zip(importance.experts.layers, rows):
+        assert report.kept[layer] == sorted(row.argsort(descending=True, stable=True)[:4].tolist())
+
+
 def test_sparsity_alone_reuses_the_reports_wanda_statistics():
     model = tiny_moe("olmoe")
     twin = tiny_moe("olmoe")

@@ -4,7 +4,7 @@ import torch
 
 from compressor.families import resolve_adapter
 from compressor.slimming import SparsifyConfig, collect_wanda_inputs, sparsifiable_maps, sparsify_
-from compressor.slimming.sparsify import layer_statistics
+from compressor.slimming.sparsify import LinearMap, allocate, layer_statistics, prune_maps_
 from compressor.slimming.wanda import (dlp_sparsities, owl_sparsities, prune_rows_, spread_keep_ratios,
                                        uniform_sparsities, wanda_scores)
 from compressor.testing import TINY_FAMILIES, tiny_inputs, tiny_moe
@@ -22,8 +22,45 @@ def test_wanda_prunes_the_lowest_weight_times_norm_in_each_row():
 def test_dlp_ratios_match_a_hand_computed_example():
     # s = [1, 2, 3] -> r = 1 - s/6 = [5/6, 4/6, 3/6] -> minmax [1, .5, 0] * 2*0.15 = [.3, .15, 0]
     # keep = [.3, .15, 0] - .15 + (1 - .7) = [.45, .30, .15] -> sparsity [.55, .70, .85]
-    s = dlp_sparsities(layer_means=torch.tensor([1.0, 2.0, 3.0]), sparsity=0.7, alpha=0.15)
+    s = dlp_sparsities(layer_scores=torch.tensor([1.0, 2.0, 3.0]), sparsity=0.7, alpha=0.15)
     torch.testing.assert_close(s, torch.tensor([0.55, 0.70, 0.85], dtype=torch.float64))
+
+
+def _three_layer_stack():
+    """Three decoder layers with unit input norms, so A = |W|: layer 0 holds [1, 1, 1, 9] (mean 3, median 1),
+    layer 1 [2, 2, 2, 2] (2, 2), layer 2 an expert stack [E=2, 1, 2] of 3s (3, 3)."""
+    maps = [LinearMap(0, "l0", torch.tensor([[1.0, -1.0, 1.0, 9.0]])),
+            LinearMap(1, "l1", torch.tensor([[2.0, 2.0, -2.0, 2.0]])),
+            LinearMap(2, "l2", torch.full((2, 1, 2), 3.0))]
+    inputs = {"l0": torch.ones(4), "l1": torch.ones(4), "l2": torch.ones(2, 2)}
+    return maps, inputs
+
+
+@pytest.mark.parametrize("statistic, scores, targets, zeros", [
+    # median s = [1, 2, 3] -> sparsity [.55, .70, .85] (the example above); floor(n_in * s) zeros per row
+    ("median", [1.0, 2.0, 3.0], [0.55, 0.70, 0.85], [2, 2, 2]),
+    # mean s = [3, 2, 3] -> r = 1 - s/8 = [5/8, 6/8, 5/8] -> minmax [0, 1, 0] * .3 = [0, .3, 0], mean .1
+    # keep = [-.1, .2, -.1] + .3 = [.2, .5, .2] -> sparsity [.8, .5, .8]
+    ("mean", [3.0, 2.0, 3.0], [0.80, 0.50, 0.80], [3, 2, 2]),
+])
+def test_mean_and_median_dlp_allocate_differently_on_a_three_layer_stack(statistic, scores, targets, zeros):
+    maps, inputs = _three_layer_stack()
+    cfg = SparsifyConfig(sparsity=0.7, allocation="dlp", dlp_statistic=statistic)
+    s, _, weights = layer_statistics(maps, inputs, 3, owl_m=None, dlp_statistic=statistic)
+    assert s.tolist() == scores and weights.tolist() == [4, 4, 4]
+    got, stat = allocate(cfg, means=s, outliers=torch.zeros(3))
+    torch.testing.assert_close(got, torch.tensor(targets, dtype=torch.float64))
+    assert torch.equal(stat, s)
+    assert prune_maps_(maps, inputs, got).tolist() == zeros    # layer 2: floor(2 * .85) = floor(2 * .8) = 1 per row
+
+
+def test_layer_statistics_of_one_layer_equal_its_row_of_all_layers():
+    maps, inputs = _three_layer_stack()
+    every = layer_statistics(maps, inputs, 3, owl_m=1.5)
+    for i in range(3):
+        one = layer_statistics([m for m in maps if m.layer == i], inputs, i + 1, owl_m=1.5)
+        assert [float(t[i]) for t in one] == [float(t[i]) for t in every]
+    assert every[1].tolist() == [0.25, 0.0, 0.0]                 # only the 9 is above 1.5 x mean
 
 
 def test_owl_ratios_match_a_hand_computed_example():
@@ -76,16 +113,17 @@ def test_uniform_sparsity_is_reached_in_every_row(family):
     assert (blk.experts.gate_up_proj == 0).sum() == blk.experts.gate_up_proj.numel() // 2
 
 
-@pytest.mark.parametrize("allocation", ["owl", "dlp"])
-def test_layerwise_allocation_follows_the_layer_statistics(allocation):
+@pytest.mark.parametrize("allocation, statistic", [("owl", "median"), ("dlp", "median"), ("dlp", "mean")])
+def test_layerwise_allocation_follows_the_layer_statistics(allocation, statistic):
     model = tiny_moe("qwen2_moe", layers=3)
     ids = tiny_inputs(seq=16)
     inputs = collect_wanda_inputs(model, [ids])
-    means, outliers, weights = layer_statistics(sparsifiable_maps(model), inputs, 3, owl_m=5.0)
-    cfg = SparsifyConfig(sparsity=0.6, allocation=allocation)
+    scores, outliers, weights = layer_statistics(sparsifiable_maps(model), inputs, 3, owl_m=5.0,
+                                                 dlp_statistic=statistic)
+    cfg = SparsifyConfig(sparsity=0.6, allocation=allocation, dlp_statistic=statistic)
     report = sparsify_(model, inputs, cfg)
     want = (owl_sparsities(outlier_shares=outliers, sparsity=0.6) if allocation == "owl"
-            else dlp_sparsities(layer_means=means, sparsity=0.6))
+            else dlp_sparsities(layer_scores=scores, sparsity=0.6))
     assert [s.target for s in report.layers] == pytest.approx(want.tolist(), abs=1e-12)
     assert len({round(s.target, 6) for s in report.layers}) == 3                 # really layer-dependent
     narrowest = min(m.weight.shape[-1] for m in sparsifiable_maps(model))
@@ -100,9 +138,19 @@ def test_layer_statistics_agree_with_the_importance_package():
     ids = tiny_inputs(seq=16)
     scores = analyze(model, [ids], config=AnalyzeConfig(want=("wanda",), taylor=False)).layers
     inputs = collect_wanda_inputs(model, [ids])
-    means, outliers, _ = layer_statistics(sparsifiable_maps(model), inputs, 3, owl_m=5.0)
-    torch.testing.assert_close(means, scores.dlp, rtol=1e-5, atol=0)
+    medians, outliers, _ = layer_statistics(sparsifiable_maps(model), inputs, 3, owl_m=5.0)
+    torch.testing.assert_close(medians, scores.dlp, rtol=1e-5, atol=0)
     torch.testing.assert_close(outliers, scores.owl, rtol=0, atol=1e-3)
+
+
+def test_defaults_are_owl_and_the_median():
+    from compressor.recipe import SlimmingConfig
+    assert SparsifyConfig().allocation == SlimmingConfig().sparsity_allocation == "owl"
+    assert SparsifyConfig().dlp_statistic == "median"
+    with pytest.raises(ValueError, match="dlp_statistic must be one of"):
+        SparsifyConfig(dlp_statistic="max")
+    with pytest.raises(ValueError, match="dlp_statistic must be one of"):
+        layer_statistics([], {}, 1, owl_m=None, dlp_statistic="sum")
 
 
 def test_missing_inputs_are_named():
