@@ -134,6 +134,9 @@ def _streamed(recipe: Recipe, staging: Path, reporter: Reporter) -> PipelineResu
 
     mode = recipe.execution.streaming
     if mode == "off":
+        if recipe.distill.blockwise_steps:
+            raise ValueError("distill.blockwise_steps is layer-local recovery, which runs layer by layer: set "
+                             "execution.streaming to on (or auto), or use distill.steps for global distillation")
         return None
     found = resolve_local(recipe.model)
     if found.weights != "safetensors":
@@ -144,6 +147,8 @@ def _streamed(recipe: Recipe, staging: Path, reporter: Reporter) -> PipelineResu
     factor = DISTILL_FACTOR if recipe.distill.steps else IN_MEMORY_FACTOR
     plan = plan_execution(found.local_dir, mode, tokens=recipe.calibration.tokens, dtype=torch.float32,
                           taylor=analysis_needs(recipe.slimming)[1], in_memory_factor=factor)
+    if not plan.streaming and recipe.distill.blockwise_steps:
+        plan = replace(plan, streaming=True, reason="distill.blockwise_steps asks for layer-local recovery")
     if not plan.streaming:
         return None
     from compressor.stream.pipeline import run_streamed_recipe

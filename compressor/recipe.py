@@ -102,6 +102,10 @@ class DistillConfig(_Strict):
     cache_teacher_topk: int = Field(0, ge=0, le=2**20,
                                     description="0 = teacher in memory; k > 0 = cache teacher top-k logits on disk")
     bf16: bool = Field(False, description="bf16 autocast where the hardware supports it")
+    blockwise_steps: int = Field(0, ge=0, le=MAX_STEPS,
+                                 description="layer-local recovery of layer-by-layer runs: AdamW steps per cut MoE "
+                                             "block towards the original block's output (compressor.stream.blockwise)")
+    blockwise_lr: float = Field(1.0e-4, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _cache_needs_plain_logits(self):

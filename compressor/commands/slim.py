@@ -61,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                         help="reload the written checkpoint and compare logits with the in-memory model (default on)")
     parser.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in DIR/checkpoint")
+    parser.add_argument("--block-distill-steps", type=int, default=0,
+                        help="layer-local recovery: AdamW steps per cut MoE block towards the original block's output "
+                             "(works layer by layer; default 0 = off)")
+    parser.add_argument("--block-distill-lr", type=float, default=1e-4, help="its learning rate (default 1e-4)")
 
 
 def _slimming_config(args) -> SlimmingConfig:
@@ -98,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{ckpt} already holds a checkpoint; choose another --out or pass --overwrite")
     analyze_cfg = _analyze_config(cfg)
     found, plan = streaming_plan(args, tokens=cal.tokens, taylor=bool(analyze_cfg and analyze_cfg.taylor))
+    if args.block_distill_steps and plan is None:
+        if args.streaming == "off":
+            raise ValueError("--block-distill-steps recovers each block while it is in memory, layer by layer: drop "
+                             "--streaming off")
+        args.streaming = "on"
+        found, plan = streaming_plan(args, tokens=cal.tokens, taylor=bool(analyze_cfg and analyze_cfg.taylor))
     if plan is not None:
         return _run_streamed(args, found, plan, cfg, cal, analyze_cfg, t0)
     loaded = load_model(found.source, dtype=args.dtype, **model_safety_kwargs(args))
@@ -143,6 +153,7 @@ def _run_streamed(args, found, plan, cfg: SlimmingConfig, cal: CalibrationConfig
     from compressor.importance import load_or_analyze
     from compressor.slimming.export import model_card
     from compressor.sources import parse_dtype
+    from compressor.stream.blockwise import BlockDistillConfig
     from compressor.stream.skeleton import Skeleton
     from compressor.stream.slim import stream_slim
 
@@ -159,7 +170,9 @@ def _run_streamed(args, found, plan, cfg: SlimmingConfig, cal: CalibrationConfig
                        "text": str(args.text) if args.text else "shipped corpus (train split)", "seed": args.seed}
     if ckpt.exists() and args.overwrite:
         shutil.rmtree(ckpt)
-    result = stream_slim(found.local_dir, importance, cfg, ckpt, batches=batches,
+    block = (BlockDistillConfig(steps=args.block_distill_steps, lr=args.block_distill_lr)
+             if args.block_distill_steps else None)
+    result = stream_slim(found.local_dir, importance, cfg, ckpt, batches=batches, block_distill=block,
                          dtype=parse_dtype(args.dtype) if args.dtype else None, on_progress=_progress_line)
     card = model_card(Skeleton.open(ckpt).model, {"source": str(found.source), "slimming": cfg.model_dump()})
     (ckpt / "README.md").write_text(card)

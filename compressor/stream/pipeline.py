@@ -1,7 +1,8 @@
 """A recipe on a model that does not fit: score, cut and evaluate layer by layer, with the same files as
 `compressor.pipeline.run_recipe` (checkpoint/ with its model card, recipe.yaml, metrics.json).
 
-What needs the whole model in memory is refused before any work, with what to change: global distillation
+Layer-local recovery (`distill.blockwise_steps`, `compressor.stream.blockwise`) takes the place of global
+distillation. What needs the whole model in memory is refused before any work, with what to change: global distillation
 (`distill.steps > 0`), multi-stage slimming (`stages > 1`, which distils between the stages), multiple-choice tasks
 and the speed measurement (`evaluate.speed`, reported as not measured instead of refused, since it is on by default).
 
@@ -20,6 +21,7 @@ from compressor.importance import AnalyzeConfig, load_or_analyze
 from compressor.progress import Reporter
 from compressor.recipe import Recipe
 from compressor.slimming.apply import analysis_needs
+from compressor.stream.blockwise import BlockDistillConfig
 
 
 def check_streamable(recipe: Recipe, reason: str) -> None:
@@ -27,7 +29,7 @@ def check_streamable(recipe: Recipe, reason: str) -> None:
     problems = []
     if recipe.distill.steps > 0:
         problems.append(f"distill.steps is {recipe.distill.steps} (global distillation holds the whole model, its "
-                        "teacher and their gradients): set it to 0")
+                        "teacher and their gradients): set it to 0 (distill.blockwise_steps recovers layer by layer)")
     if recipe.stages > 1:
         problems.append(f"stages is {recipe.stages} (stages distil in between): set it to 1")
     if recipe.evaluate.tasks:
@@ -78,7 +80,10 @@ def run_streamed_recipe(recipe: Recipe, staging: Path, reporter: Reporter, found
     timings["calibrate"] = time.perf_counter() - ts
     ts = time.perf_counter()
     ckpt = staging / "checkpoint"
-    res = stream_slim(local, importance, recipe.slimming, ckpt, batches=calib, on_progress=_span(reporter, .45, .7))
+    d = recipe.distill
+    block = BlockDistillConfig(steps=d.blockwise_steps, lr=d.blockwise_lr) if d.blockwise_steps else None
+    res = stream_slim(local, importance, recipe.slimming, ckpt, batches=calib, block_distill=block,
+                      on_progress=_span(reporter, .45, .7))
     timings["slim"] = time.perf_counter() - ts
     ts = time.perf_counter()
     quality = stream_quality(ckpt, local, windows, reporter=reporter.span(0.7, 0.98)) if e.perplexity else None

@@ -43,6 +43,7 @@ from compressor.stream.shards import ShardIndex
 from compressor.stream.skeleton import Skeleton, release_
 from compressor.stream.sweep import advance_, capture_inputs
 from compressor.stream.writer import ShardWriter
+from compressor.stream.blockwise import BlockDistillConfig
 
 COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                 "vocab.json", "vocab.txt", "merges.txt", "added_tokens.json", "chat_template.jinja",
@@ -60,6 +61,7 @@ class StreamSlimResult:
     sparsity: dict | None = None                     # {"achieved", "layers": [...]} when sparsified
     scores_used: dict = field(default_factory=dict)
     layer_seconds: list = field(default_factory=list)
+    block_distill: dict | None = None                # {"config", "layers": [{layer, loss_before, loss_after, ...}]}
 
     def to_dict(self) -> dict:
         b, a = self.params_before, self.params_after
@@ -67,14 +69,16 @@ class StreamSlimResult:
                 "params_total_ratio": a.total / b.total, "params_active_ratio": a.active / b.active,
                 "seconds": self.seconds, "bytes_written": self.bytes_written, "layers_written": self.layers_written,
                 "scores_used": self.scores_used, "operations": [r.to_dict() for r in self.reports],
-                "sparsity": self.sparsity, "layer_seconds": self.layer_seconds, "streamed": True}
+                "sparsity": self.sparsity, "layer_seconds": self.layer_seconds, "block_distill": self.block_distill,
+                "streamed": True}
 
 
 def stream_slim(folder: Path | str, importance, cfg: SlimmingConfig, out_dir: Path | str, *, batches=None,
-                dtype: torch.dtype | None = None, on_progress: ProgressFn | None = None,
-                should_cancel: CancelFn | None = None) -> StreamSlimResult:
+                dtype: torch.dtype | None = None, block_distill: BlockDistillConfig | None = None,
+                on_progress: ProgressFn | None = None, should_cancel: CancelFn | None = None) -> StreamSlimResult:
     """Slim the checkpoint in `folder` by `cfg` with scores `importance` (an ImportanceReport of it) into `out_dir`
-    (a Hugging Face folder). `batches` are needed only to sparsify after structural cuts."""
+    (a Hugging Face folder). `batches` are needed to sparsify after structural cuts and for `block_distill`
+    (layer-local recovery of every cut MoE block, `compressor.stream.blockwise`)."""
     t0 = time.perf_counter()
     reporter = Reporter(on_progress, should_cancel)
     folder, out = Path(folder), Path(out_dir)
@@ -90,19 +94,27 @@ def stream_slim(folder: Path | str, importance, cfg: SlimmingConfig, out_dir: Pa
         scfg = SparsifyConfig(sparsity=cfg.sparsity, allocation=cfg.sparsity_allocation)
         inputs, means, outliers, weights = _sparsity_statistics(src, plan, keep, cuts, inputs, scfg, batches, reporter)
         targets, stats = allocate(scfg, means=means, outliers=outliers)
+    recover = block_distill is not None and block_distill.steps > 0
+    if recover and (batches is None or cfg.sparsity > 0):
+        raise ValueError("block distillation needs calibration batches and cannot follow sparsity (training would "
+                         "refill the pruned weights); pass batches, or set sparsity to 0")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; choose an empty folder for the slimmed checkpoint")
     zeros = torch.zeros(len(keep), dtype=torch.float64)
-    layer_seconds = []
+    layer_seconds, recovered = [], []
     try:
         with ShardWriter(out, model=plan.model) as writer:
             plan.load_globals_()
             writer.write(_global_tensors(plan.model))
+            acts = capture_inputs(plan, list(batches)) if recover else None
             plan.release_globals_()
             for j, i in enumerate(keep):
                 tl = time.perf_counter()
                 reporter.report("slim", j, len(keep), message=f"layer {i} -> {j}: cut and write")
-                _materialize_cut_(src, plan, i, j, cuts)
+                if recover:
+                    recovered.append(_cut_and_recover_(src, plan, i, j, cuts, acts, block_distill))
+                else:
+                    _materialize_cut_(src, plan, i, j, cuts)
                 if targets is not None:
                     maps = [m for m in sparsifiable_maps(plan.layer_view(j)) if m.layer == j]
                     zeros += prune_maps_(maps, inputs, targets)
@@ -120,7 +132,9 @@ def stream_slim(folder: Path | str, importance, cfg: SlimmingConfig, out_dir: Pa
     _check_written(out, plan)
     return StreamSlimResult(params_before=before, params_after=count_params(plan.model),
                             seconds=time.perf_counter() - t0, bytes_written=writer.bytes, layers_written=len(keep),
-                            reports=reports, sparsity=spars, scores_used=used, layer_seconds=layer_seconds)
+                            reports=reports, sparsity=spars, scores_used=used, layer_seconds=layer_seconds,
+                            block_distill={"config": block_distill.to_dict(), "layers": recovered} if recover
+                            else None)
 
 
 def _plan_structure_(model, importance, cfg: SlimmingConfig) -> tuple[list, dict, dict]:
@@ -154,7 +168,32 @@ def _plan_structure_(model, importance, cfg: SlimmingConfig) -> tuple[list, dict
 
 def _materialize_cut_(src: Skeleton, plan: Skeleton, i: int, j: int, cuts: dict) -> None:
     """Source layer i, loaded and cut with the planned ids, becomes plan layer j (src layer i is freed again)."""
+    src.load_layer_(i)
+    _cut_into_plan_(src, plan, i, j, cuts)
+
+
+def _cut_and_recover_(src: Skeleton, plan: Skeleton, i: int, j: int, cuts: dict, acts, cfg) -> dict:
+    """Block distillation of one layer: the original layer i gives its MoE block's inputs and outputs on the
+    current activations, the cut layer becomes plan layer j, its block is trained towards them, and the activations
+    move on through the recovered layer."""
+    from compressor.stream.blockwise import capture_block_io, recover_block_
+
     layer = src.load_layer_(i)
+    view = src.layer_view(i)
+    blk = next((b for b in resolve_adapter(view).moe_blocks(view, required=False) if b.layer == i), None)
+    io = capture_block_io(layer, blk.block, acts, j) if blk is not None else None
+    _cut_into_plan_(src, plan, i, j, cuts)
+    stats = {"layer": j, "source_layer": i}
+    if io is not None:
+        block = plan.layers[j].get_submodule(blk.name.removeprefix(f"model.layers.{i}."))
+        stats.update(recover_block_(block, io, cfg))
+    advance_(plan.layers[j], acts, j)
+    return stats
+
+
+def _cut_into_plan_(src: Skeleton, plan: Skeleton, i: int, j: int, cuts: dict) -> None:
+    """Cut the loaded source layer i with the planned ids and move its tensors into plan layer j."""
+    layer = src.layers[i]
     view = src.layer_view(i)
     blocks = {b.layer: b for b in resolve_adapter(view).moe_blocks(view, required=False)}
     blk = blocks.get(i)
