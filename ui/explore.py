@@ -141,10 +141,11 @@ def load_or_start(model: dict, tokens, seq_len, taylor, score, drop, n_layer, n_
         state = {"source": model["source"], "dir": str(found)}
         return (box(f"Scores of {model['label']} ({settings.tokens} calibration tokens), from the cache.", "ok"),
                 state, gr.Timer(active=False), *_draw(str(found), score, drop, n_layer, n_expert, n_score, n_keep))
-    if not start:
+    task_id = (services.start_analysis(model["model_id"], settings) if start
+               else services.active_analysis(model["model_id"], settings))    # whichever event comes last agrees
+    if task_id is None:
         return (box(f"{model['label']} has no scores for these settings yet: press Analyze (it runs as a job).",
                     "info"), {"source": model["source"]}, gr.Timer(active=False), *[gr.skip()] * _FIGS)
-    task_id = services.start_analysis(model["model_id"], settings)
     state = {"source": model["source"], "task": task_id}
     return (box(f"Analysis of {model['label']} queued ({settings.tokens} tokens)…", "info"), state,
             gr.Timer(active=True), *[gr.skip()] * _FIGS)
@@ -203,8 +204,13 @@ def wire(tab: ExploreTab, *, model_state: gr.State, tab_item: gr.Tab) -> None:
     figs = [tab.heatmap, tab.layers, tab.balance, tab.neurons, tab.n_layer, tab.n_expert, tab.drop, tab.n_score]
     settings = [tab.tokens, tab.seq_len, tab.taylor]
     head = [tab.status, tab.state, tab.timer]
-    model_state.change(on_model, [model_state, *settings, *controls], head + figs, api_name="explore_model")
-    tab_item.select(on_tab, [model_state, tab.state, *settings, *controls], head + figs, api_name="explore_tab")
+    # "A model was opened" and "the tab was opened" race when the tab is opened right after a model: they share one
+    # queue, and the later one finds the job the earlier one started (services.active_analysis), so neither's
+    # "press Analyze" can overwrite a started job.
+    model_state.change(on_model, [model_state, *settings, *controls], head + figs, api_name="explore_model",
+                       concurrency_id="explore-open", concurrency_limit=1)
+    tab_item.select(on_tab, [model_state, tab.state, *settings, *controls], head + figs, api_name="explore_tab",
+                    concurrency_id="explore-open", concurrency_limit=1)
     tab.analyze_btn.click(load_or_start, [model_state, *settings, *controls], head + figs, api_name="analyze")
     tab.timer.tick(poll, [tab.state, *controls], head + figs, api_name="explore_poll", show_progress="hidden")
     inputs = [tab.state, *controls]

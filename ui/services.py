@@ -336,9 +336,26 @@ def cached_scores_dir(source: str, settings) -> Path | None:
     return scores_dir_if_cached(source, settings)
 
 
+_ANALYSES: dict[tuple, str] = {}          # (model id, settings) -> task id of an analysis this process sent
+_ANALYSES_LOCK = threading.Lock()
+_LIVE = ("PENDING", "STARTED", "PROGRESS")
+
+
+def active_analysis(model_id: int, settings) -> str | None:
+    """The task id of an analysis of this model with these settings that is queued or running, else None."""
+    task = _ANALYSES.get((int(model_id), repr(settings)))
+    return task if task is not None and analysis_state(task)["state"] in _LIVE else None
+
+
 def start_analysis(model_id: int, settings) -> str:
+    """Queue an analysis, or return the one already queued or running for the same model and settings (two tabs,
+    or the tab and a model change racing, share one job)."""
     from workers.analysis import send_analysis
-    return send_analysis(model_id, settings)
+    with _ANALYSES_LOCK:
+        task = active_analysis(model_id, settings)
+        if task is None:
+            task = _ANALYSES[(int(model_id), repr(settings))] = send_analysis(model_id, settings)
+        return task
 
 
 def analysis_state(task_id: str) -> dict:
