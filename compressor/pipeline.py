@@ -35,6 +35,7 @@ from compressor.distill.schedule import StageTarget
 from compressor.evaluate import (BaselineReference, apply_kernel_, baseline_reference, choose_experts_kernel,
                                  evaluate, measure_speed, safe_default_kernel_, size_metrics)
 from compressor.evaluate.card import pipeline_card
+from compressor.evaluate.harness import check_lm_eval, resolve_backend, run_lm_eval
 from compressor.evaluate.tasks import check_tasks
 from compressor.families import resolve_adapter
 from compressor.importance import AnalyzeConfig, load_or_analyze
@@ -87,6 +88,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, on_progress: ProgressFn |
     only when this run succeeds."""
     out_dir = Path(out_dir)
     check_tasks(recipe.evaluate.tasks)
+    check_lm_eval(recipe.evaluate.lm_eval)
     created = not out_dir.exists()
     staging = out_dir / PARTIAL
     shutil.rmtree(staging, ignore_errors=True)
@@ -178,7 +180,7 @@ def _run(recipe: Recipe, staging: Path, reporter: Reporter, on_progress, should_
     cached = d.cache_teacher_topk > 0 and d.steps > 0
     with t("baseline"):
         reporter.span(0, LOAD_SPAN).report("load", message="preparing the baseline")
-        baseline = (_reference(model, windows, loaded.local_dir, recipe.evaluate) if cached
+        baseline = (_reference(model, tokenizer, windows, loaded.local_dir, recipe.evaluate) if cached
                     else copy.deepcopy(model).requires_grad_(False).eval())
     teacher = baseline if d.teacher == "original" and not cached else None
     if cached and d.teacher == "original":
@@ -277,7 +279,8 @@ def _stage_slimming(final: SlimmingConfig, target: StageTarget, model, *, droppe
         experts_keep=target.experts if target.experts is not None and target.experts < experts else None,
         expert_score=final.expert_score,
         layers_drop=max(0, target.layers_dropped - dropped),
-        sparsity=target.sparsity, sparsity_allocation=final.sparsity_allocation)
+        sparsity=target.sparsity, sparsity_allocation=final.sparsity_allocation,
+        sparsity_dlp_statistic=final.sparsity_dlp_statistic, sparsity_calibration=final.sparsity_calibration)
 
 
 def _mapped(on_progress: ProgressFn | None, sub: Reporter) -> ProgressFn | None:
@@ -301,9 +304,12 @@ def _data(recipe: Recipe, tokenizer):
     return calib, distil, windows
 
 
-def _reference(model, windows: torch.Tensor, local_dir: Path, cfg: EvaluateConfig) -> BaselineReference:
+def _reference(model, tokenizer, windows: torch.Tensor, local_dir: Path, cfg: EvaluateConfig) -> BaselineReference:
     """Everything evaluation needs from the original, measured before it is slimmed in place."""
     ref = baseline_reference(model, windows, batch_size=8)
+    if cfg.lm_eval.tasks:
+        ref.lm_eval = run_lm_eval(model, tokenizer, cfg.lm_eval, backend=resolve_backend(cfg.lm_eval.backend),
+                                  checkpoint_dir=local_dir)
     ref.size = size_metrics(model, sample_ids=windows[:8], checkpoint_dir=local_dir)
     if cfg.speed:
         choice = choose_experts_kernel(model, sample_ids=windows[:2], allow_bf16=False)

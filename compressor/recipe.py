@@ -65,6 +65,11 @@ class SlimmingConfig(_Strict):
     sparsity_allocation: Literal["uniform", "owl", "dlp"] = Field(
         "owl", description="how sparsity is spread over layers: owl (outlier share, the default until DLP wins on "
                            "bench/quality.py), dlp (median Wanda score per layer, as in the DLP paper) or uniform")
+    sparsity_dlp_statistic: Literal["median", "mean"] = Field(
+        "median", description="DLP's layer score: median (paper) or mean (its repository's unstructured path)")
+    sparsity_calibration: Literal["sequential", "dense"] = Field(
+        "sequential", description="sequential = each layer's Wanda norms measured with the layers below already "
+                                  "pruned (Wanda, OWL, DLP); dense = every layer's norms from the unpruned model")
 
     @property
     def is_identity(self) -> bool:
@@ -116,6 +121,19 @@ class DistillConfig(_Strict):
         return self
 
 
+class LmEvalConfig(_Strict):
+    """lm-evaluation-harness tasks (`compressor.evaluate.harness`): the shipped local tasks (`sotu_next_sentence`,
+    `sotu_cloze`, offline) or any lm-eval task name (its data set comes from the hub). Empty `tasks` runs nothing."""
+
+    tasks: list[Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")]] = Field(
+        default_factory=list, max_length=32)
+    limit: int | None = Field(None, ge=1, le=1_000_000, description="examples per task; null = all")
+    num_fewshot: int | None = Field(None, ge=0, le=64, description="few-shot examples; null = the task's default")
+    backend: Literal["auto", "hf", "vllm"] = Field(
+        "auto", description="auto = vllm when it is installed and CUDA is available, else hf (the model in memory)")
+    batch_size: int = Field(8, ge=1, le=1024)
+
+
 class EvaluateConfig(_Strict):
     perplexity: bool = True
     speed: bool = True
@@ -123,6 +141,28 @@ class EvaluateConfig(_Strict):
     seq_len: int = Field(256, ge=8, le=32768)
     tasks: list[Annotated[str, Field(max_length=MAX_PATH)]] = Field(
         default_factory=list, max_length=64, description="paths of local JSONL multiple-choice tasks")
+    lm_eval: LmEvalConfig = Field(default_factory=LmEvalConfig)
+
+
+class QuantizeConfig(_Strict):
+    """Optional last stage (`compressor.quantize`): weight-only quantization of the exported checkpoint with torchao,
+    reloaded by stock transformers through `TorchAoConfig`. W8A16 = int8 weights, one scale per output row; FP8 =
+    float8 e4m3 weights, one scale per row; activations stay in the model's dtype. Every nn.Linear of the decoder
+    and the fused 3-D expert tensors are quantized; embeddings, LM head, routers and norms are not."""
+
+    scheme: Literal["W8A16", "W4A16", "FP8"] = "W8A16"
+    method: Literal["rtn", "gptq"] = Field("rtn", description="rtn = round to nearest per row")
+
+    @model_validator(mode="after")
+    def _supported(self):
+        if self.scheme == "W4A16":
+            raise ValueError("W4A16 is not available: torchao stores int4 weights only in CUDA/XPU layouts or in "
+                             "int8 (IntxWeightOnlyConfig, 2-D only, so not the fused 3-D expert tensors), and "
+                             "llm-compressor needs transformers <= 5.17; use W8A16 or FP8")
+        if self.method == "gptq":
+            raise ValueError("method gptq is not available: llm-compressor needs transformers <= 5.17 and torchao's "
+                             "GPTQ runs on CUDA only; use rtn")
+        return self
 
 
 class ExecutionConfig(_Strict):
@@ -144,6 +184,8 @@ class Recipe(_Strict):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    quantize: QuantizeConfig | None = Field(None, description="weight-only quantization of the exported checkpoint; "
+                                                               "null = none")
     seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="before")

@@ -6,6 +6,7 @@ kernel each model ran with.
 
     python -m compressor eval runs/first/checkpoint --baseline demo
     python -m compressor eval demo --json --no-speed
+    python -m compressor eval runs/first/checkpoint --baseline demo --lm-eval sotu_cloze,sotu_completion --lm-eval-limit 200
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 from compressor.commands.run import add_threads_argument, apply_threads
-from compressor.recipe import EvaluateConfig
+from compressor.recipe import EvaluateConfig, LmEvalConfig
 
 NAME = "eval"
 HELP = "evaluate a model (perplexity, agreement and KL to a baseline, size, speed) and print a table or JSON"
@@ -29,7 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=int, default=_EV.tokens, help=f"held-out tokens (default {_EV.tokens})")
     parser.add_argument("--seq-len", type=int, default=_EV.seq_len, help=f"window length (default {_EV.seq_len})")
     parser.add_argument("--task", action="append", default=[], metavar="TASK",
-                        help="a local multiple-choice .jsonl file, or an lm-eval task name (needs lm_eval); repeatable")
+                        help="a local multiple-choice .jsonl file; repeatable")
+    parser.add_argument("--lm-eval", metavar="TASK[,TASK]", default="",
+                        help="lm-evaluation-harness tasks: the shipped offline sotu_completion, sotu_cloze, or any "
+                             "lm-eval task name (its data comes from the hub)")
+    parser.add_argument("--lm-eval-limit", type=int, default=None, metavar="N", help="examples per lm-eval task")
+    parser.add_argument("--num-fewshot", type=int, default=None, metavar="K", help="lm-eval few-shot examples")
+    parser.add_argument("--lm-eval-backend", choices=("auto", "hf", "vllm"), default="auto",
+                        help="hf = the model in memory; vllm = lm-eval's vllm backend (needs vllm and a CUDA GPU); "
+                             "auto = vllm where it can run, else hf (default)")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed measurement")
     parser.add_argument("--no-perplexity", action="store_true", help="skip perplexity / agreement / KL")
     parser.add_argument("--dtype", default="float32",
@@ -49,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
     from compressor.sources import load_model
 
     try:
+        lm = LmEvalConfig(tasks=[t.strip() for t in args.lm_eval.split(",") if t.strip()], limit=args.lm_eval_limit,
+                          num_fewshot=args.num_fewshot, backend=args.lm_eval_backend)
         cfg = EvaluateConfig(perplexity=not args.no_perplexity, speed=not args.no_speed, tokens=args.tokens,
-                             seq_len=args.seq_len, tasks=args.task)
+                             seq_len=args.seq_len, tasks=args.task, lm_eval=lm)
     except ValidationError as exc:
         raise ValueError("; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
                                    for e in exc.errors())) from None
@@ -116,8 +127,8 @@ def _run_streamed(args, cfg, model, baseline) -> int:
     tokenizer = load_tokenizer(model.local_dir) or (load_tokenizer(baseline.local_dir) if baseline else None)
     if tokenizer is None:
         raise ValueError(f"{args.model} ships no tokenizer files and no --baseline tokenizer was given")
-    if cfg.tasks:
-        raise ValueError("--task needs the whole model in memory; run it with --streaming off")
+    if cfg.tasks or cfg.lm_eval.tasks:
+        raise ValueError("--task and --lm-eval need the whole model in memory; run them with --streaming off")
 
     def size(found):
         s = describe_checkpoint(found.local_dir)

@@ -1,6 +1,6 @@
 """The model-card section a pipeline run adds to its checkpoint's README.md: the recipe, the distillation objective
-(with its T^2 factor, which TRL's GKD lacks), the headline figures against the original, each stage, and the wall
-time per phase.
+(with its T^2 factor, which TRL's GKD lacks), the headline figures against the original (lm-eval tasks included),
+each stage, and the wall time per phase.
 
     text = pipeline_card(recipe, result.metrics, result.stages)      # markdown
 """
@@ -50,6 +50,13 @@ def pipeline_card(recipe: Recipe, metrics: dict, stages: list[dict]) -> str:
     for key, base, label in _HEADLINE:
         if metrics.get(key) is not None:
             lines.append(f"| {label} | {_num(metrics[key])} | {_num(metrics.get(base)) if base else '-'} |")
+    lm = (metrics.get("evaluation") or {}).get("lm_eval") or {}
+    for task, row in lm.get("tasks", {}).items():
+        mine, base = row.get("model", {}), row.get("baseline", {})
+        lines.append(f"| lm-eval {task} acc ({mine.get('n')} examples) | {_num(mine.get('acc'))} | "
+                     f"{_num(base.get('acc'))} |")
+    if lm:
+        lines += ["", f"lm-eval {lm.get('num_fewshot') or 0}-shot on the `{lm.get('backend')}` backend."]
     speed = (metrics.get("evaluation") or {}).get("speed") or {}
     if speed:
         st = speed.get("settings", {})

@@ -57,6 +57,7 @@ class BaselineReference:
     batch_size: int
     size: object = None                   # SizeStats of the baseline, when measured before it left memory
     speed: object = None                  # SpeedStats of the baseline alone, likewise
+    lm_eval: dict | None = None           # harness.run_lm_eval of the baseline, likewise
 
     @property
     def perplexity(self) -> float:

@@ -5,7 +5,7 @@
     json.dumps(report.to_dict())
 
 Order of work: choose each model's expert kernel by a timed probe (when speed is measured), quality over the
-held-out windows, local JSONL / lm-eval tasks, size (parameters, checkpoint bytes, peak memory), then speed,
+held-out windows, local JSONL tasks, lm-eval tasks (`harness`), size (parameters, checkpoint bytes, peak memory), then speed,
 interleaved. With a `BaselineReference` instead of a baseline model, quality uses its cached top-k log-probs and
 speed uses the baseline figures it carries (measured earlier, so `speed.settings["interleaved"]` is False).
 """
@@ -23,6 +23,7 @@ from compressor.evaluate.kernels import KernelChoice, apply_kernel_, choose_expe
 from compressor.evaluate.quality import BaselineReference, QualityStats, compare_quality
 from compressor.evaluate.size import SizeStats, size_metrics
 from compressor.evaluate.speed import SpeedStats, measure_speed
+from compressor.evaluate.harness import check_lm_eval, resolve_backend, run_lm_eval
 from compressor.evaluate.tasks import check_tasks, run_tasks
 from compressor.progress import Reporter
 from compressor.recipe import EvaluateConfig
@@ -39,6 +40,7 @@ class EvalReport:
     baseline_size: SizeStats | None = None
     speed: SpeedStats | None = None
     kernels: dict = field(default_factory=dict)          # "model" / "baseline" -> KernelChoice.to_dict()
+    lm_eval: dict = field(default_factory=dict)          # backend, limit, num_fewshot, tasks: task -> model/baseline
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -46,7 +48,7 @@ class EvalReport:
                 "size": self.size.to_dict() if self.size else None,
                 "baseline_size": self.baseline_size.to_dict() if self.baseline_size else None,
                 "speed": self.speed.to_dict() if self.speed else None, "kernels": self.kernels,
-                "seconds": self.seconds}
+                "lm_eval": self.lm_eval, "seconds": self.seconds}
 
     def headline(self) -> dict:
         """The figures a run summary shows: flat name -> number."""
@@ -67,6 +69,9 @@ class EvalReport:
                        prefill_speedup=s.prefill_speedup, decode_speedup=s.decode_speedup)
         for name, res in self.tasks.items():
             out[f"task:{name}"] = res.get("model", {}).get("accuracy")
+        for name, res in self.lm_eval.get("tasks", {}).items():
+            out[f"lm_eval:{name}"] = res.get("model", {}).get("acc")
+            out[f"baseline_lm_eval:{name}"] = res.get("baseline", {}).get("acc")
         return {k: v for k, v in out.items() if v is not None}
 
 
@@ -80,6 +85,7 @@ def evaluate(model: nn.Module, baseline: nn.Module | BaselineReference | None, t
     reporter = reporter or Reporter()
     t0 = time.perf_counter()
     check_tasks(cfg.tasks)
+    check_lm_eval(cfg.lm_eval)
     if windows is None:
         from compressor.data import eval_windows
         windows = eval_windows(tokenizer, tokens=cfg.tokens, seq_len=cfg.seq_len)
@@ -101,6 +107,10 @@ def evaluate(model: nn.Module, baseline: nn.Module | BaselineReference | None, t
                                          reporter=reporter.span(0.0, 0.6))
     if cfg.tasks:
         report.tasks = run_tasks(model, live_base, tokenizer, cfg.tasks)
+    if cfg.lm_eval.tasks:
+        reporter.report("evaluate", message=f"lm-eval: {', '.join(cfg.lm_eval.tasks)}")
+        report.lm_eval = lm_eval_pair(model, baseline, tokenizer, cfg.lm_eval, checkpoint_dir=checkpoint_dir,
+                                      baseline_checkpoint_dir=baseline_checkpoint_dir)
     sample = windows[:EVAL_BATCH]
     report.size = size_metrics(model, sample_ids=sample, checkpoint_dir=checkpoint_dir)
     if live_base is not None:
@@ -111,6 +121,22 @@ def evaluate(model: nn.Module, baseline: nn.Module | BaselineReference | None, t
         report.speed = _speed(model, live_base, baseline, choices, windows, reporter.span(0.6, 1.0))
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def lm_eval_pair(model: nn.Module, baseline, tokenizer, cfg, *, checkpoint_dir: Path | None = None,
+                 baseline_checkpoint_dir: Path | None = None) -> dict:
+    """lm-eval on `model` and on `baseline` (a model, or a `BaselineReference` carrying figures measured earlier):
+    {"backend", "limit", "num_fewshot", "tasks": {task: {"model": {...}, "baseline": {...}}}}."""
+    backend = resolve_backend(cfg.backend)
+    mine = run_lm_eval(model, tokenizer, cfg, backend=backend, checkpoint_dir=checkpoint_dir)
+    if isinstance(baseline, nn.Module):
+        theirs = run_lm_eval(baseline, tokenizer, cfg, backend=backend, checkpoint_dir=baseline_checkpoint_dir)
+    else:
+        theirs = getattr(baseline, "lm_eval", None) or {}
+    tasks = {name: {"model": res, **({"baseline": theirs["tasks"][name]} if name in theirs.get("tasks", {}) else {})}
+             for name, res in mine["tasks"].items()}
+    return {"backend": backend, "baseline_backend": theirs.get("backend"), "limit": cfg.limit,
+            "num_fewshot": cfg.num_fewshot, "tasks": tasks}
 
 
 def _speed(model, live_base, baseline, choices: dict, windows: torch.Tensor, reporter: Reporter) -> SpeedStats:
@@ -166,6 +192,12 @@ def report_rows(report: EvalReport) -> list[tuple[str, object, object, str]]:
         mr, br = res.get("model", {}), res.get("baseline", {})
         rows.append((f"{name} accuracy", mr.get("accuracy"), br.get("accuracy"),
                      _ratio(mr.get("accuracy"), br.get("accuracy"))))
+    for name, res in report.lm_eval.get("tasks", {}).items():
+        mr, br = res.get("model", {}), res.get("baseline", {})
+        rows.append((f"lm-eval {name} acc", mr.get("acc"), br.get("acc"), _ratio(mr.get("acc"), br.get("acc"))))
+        if mr.get("acc_norm") is not None:
+            rows.append((f"lm-eval {name} acc_norm", mr.get("acc_norm"), br.get("acc_norm"),
+                         _ratio(mr.get("acc_norm"), br.get("acc_norm"))))
     if s:
         for label, attr in (("params total", "params_total"), ("params active / token", "params_active"),
                             ("checkpoint bytes", "checkpoint_bytes"),
@@ -196,6 +228,10 @@ def render_table(report: EvalReport) -> str:
         lines.append(f"speed: prefill {st['prefill_batch']}x{st['prefill_len']}, decode {st['decode_batch']}x"
                      f"{st['new_tokens']} tokens, {st['rounds']} rounds, {st['threads']} threads on {st['device']}"
                      f"{', interleaved' if st.get('interleaved') else ', baseline measured earlier'}; kernels {kern}")
+    if report.lm_eval:
+        le = report.lm_eval
+        n = {t: r["model"].get("n") for t, r in le.get("tasks", {}).items()}
+        lines.append(f"lm-eval on the {le['backend']} backend, {le.get('num_fewshot') or 0}-shot, examples {n}")
     if report.quality:
         lines.append(f"quality over {report.quality.tokens:,} held-out tokens; evaluation took {report.seconds:.1f} s")
     return "\n".join(lines)

@@ -34,6 +34,11 @@ def check_streamable(recipe: Recipe, reason: str) -> None:
         problems.append(f"stages is {recipe.stages} (stages distil in between): set it to 1")
     if recipe.evaluate.tasks:
         problems.append("evaluate.tasks need the whole model: remove them")
+    if recipe.evaluate.lm_eval.tasks:
+        problems.append("evaluate.lm_eval.tasks run the whole model (lm-eval's HFLM or vLLM): remove them, and run "
+                        "`python -m compressor eval CHECKPOINT --lm-eval ...` on a machine where it fits")
+    if recipe.quantize is not None:
+        problems.append("quantize reloads the whole checkpoint through transformers' TorchAoConfig: set it to null")
     if recipe.slimming.is_identity:
         problems.append("slimming cuts nothing")
     if problems:

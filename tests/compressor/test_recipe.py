@@ -51,6 +51,11 @@ def test_version_1_recipes_keep_their_even_step_split():
     ("distill: {cache_teacher_topk: 16, on_policy: 0.5}", ["distill", "cache_teacher_topk", "on_policy"]),
     ("version: 7", ["version 7"]),
     ("- just a list", ["mapping"]),
+    ("evaluate: {lm_eval: {tasks: ['a;b']}}", ["evaluate.lm_eval.tasks.0", "pattern"]),
+    ("evaluate: {lm_eval: {backend: tpu}}", ["evaluate.lm_eval.backend", "vllm"]),
+    ("quantize: {scheme: W4A16}", ["quantize", "W4A16 is not available", "use W8A16 or FP8"]),
+    ("quantize: {method: gptq}", ["quantize", "gptq is not available", "use rtn"]),
+    ("quantize: {scheme: INT2}", ["quantize.scheme", "FP8"]),
 ])
 def test_bad_fields_are_named(text, names):
     with pytest.raises(RecipeError) as info:
@@ -101,3 +106,12 @@ def test_recipe_command_example_and_validate(tmp_path, capsys):
     assert "slimming.experts_keep" in capsys.readouterr().err
     assert main(["recipe", "validate", str(tmp_path / "missing.yaml")]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_lm_eval_and_quantize_round_trip():
+    r = Recipe.from_yaml("evaluate: {lm_eval: {tasks: [sotu_cloze, arc_easy], limit: 50, num_fewshot: 2}}\n"
+                         "quantize: {scheme: FP8}")
+    assert r.evaluate.lm_eval.tasks == ["sotu_cloze", "arc_easy"] and r.evaluate.lm_eval.backend == "auto"
+    assert r.quantize.scheme == "FP8" and r.quantize.method == "rtn"
+    assert Recipe.from_yaml(r.to_yaml()) == r and Recipe.parse(json.loads(json.dumps(r.to_dict()))) == r
+    assert Recipe.from_yaml("model: demo").quantize is None

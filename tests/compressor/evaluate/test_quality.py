@@ -83,13 +83,17 @@ def test_multiple_choice_accuracy(tmp_path, char_tokenizer):
     assert out["quiz"]["model"] == out["quiz"]["baseline"] == res
 
 
-def test_bad_task_files_and_missing_lm_eval(tmp_path, monkeypatch):
+def test_bad_task_files_and_lm_eval_names(tmp_path, monkeypatch):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "Q", "choices": ["a"], "answer": 3}\n')
     with pytest.raises(ValueError, match="line 1.*answer"):
         load_mc_task(bad)
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         check_tasks(["nope.jsonl"])
-    monkeypatch.setattr("compressor.evaluate.tasks.lm_eval_available", lambda: False)
-    with pytest.raises(ValueError, match="hellaswag.*lm_eval.*not installed"):
+    with pytest.raises(ValueError, match="hellaswag.*not a .jsonl file.*evaluate.lm_eval.tasks"):
         check_tasks(["hellaswag"])
+    from compressor.evaluate.harness import LmEvalError, check_lm_eval
+    from compressor.recipe import LmEvalConfig
+    monkeypatch.setattr("compressor.evaluate.harness.lm_eval_available", lambda: False)
+    with pytest.raises(LmEvalError, match="needs the `lm_eval` package: pip install"):
+        check_lm_eval(LmEvalConfig(tasks=["sotu_cloze"]))
