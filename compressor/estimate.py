@@ -20,6 +20,10 @@ After the slimming settings (I' = round(r I), E' experts kept, d layers dropped,
     nonzero A'_s = A' - s * (A' - emb - M' E' H - (2 L' + 1) H)       sparsity applies to the decoder's linear maps
     speed-up = FLOPs before / FLOPs after; with sparsity it is theoretical (it needs sparse kernels to materialise)
 
+    quantized (W8A16 / FP8, `compressor.quantize`): K = emb + M' E' H + (2 L' + 1) H kept in the dtype (embeddings,
+                      routers, norms), Q = T' - K stored in 1 byte each, plus one float32 scale per row of about H
+                      inputs:  bytes_q = Q + 4 Q / H + K * bytes per parameter
+
     shape = ModelShape.from_summary(inspect_model(model) | {"tie_word_embeddings": True})
     est = estimate(shape, SlimSettings(expert_keep_ratio=0.5))
     est.params_active_after, est.checkpoint_bytes_after, est.speedup
@@ -205,3 +209,16 @@ def estimate(shape: ModelShape, settings: SlimSettings) -> Estimate:
         flops_per_token_before=2.0 * shape.matmul_params(shape.params_active),
         flops_per_token_after=2.0 * shape.matmul_params(active),
         flops_per_token_sparse=2.0 * shape.matmul_params(nz_active), notes=notes)
+
+
+QUANT_WEIGHT_BYTES = {"W8A16": 1.0, "FP8": 1.0}
+
+
+def quantized_checkpoint_bytes(shape: ModelShape, est: Estimate, scheme: str) -> int:
+    """Checkpoint bytes after slimming to `est` and quantizing with `scheme` (formula in the module docstring)."""
+    if scheme not in QUANT_WEIGHT_BYTES:
+        raise ValueError(f"no size rule for quantize.scheme {scheme}; known: {', '.join(QUANT_WEIGHT_BYTES)}")
+    H = shape.hidden
+    kept = shape.embedding_params + est.moe_layers_after * est.experts_after * H + (2 * est.layers_after + 1) * H
+    q = est.params_total_after - kept
+    return round(q * QUANT_WEIGHT_BYTES[scheme] + 4 * q / H + kept * shape.bytes_per_param)

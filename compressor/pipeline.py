@@ -40,6 +40,7 @@ from compressor.evaluate.tasks import check_tasks
 from compressor.families import resolve_adapter
 from compressor.importance import AnalyzeConfig, load_or_analyze
 from compressor.progress import CancelFn, ProgressFn, Reporter
+from compressor.quantize import check_quantize
 from compressor.recipe import EvaluateConfig, Recipe, SlimmingConfig
 from compressor.slimming.apply import analysis_needs, apply_slimming_
 from compressor.slimming.export import model_card, save_checkpoint, verify_reload
@@ -89,6 +90,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, on_progress: ProgressFn |
     out_dir = Path(out_dir)
     check_tasks(recipe.evaluate.tasks)
     check_lm_eval(recipe.evaluate.lm_eval)
+    check_quantize(recipe.quantize)
     created = not out_dir.exists()
     staging = out_dir / PARTIAL
     shutil.rmtree(staging, ignore_errors=True)
@@ -217,6 +219,11 @@ def _run(recipe: Recipe, staging: Path, reporter: Reporter, on_progress, should_
         fin.report("export", message="saving the checkpoint")
         ckpt = staging / "checkpoint"
         _save(model, tokenizer, ckpt, source_dtype, windows)
+    quant = None
+    if recipe.quantize is not None:
+        with t("quantize"):
+            fin.report("quantize", message=f"quantizing the checkpoint to {recipe.quantize.scheme}")
+            model, quant = _quantize(ckpt, staging, recipe.quantize, windows)
     with t("final_evaluate"):
         final = evaluate(model, baseline, tokenizer, recipe.evaluate, windows=windows, checkpoint_dir=ckpt,
                          baseline_checkpoint_dir=loaded.local_dir, reporter=fin.span(0.1, 1.0))
@@ -224,6 +231,8 @@ def _run(recipe: Recipe, staging: Path, reporter: Reporter, on_progress, should_
     metrics = {**final.headline(), "timings": timings, "evaluation": final.to_dict(),
                "source": {"model": recipe.model, "fingerprint": loaded.fingerprint,
                           "dtype": str(source_dtype).removeprefix("torch.")}}
+    if quant is not None:
+        metrics.update(quantize=quant.to_dict(), unquantized_checkpoint_bytes=quant.checkpoint_bytes_before)
     (ckpt / "README.md").write_text(model_card(model, pipeline_card(recipe, metrics, stages)))
     (staging / "recipe.yaml").write_text(recipe.to_yaml())
     (staging / "metrics.json").write_text(json.dumps({**metrics, "stages": stages}, indent=2, default=str))
@@ -327,6 +336,17 @@ def _source_dtype(local_dir: Path) -> torch.dtype:
     name = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
     dtype = getattr(torch, str(name), None)
     return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
+
+
+def _quantize(ckpt: Path, staging: Path, cfg, windows: torch.Tensor):
+    """Replace the saved checkpoint by its quantized form (`compressor.quantize`); returns the reloaded quantized
+    model, on which the final evaluation runs, and the QuantizeReport."""
+    from compressor.quantize import load_quantized, quantize_checkpoint
+    tmp = staging / "quantized"
+    report = quantize_checkpoint(ckpt, tmp, cfg, check_ids=windows[:1, :32])
+    shutil.rmtree(ckpt)
+    os.replace(tmp, ckpt)
+    return load_quantized(ckpt), report
 
 
 def _save(model, tokenizer, ckpt: Path, dtype: torch.dtype, windows: torch.Tensor) -> None:

@@ -57,6 +57,13 @@ def pipeline_card(recipe: Recipe, metrics: dict, stages: list[dict]) -> str:
                      f"{_num(base.get('acc'))} |")
     if lm:
         lines += ["", f"lm-eval {lm.get('num_fewshot') or 0}-shot on the `{lm.get('backend')}` backend."]
+    q = metrics.get("quantize")
+    if q:
+        lines += ["", f"Quantized {q['scheme']} ({q['method']}, {q['library']}): {q['quantized']['linear']} linear "
+                      f"weights and {q['quantized']['expert_tensors']} fused expert tensors "
+                      f"({q['params_quantized']:,} parameters); embeddings, LM head, routers and norms kept. "
+                      f"Checkpoint {q['checkpoint_bytes_before']:,} -> {q['checkpoint_bytes_after']:,} bytes. Load "
+                      f"with stock `from_pretrained` (torchao installed); experts run `{q['experts_implementation']}`."]
     speed = (metrics.get("evaluation") or {}).get("speed") or {}
     if speed:
         st = speed.get("settings", {})

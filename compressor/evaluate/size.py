@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import copy
 import os
 import resource
 import sys
@@ -39,8 +40,36 @@ class SizeStats:
         return asdict(self)
 
 
+def _is_wrapped(t: torch.Tensor) -> bool:
+    """A tensor subclass that stores other tensors (torchao's quantized weights: int8 / fp8 data + scales)."""
+    return type(t.data if isinstance(t, nn.Parameter) else t) is not torch.Tensor and hasattr(t, "__tensor_flatten__")
+
+
+def _stored_bytes(t: torch.Tensor) -> int:
+    if _is_wrapped(t):
+        names, _ = t.__tensor_flatten__()
+        return sum(_stored_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
 def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the stored tensors; a quantized weight counts its data and scales."""
+    if any(_is_wrapped(p) for p in model.parameters()):                 # wrappers share no real storage pointer
+        return sum(_stored_bytes(p) for p in model.parameters()) + sum(b.numel() * b.element_size()
+                                                                       for b in model.buffers())
     return sum(t.numel() * t.element_size() for t in stored_tensors(model).values())
+
+
+def _count(model: nn.Module):
+    """count_params, on a meta copy of the architecture when weights are quantized wrappers (their storage cannot
+    be told apart, so tied-weight detection would merge them)."""
+    if not any(_is_wrapped(p) for p in model.parameters()):
+        return count_params(model)
+    import transformers as tf
+    config = copy.deepcopy(model.config)
+    config.quantization_config = None
+    with torch.device("meta"):
+        return count_params(tf.AutoModelForCausalLM.from_config(config))
 
 
 def checkpoint_bytes(checkpoint_dir: Path | None) -> int | None:
@@ -141,7 +170,7 @@ def forward_peak_bytes(model: nn.Module, ids: torch.Tensor) -> tuple[int, str]:
 def size_metrics(model: nn.Module, *, sample_ids: torch.Tensor | None = None,
                  checkpoint_dir: Path | None = None) -> SizeStats:
     """Parameters, checkpoint bytes and peak memory (docstring); peak memory needs `sample_ids` [B, L]."""
-    counts = count_params(model)
+    counts = _count(model)
     w_bytes = weight_bytes(model)
     ck = checkpoint_bytes(checkpoint_dir)
     peak, method = (0, "none")

@@ -19,12 +19,8 @@ def tiny_dir(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def one_thread(monkeypatch, tmp_path):
+def private_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("MOE_STUDIO_CACHE", str(tmp_path / "cache"))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def recipe(model, **over) -> Recipe:
