@@ -16,7 +16,7 @@ import pandas as pd
 
 from ui import figures, services
 from ui.common import box, fmt_count, guard, progress_bar
-from ui.runs import ACTIVE, PPL, baseline_metric, metric
+from ui.runs import ACTIVE, PPL, baseline_metric, lm_eval_pairs, metric
 
 DEFAULT_PROMPT = "The state of our union is"
 POLL_S = 0.5            # a comparison of small models takes seconds: poll often
@@ -103,6 +103,7 @@ def _metrics_of(choice: str, model: dict | None) -> dict:
             ppl = baseline_metric(r.metrics, *PPL)
             if ppl is not None and (r.recipe or {}).get("model") == (model or {}).get("source"):
                 out["perplexity"] = ppl
+                out.update({f"lm-eval {t}": base for t, _, base in lm_eval_pairs(r.metrics) if base is not None})
                 break
         return out
     run = services.get_run(int(choice.split(":")[1]))
@@ -111,7 +112,9 @@ def _metrics_of(choice: str, model: dict | None) -> dict:
             "top1_agreement": metric(run.metrics, "top1_agreement", "agreement"),
             "kl_to_baseline": metric(run.metrics, "kl", "kl_to_baseline"),
             "prefill_speedup": metric(run.metrics, "prefill_speedup", "speedup_prefill"),
-            "decode_speedup": metric(run.metrics, "decode_speedup", "speedup_decode")}
+            "decode_speedup": metric(run.metrics, "decode_speedup", "speedup_decode"),
+            "checkpoint_bytes": metric(run.metrics, "checkpoint_bytes"),
+            **{f"lm-eval {t}": acc for t, acc, _ in lm_eval_pairs(run.metrics)}}
 
 
 def _fmt(name: str, v) -> str:

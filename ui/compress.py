@@ -9,6 +9,7 @@ from html import escape
 import gradio as gr
 
 from compressor.recipe import Recipe
+from compressor.evaluate.local_tasks import LOCAL_TASKS
 from ui import services
 from ui.common import box, card, fmt_bytes, fmt_count, guard
 
@@ -37,6 +38,8 @@ class CompressTab:
     perplexity: gr.Checkbox
     speed: gr.Checkbox
     seed: gr.Number
+    lm_eval_tasks: gr.Dropdown
+    quantize: gr.Radio
     name: gr.Textbox
     estimate: gr.HTML
     yaml: gr.Code
@@ -88,6 +91,13 @@ def build() -> CompressTab:
                     perplexity = gr.Checkbox(d.evaluate.perplexity, label="perplexity")
                     speed = gr.Checkbox(d.evaluate.speed, label="speed")
                 seed = gr.Number(d.seed, label="seed", precision=0)
+            with gr.Group():
+                gr.Markdown("**Tasks and export**", padding=True)
+                lm_eval_tasks = gr.Dropdown(list(LOCAL_TASKS), value=[], multiselect=True, allow_custom_value=True,
+                                            label="lm-eval tasks (shipped offline ones, or any lm-eval name)",
+                                            elem_id="lm-eval-tasks")
+                quantize = gr.Radio(["none", "W8A16", "FP8"], value="none", elem_id="quantize",
+                                    label="quantize the checkpoint (torchao weight-only, last stage)")
         with gr.Column(scale=2, min_width=340):
             estimate = gr.HTML(box("Open a model to see the estimate.", "info"), elem_id="estimate")
             name = gr.Textbox(label="run name (optional)", placeholder="e.g. half-width, 3 stages")
@@ -97,16 +107,17 @@ def build() -> CompressTab:
                            interactive=False, buttons=["copy", "download"], max_lines=30)
     tab = CompressTab(keep_ratio, neuron_score, experts_keep, expert_score, layers_drop, sparsity, allocation,
                       stages, steps, final_share, temperature, loss, lr, ce_weight, calib_tokens, calib_seq,
-                      eval_tokens, perplexity, speed, seed, name, estimate, yaml, status, enqueue_btn)
+                      eval_tokens, perplexity, speed, seed, lm_eval_tasks, quantize, name, estimate, yaml, status,
+                      enqueue_btn)
     tab.controls = [keep_ratio, neuron_score, experts_keep, expert_score, layers_drop, sparsity, allocation, stages,
                     steps, final_share, temperature, loss, lr, ce_weight, calib_tokens, calib_seq, eval_tokens,
-                    perplexity, speed, seed]
+                    perplexity, speed, seed, lm_eval_tasks, quantize]
     return tab
 
 
 def form(model: dict, keep_ratio, neuron_score, experts_keep, expert_score, layers_drop, sparsity, allocation,
          stages, steps, final_share, temperature, loss, lr, ce_weight, calib_tokens, calib_seq, eval_tokens,
-         perplexity, speed, seed) -> dict:
+         perplexity, speed, seed, lm_eval_tasks=(), quantize="none") -> dict:
     """The recipe sections of the form (everything but `model`). experts_keep == E means no pruning (null)."""
     n_experts = int((model or {}).get("summary", {}).get("num_experts") or 0)
     keep_e = None if experts_keep is None or int(experts_keep) >= n_experts else int(experts_keep)
@@ -119,12 +130,14 @@ def form(model: dict, keep_ratio, neuron_score, experts_keep, expert_score, laye
         "stages": int(stages),
         "distill": {"steps": int(steps), "final_stage_share": float(final_share), "lr": float(lr),
                     "temperature": float(temperature), "loss": loss, "ce_weight": float(ce_weight)},
-        "evaluate": {"perplexity": bool(perplexity), "speed": bool(speed), "tokens": int(eval_tokens)},
+        "evaluate": {"perplexity": bool(perplexity), "speed": bool(speed), "tokens": int(eval_tokens),
+                     "lm_eval": {"tasks": list(lm_eval_tasks or [])}},
+        "quantize": None if quantize in (None, "none") else {"scheme": quantize},
         "seed": int(seed),
     }
 
 
-def estimate_card(model: dict, slimming: dict) -> str:
+def estimate_card(model: dict, slimming: dict, quantize: dict | None = None) -> str:
     est = services.estimate_slimming(model["summary"], slimming)
     t0, t1, a0, a1 = est.params_total_before, est.params_total_after, est.params_active_before, est.params_active_after
     cells = [
@@ -135,6 +148,9 @@ def estimate_card(model: dict, slimming: dict) -> str:
         ("experts", f"{est.experts_after} x {est.expert_width_after}", "per layer x width"),
         ("layers", str(est.layers_after), f"{est.moe_layers_after} MoE"),
     ]
+    if quantize:
+        q = services.estimate_quantized_bytes(model["summary"], slimming, quantize["scheme"])
+        cells.append((f"{quantize['scheme']} checkpoint", fmt_bytes(q), f"from {fmt_bytes(est.checkpoint_bytes_after)}"))
     if slimming.get("sparsity"):
         cells.append(("non-zero active", fmt_count(est.nonzero_active_after),
                       f"{est.speedup_sparse:.2f}x with sparse kernels"))
@@ -149,7 +165,7 @@ def preview(model: dict, *values):
         return box("Open a model to see the estimate.", "info"), ""
     f = form(model, *values)
     recipe = services.recipe_from(model["source"], f)
-    return estimate_card(model, f["slimming"]), recipe.to_yaml()
+    return estimate_card(model, f["slimming"], f["quantize"]), recipe.to_yaml()
 
 
 @guard(outputs=2, status=None, toast=False)

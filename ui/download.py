@@ -11,7 +11,7 @@ import yaml
 
 from ui import services
 from ui.common import box, card, fmt_bytes, fmt_count, guard, run_id_of
-from ui.runs import ACTIVE, PPL, baseline_metric, metric, settings_text
+from ui.runs import ACTIVE, PPL, baseline_metric, lm_eval_pairs, metric, settings_text
 
 
 @dataclass
@@ -92,6 +92,13 @@ def headline_card(m: dict) -> str:
     speed = metric(m, "prefill_speedup")
     if speed is not None:
         cells.append(("prefill speed-up", f"{speed:.2f}x", "measured"))
+    q = m.get("quantize")
+    if q:
+        cells.append((f"{q['scheme']} checkpoint", fmt_bytes(q["checkpoint_bytes_after"]),
+                      f"from {fmt_bytes(q['checkpoint_bytes_before'])} unquantized"))
+    for task, acc, base in lm_eval_pairs(m):
+        if acc is not None:
+            cells.append((f"lm-eval {task}", f"{acc:.3f}", f"original {base:.3f}" if base is not None else "acc"))
     return card(cells) if cells else ""
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import yaml
 
 from ui import figures, services
-from ui.common import box, fmt_count, fmt_duration, guard, progress_bar, run_id_of
+from ui.common import box, fmt_bytes, fmt_count, fmt_duration, guard, progress_bar, run_id_of
 
 COLUMNS = ["run", "name", "status", "progress", "stage", "settings", "perplexity", "active params", "created"]
 DATATYPES = ["number", "str", "html", "html", "str", "str", "str", "str", "str"]
@@ -124,6 +124,23 @@ def settings_text(recipe: dict) -> str:
     return " · ".join(parts) + f" · {recipe.get('model', '?')}"
 
 
+def lm_eval_pairs(metrics: dict | None) -> list[tuple[str, float | None, float | None]]:
+    """(task, this model's acc, the original's acc) of every lm-eval task the run measured."""
+    tasks = ((metrics or {}).get("evaluation") or {}).get("lm_eval", {}).get("tasks", {})
+    return [(t, r.get("model", {}).get("acc"), r.get("baseline", {}).get("acc")) for t, r in tasks.items()]
+
+
+def extras_text(metrics: dict | None) -> str:
+    """One line: lm-eval accuracy beside the original's, and the quantized checkpoint size."""
+    parts = [f"lm-eval {t} {a:.3f}" + (f" (original {b:.3f})" if b is not None else "")
+             for t, a, b in lm_eval_pairs(metrics) if a is not None]
+    q = (metrics or {}).get("quantize")
+    if q:
+        parts.append(f"{q['scheme']} checkpoint {fmt_bytes(q['checkpoint_bytes_after'])} "
+                     f"(from {fmt_bytes(q['checkpoint_bytes_before'])})")
+    return " · ".join(parts)
+
+
 def _pill(status: str) -> str:
     return f'<span class="pill {html.escape(status)}">{html.escape(status)}</span>'
 
@@ -201,6 +218,8 @@ def detail(run_id) -> tuple[str, object, str, str]:
             f"{_pill(r.status)}<div style='flex:1'>{progress_bar(r.progress, r.status)}</div>"
             f"<span>{r.progress:.0%}</span></div><div style='font-size:13px;color:#475569'>"
             f"{html.escape(where)}{eta}{speed}</div>")
+    if extras_text(r.metrics):
+        head += f"<div style='font-size:13px;color:#475569'>{html.escape(extras_text(r.metrics))}</div>"
     lines = [f"{log.at.astimezone():%H:%M:%S} {log.level:7s} {log.message}" for log in services.run_logs(r.id)]
     if r.error:
         lines += ["", f"ERROR: {r.error}"]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compressor.archive import archive_kind
-from compressor.estimate import Estimate, ModelShape, SlimSettings, estimate
+from compressor.estimate import Estimate, ModelShape, SlimSettings, estimate, quantized_checkpoint_bytes
 from compressor.recipe import Recipe
 from compressor.studio_cache import CACHE_PARTS, make_room, parse_size, staged_entries, studio_cache_dir, touch
 from compressor.studio_cache import discard_staged  # noqa: F401 - for open_model: a refused upload's staged files
@@ -264,6 +264,11 @@ def _sha256(path: Path) -> str:
 # -- compress -------------------------------------------------------------------------------------------------------
 def estimate_slimming(summary: dict, slimming: dict) -> Estimate:
     return estimate(ModelShape.from_summary(summary), SlimSettings.from_recipe(slimming))
+
+
+def estimate_quantized_bytes(summary: dict, slimming: dict, scheme: str) -> int:
+    shape = ModelShape.from_summary(summary)
+    return quantized_checkpoint_bytes(shape, estimate(shape, SlimSettings.from_recipe(slimming)), scheme)
 
 
 def recipe_from(model_source: str, form: dict) -> Recipe:

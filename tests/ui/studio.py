@@ -23,11 +23,11 @@ def open_demo(client) -> str:
 def compress_args(*, keep_ratio=1.0, neuron_score="taylor", experts_keep=8, expert_score="reap", layers_drop=0,
                   sparsity=0.0, allocation="dlp", stages=3, steps=300, final_share=0.8, temperature=2.0,
                   loss="forward_kl", lr=3e-4, ce_weight=0.0, calib_tokens=32768, calib_seq=256, eval_tokens=16384, perplexity=True, speed=False,
-                  seed=0) -> list:
+                  seed=0, lm_eval_tasks=(), quantize="none") -> list:
     """The Compress tab's controls in their order (ui.compress.CompressTab.controls)."""
     return [keep_ratio, neuron_score, experts_keep, expert_score, layers_drop, sparsity, allocation, stages, steps,
             final_share, temperature, loss, lr, ce_weight, calib_tokens, calib_seq, eval_tokens, perplexity, speed,
-            seed]
+            seed, list(lm_eval_tasks), quantize]
 
 
 def explore_args(*, tokens=CALIB_TOKENS, seq_len=CALIB_SEQ, taylor=True, score="reap", drop=0, n_layer=None,

@@ -31,6 +31,16 @@ def test_estimate_follows_the_sliders_and_the_yaml_is_the_recipe(studio):
     assert yaml.safe_load(_estimate(c, experts_keep=8)[1])["slimming"]["experts_keep"] is None   # 8 of 8 = all
 
 
+def test_lm_eval_tasks_and_quantize_go_into_the_recipe_and_the_estimate(studio):
+    c = studio.client()
+    open_demo(c)
+    html, text, _ = _estimate(c, keep_ratio=0.5, lm_eval_tasks=["sotu_cloze"], quantize="W8A16")
+    recipe = Recipe.parse(yaml.safe_load(text))
+    assert recipe.evaluate.lm_eval.tasks == ["sotu_cloze"] and recipe.quantize.scheme == "W8A16"
+    assert "W8A16 checkpoint" in html
+    assert Recipe.parse(yaml.safe_load(_estimate(c)[1])).quantize is None
+
+
 def test_refused_settings_are_explained_in_the_estimate(studio):
     c = studio.client()
     open_demo(c)
