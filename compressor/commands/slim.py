@@ -6,6 +6,7 @@ transformers loads) and DIR/slim_report.json (parameters before/after, time, the
     python -m compressor slim demo --expert-keep-ratio 0.5 --out slim/
     python -m compressor slim demo --expert-keep-ratio 0.75 --experts-keep 6 --layers-drop 1 --out slim/
     python -m compressor slim demo --sparsity 0.5 --allocation dlp --out sparse/
+    python -m compressor slim demo --sparsity 0.5 --calibration dense --out sparse-dense/
 """
 from __future__ import annotations
 
@@ -48,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allocation", choices=("uniform", "owl", "dlp"), default=_SLIM.sparsity_allocation,
                         help=f"how sparsity is spread over layers; dlp ranks layers by their median Wanda score "
                              f"(default {_SLIM.sparsity_allocation})")
+    parser.add_argument("--dlp-statistic", choices=("median", "mean"), default=_SLIM.sparsity_dlp_statistic,
+                        help=f"DLP's layer score: the median Wanda score (paper) or the mean "
+                             f"(default {_SLIM.sparsity_dlp_statistic})")
+    parser.add_argument("--calibration", choices=("sequential", "dense"), default=_SLIM.sparsity_calibration,
+                        help=f"sparsity calibration: sequential measures each layer's Wanda norms with the layers "
+                             f"below already pruned (Wanda, OWL, DLP), dense takes them all from the unpruned model "
+                             f"(default {_SLIM.sparsity_calibration})")
     parser.add_argument("--tokens", type=int, default=_CAL.tokens, help=f"calibration tokens (default {_CAL.tokens})")
     parser.add_argument("--seq-len", type=int, default=_CAL.seq_len, help=f"window length (default {_CAL.seq_len})")
     parser.add_argument("--batch-size", type=int, default=_CAL.batch_size, help="windows per forward pass")
@@ -73,7 +81,8 @@ def _slimming_config(args) -> SlimmingConfig:
         return SlimmingConfig(expert_keep_ratio=args.expert_keep_ratio, neuron_score=args.neuron_score,
                               experts_keep=args.experts_keep, expert_score=args.expert_score,
                               layers_drop=args.layers_drop, sparsity=args.sparsity,
-                              sparsity_allocation=args.allocation)
+                              sparsity_allocation=args.allocation, sparsity_dlp_statistic=args.dlp_statistic,
+                              sparsity_calibration=args.calibration)
     except ValidationError as exc:
         raise ValueError("; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
                                    for e in exc.errors())) from None

@@ -4,7 +4,8 @@ One verb per operation, `(model, scores, config) -> report`, trailing `_` becaus
     slim_neurons_(model, neuron_scores: {layer: [E, I]}, NeuronSlimConfig)   keep the top neurons of every expert
     prune_experts_(model, expert_scores: {layer: [E]}, ExpertPruneConfig)    keep the top experts of every layer
     drop_layers_(model, layer_scores: [L], LayerDropConfig)                  drop the lowest-influence layers
-    sparsify_(model, wanda_inputs: {key: norms}, SparsifyConfig)             unstructured Wanda, uniform/OWL/DLP
+    sparsify_(model, wanda_inputs: {key: norms}, SparsifyConfig, batches=)   unstructured Wanda, uniform/OWL/DLP,
+                                                                             calibrated layer by layer (sequential)
 Scores are keyed by the current model's decoder-layer index, so apply the structural cuts in this order when
 combining them: neurons, experts, (collect Wanda inputs, sparsify), layers last.
 

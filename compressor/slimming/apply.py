@@ -6,8 +6,10 @@ Order (each step's scores stay valid for the next):
     3. drop_layers_    block influence of the original layers ([L])          if layers_drop > 0
     4. sparsify_       Wanda norms of the model as it is now                  if sparsity > 0
 Steps 1-3 only read scores of layers / experts / neurons they keep, and those are unchanged by earlier steps. Step 4
-needs ||X|| of the final structure: it reuses the report's Wanda statistics when nothing was cut before it, and
-otherwise runs one calibration pass over `batches`.
+needs ||X|| of the final structure: with sequential calibration (the default) each layer's norms are measured on
+`batches` with the layers below already pruned; the OWL / DLP layer ratios, and every norm with dense calibration,
+come from the dense model: the report's Wanda statistics when nothing was cut before, otherwise one calibration
+pass over `batches`.
 
     importance = load_or_analyze(model, batches)
     result = apply_slimming_(model, importance, SlimmingConfig(expert_keep_ratio=0.5, experts_keep=6), batches=batches)
@@ -76,6 +78,7 @@ def apply_slimming_(model: nn.Module, importance, cfg: SlimmingConfig, *, batche
     """Run the cuts `cfg` asks for, in place (order in the module docstring). `importance` is an ImportanceReport of
     this model before any cut; `batches` (calibration batches) are needed only to sparsify after structural cuts."""
     t0 = time.perf_counter()
+    check_sparsity_batches(cfg, batches)
     reporter = reporter or Reporter()
     before = count_params(model)
     reports, used = [], {}
@@ -92,13 +95,38 @@ def apply_slimming_(model: nn.Module, importance, cfg: SlimmingConfig, *, batche
         reports.append(drop_layers_(model, layer_scores_from(importance), LayerDropConfig(layers_drop=cfg.layers_drop),
                                     reporter=reporter))
     if cfg.sparsity > 0:
-        inputs, used["sparsity"] = wanda_inputs_for(importance, reports, batches)
-        if inputs is None:
-            inputs = collect_wanda_inputs(model, batches)
-        reports.append(sparsify_(model, inputs, SparsifyConfig(sparsity=cfg.sparsity,
-                                                               allocation=cfg.sparsity_allocation), reporter=reporter))
+        scfg = sparsify_config(cfg)
+        inputs, dense = None, None
+        if scfg.needs_dense_norms:
+            inputs, dense = wanda_inputs_for(importance, reports, batches)
+            if inputs is None:
+                inputs = collect_wanda_inputs(model, batches)
+        used["sparsity"] = sparsity_label(scfg, dense)
+        reports.append(sparsify_(model, inputs, scfg, batches=batches, reporter=reporter))
     return SlimmingResult(params_before=before, params_after=count_params(model), seconds=time.perf_counter() - t0,
                           reports=reports, scores_used=used)
+
+
+def check_sparsity_batches(cfg: SlimmingConfig, batches) -> None:
+    """Refuse, before any cut, sequential sparsity calibration without calibration batches."""
+    if cfg.sparsity > 0 and cfg.sparsity_calibration == "sequential" and batches is None:
+        raise ValueError("sequential sparsity calibration measures each layer's Wanda norms on the model pruned below "
+                         "it: pass calibration batches, or set sparsity_calibration to dense")
+
+
+def sparsify_config(cfg: SlimmingConfig) -> SparsifyConfig:
+    """The recipe's sparsity fields as the `sparsify_` config (both paths, in memory and layer by layer)."""
+    return SparsifyConfig(sparsity=cfg.sparsity, allocation=cfg.sparsity_allocation,
+                          dlp_statistic=cfg.sparsity_dlp_statistic, calibration=cfg.sparsity_calibration)
+
+
+def sparsity_label(scfg: SparsifyConfig, dense: str | None) -> str:
+    """What drove the sparsity cut, for `scores_used`: `dense` is `wanda_inputs_for`'s label of the dense norms
+    (None when none were read)."""
+    if scfg.calibration == "dense":
+        return dense
+    seq = "wanda, sequential (each layer's norms measured with the layers below pruned)"
+    return f"{seq}; layer ratios: {dense}" if dense else seq
 
 
 def wanda_inputs_for(importance, reports: list, batches) -> tuple[dict | None, str]:

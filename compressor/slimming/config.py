@@ -3,6 +3,7 @@
     cfg = NeuronSlimConfig(keep_ratio=0.5)
     assert NeuronSlimConfig.from_dict(cfg.to_dict()) == cfg
     SparsifyConfig(sparsity=0.5, allocation="dlp")          # median Wanda score per layer, alpha = 0.15
+    SparsifyConfig(sparsity=0.5, calibration="dense")       # every layer's norms from one pass of the dense model
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import ClassVar
 SLIMMING_CONFIG_VERSION = 1
 ALLOCATIONS = ("uniform", "owl", "dlp")
 DLP_STATISTICS = ("median", "mean")       # DLP's layer score: the paper / --strategy default, the unstructured path's
+CALIBRATIONS = ("sequential", "dense")    # where layer l's Wanda norms come from: the model pruned below l, or dense
 
 
 class _Config:
@@ -95,7 +97,12 @@ class SparsifyConfig(_Config):
     owl: outlier threshold `owl_m` x mean, spread `owl_lambda`; dlp: layer score `dlp_statistic` (median, as in the
     DLP paper and its repository's `--strategy` default, or mean, what the repository's unstructured path uses),
     spread `dlp_alpha` (methods.md). OWL is the default until DLP wins on the studio's own benchmark
-    (bench/quality.py)."""
+    (bench/quality.py).
+
+    calibration: "sequential" (the default, as Wanda, OWL and DLP do it) prunes layer by layer and measures layer l's
+    input norms on the model already pruned in layers < l; the OWL / DLP layer ratios still come from one pass over
+    the dense model, as in the references (`compressor.slimming.sequential`). "dense" takes every layer's norms from
+    that one dense pass."""
 
     kind: ClassVar[str] = "sparsify"
     sparsity: float = 0.5
@@ -104,6 +111,7 @@ class SparsifyConfig(_Config):
     owl_lambda: float = 0.08
     dlp_alpha: float = 0.15
     dlp_statistic: str = "median"
+    calibration: str = "sequential"
     version: int = SLIMMING_CONFIG_VERSION
 
     def __post_init__(self):
@@ -114,12 +122,20 @@ class SparsifyConfig(_Config):
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
         if self.dlp_statistic not in DLP_STATISTICS:
             raise ValueError(f"dlp_statistic must be one of {DLP_STATISTICS}, got {self.dlp_statistic!r}")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
         if self.owl_m <= 0:
             raise ValueError(f"owl_m must be positive, got {self.owl_m!r}")
         for name in ("owl_lambda", "dlp_alpha"):
             v = getattr(self, name)
             if not 0.0 <= v < 0.5:
                 raise ValueError(f"{name} must be in [0, 0.5), got {v!r}")
+
+    @property
+    def needs_dense_norms(self) -> bool:
+        """Whether `sparsify_` reads Wanda norms of the dense model: for every layer ("dense"), or for the OWL / DLP
+        layer statistics; sequential uniform sparsity measures every norm on the pruned model and needs none."""
+        return self.calibration == "dense" or self.allocation != "uniform"
 
 
 CONFIG_TYPES = {c.kind: c for c in (NeuronSlimConfig, ExpertPruneConfig, LayerDropConfig, SparsifyConfig)}

@@ -90,7 +90,8 @@ class LayerSparsity:
     target: float           # sparsity the allocation asked for
     achieved: float         # zeros / weights over the layer's sparsified maps, after pruning
     weights: int            # weights in the layer's sparsified maps
-    stat: float             # allocation statistic: OWL outlier share, DLP mean score, or 0 for uniform
+    stat: float             # allocation statistic: OWL outlier share D_l, DLP layer score s_l (median or mean
+                            # Wanda score, `dlp_statistic`), or 0 for uniform
 
 
 @dataclass

@@ -12,8 +12,13 @@ importance package's):
     "<moe block>.experts.down"          [E, I]     input of expert e's down (its intermediate activation)
 An expert no calibration token reached (all-zero norms) is ranked by |W| alone (magnitude pruning).
 
+Calibration (`SparsifyConfig.calibration`): "sequential" (the default, as Wanda, OWL and DLP do it) measures layer
+l's norms on `batches` with layers < l already pruned (`compressor.slimming.sequential`); `wanda_inputs`, the norms of
+the dense model, then only feed the OWL / DLP layer statistics (None will do for uniform). "dense" prunes every
+layer with the norms in `wanda_inputs`.
+
     inputs = collect_wanda_inputs(model, batches)
-    report = sparsify_(model, inputs, SparsifyConfig(sparsity=0.5, allocation="owl"))
+    report = sparsify_(model, inputs, SparsifyConfig(sparsity=0.5, allocation="owl"), batches=batches)
     [(s.layer, s.target, s.achieved) for s in report.layers]
 """
 from __future__ import annotations
@@ -138,31 +143,48 @@ def _layer_scores(maps: list[LinearMap], wanda_inputs: Mapping[str, torch.Tensor
             yield wanda_scores(weight=w[e], input_norms=x.reshape(-1, x.shape[-1])[e])
 
 
-def allocate(cfg: SparsifyConfig, *, means: torch.Tensor, outliers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sparsity per layer, the statistic it came from) for `cfg.allocation`. `means` holds the DLP layer scores
+def allocate(cfg: SparsifyConfig, *, scores: torch.Tensor, outliers: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sparsity per layer, the statistic it came from) for `cfg.allocation`. `scores` holds the DLP layer scores
     s_l (`layer_statistics`' first output: medians or means as `cfg.dlp_statistic` says), `outliers` OWL's D_l."""
     if cfg.allocation == "owl":
         return owl_sparsities(outlier_shares=outliers, sparsity=cfg.sparsity, lam=cfg.owl_lambda), outliers
     if cfg.allocation == "dlp":
-        return dlp_sparsities(layer_scores=means, sparsity=cfg.sparsity, alpha=cfg.dlp_alpha), means
-    return uniform_sparsities(layers=len(means), sparsity=cfg.sparsity), torch.zeros_like(means)
+        return dlp_sparsities(layer_scores=scores, sparsity=cfg.sparsity, alpha=cfg.dlp_alpha), scores
+    return uniform_sparsities(layers=len(scores), sparsity=cfg.sparsity), torch.zeros_like(scores)
+
+
+def statistics_for(cfg: SparsifyConfig, maps: list[LinearMap], wanda_inputs: Mapping[str, torch.Tensor], layers: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`layer_statistics` computing only what `cfg.allocation` reads: (DLP scores, OWL outlier shares, weights)."""
+    return layer_statistics(maps, wanda_inputs, layers, owl_m=cfg.owl_m if cfg.allocation == "owl" else None,
+                            dlp_statistic=cfg.dlp_statistic if cfg.allocation == "dlp" else None)
 
 
 @torch.no_grad()
-def sparsify_(model: nn.Module, wanda_inputs: Mapping[str, torch.Tensor], cfg: SparsifyConfig, *,
-              reporter: Reporter | None = None) -> SparsifyReport:
+def sparsify_(model: nn.Module, wanda_inputs: Mapping[str, torch.Tensor] | None, cfg: SparsifyConfig, *,
+              batches=None, reporter: Reporter | None = None) -> SparsifyReport:
     """Zero the lowest-Wanda-score weights of every output row, layer l at the sparsity its allocation gives, in
-    place. Reports target and achieved sparsity per layer (zeros / weights over the layer's maps)."""
+    place; norms as `cfg.calibration` says (module docstring): sequential needs `batches`, dense (and OWL / DLP)
+    need `wanda_inputs`. Reports target and achieved sparsity per layer (zeros / weights over the layer's maps)."""
     t0 = time.perf_counter()
+    if cfg.calibration == "sequential" and batches is None:
+        raise ValueError("sequential calibration measures each layer's Wanda norms on the model pruned below it: "
+                         "pass calibration batches, or use SparsifyConfig(calibration='dense')")
+    if cfg.needs_dense_norms and wanda_inputs is None:
+        raise ValueError(f"{cfg.allocation} allocation with {cfg.calibration} calibration needs the Wanda input norms "
+                         "of the dense model: collect_wanda_inputs(model, batches)")
     adapter = resolve_adapter(model)
     L = len(adapter.decoder_layers(model))
     before = count_params(model)
     maps = sparsifiable_maps(model)
-    means, outliers, weights = layer_statistics(maps, wanda_inputs, L,
-                                                owl_m=cfg.owl_m if cfg.allocation == "owl" else None,
-                                                dlp_statistic=cfg.dlp_statistic if cfg.allocation == "dlp" else None)
-    targets, stats = allocate(cfg, means=means, outliers=outliers)
-    zeros = prune_maps_(maps, wanda_inputs, targets, reporter=reporter)
+    scores, outliers, weights = statistics_for(cfg, maps, wanda_inputs or {}, L)
+    targets, stats = allocate(cfg, scores=scores, outliers=outliers)
+    if cfg.calibration == "sequential":
+        from compressor.slimming.sequential import sparsify_sequentially_     # it builds on this module
+        zeros = sparsify_sequentially_(model, batches, targets, reporter=reporter)
+    else:
+        zeros = prune_maps_(maps, wanda_inputs, targets, reporter=reporter)
     return SparsifyReport(params_before=before, params_after=count_params(model), seconds=time.perf_counter() - t0,
                           config=cfg, layers=layer_sparsities(targets, zeros, weights, stats),
                           achieved=float(zeros.sum() / weights.sum()) if weights.sum() else 0.0,

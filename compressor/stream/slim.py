@@ -6,10 +6,14 @@ layers and the rewritten config are identical. Then for each kept layer j (sourc
 the kept ids (`MoEBlock.keep_neurons_` / `keep_experts_`, the in-memory primitives), move its tensors into plan layer
 j, sparsify it, write it as one shard, free it.
 
-Sparsity needs per-layer statistics before any layer is pruned (OWL / DLP allocate across layers), so it adds a
-first sweep: the cut layers' Wanda statistics (`layer_statistics`), taken from the importance report's input norms
-when nothing structural was cut, otherwise from a calibration sweep through the cut layers (what
-`collect_wanda_inputs` computes on the cut model in memory). `allocate` then gives every layer's target.
+Sparsity with OWL / DLP needs per-layer statistics of the dense model before any layer is pruned (they allocate
+across layers), so it adds a first sweep: the cut layers' Wanda statistics (`layer_statistics`; DLP's median or
+mean as `sparsity_dlp_statistic` says), taken from the importance report's input norms when nothing structural was
+cut, otherwise from a calibration sweep through the cut layers (what `collect_wanda_inputs` computes on the cut model
+in memory). `allocate` then gives every layer's target. With sequential calibration (the default) the write loop
+then carries the calibration activations along: each cut layer is calibrated, pruned and run on them
+(`compressor.slimming.sequential.prune_layer_calibrated_`, the in-memory step), so layer j's norms see the pruned
+layers below it; with dense calibration it prunes with the first sweep's norms.
 
     result = stream_slim(Path("big"), report, SlimmingConfig(expert_keep_ratio=0.5), Path("out/checkpoint"))
     result.params_after.total, result.peak_layer_bytes
@@ -29,15 +33,15 @@ from compressor.importance.collect import ScoreCollector
 from compressor.inspect import ParamCount, count_params
 from compressor.progress import CancelFn, ProgressFn, Reporter
 from compressor.recipe import SlimmingConfig
-from compressor.slimming.apply import (expert_scores_from, layer_scores_from, neuron_scores_from,
-                                       wanda_inputs_for)
-from compressor.slimming.config import ExpertPruneConfig, LayerDropConfig, NeuronSlimConfig, SparsifyConfig
+from compressor.slimming.apply import (check_sparsity_batches, expert_scores_from, layer_scores_from,
+                                       neuron_scores_from, sparsify_config, sparsity_label, wanda_inputs_for)
+from compressor.slimming.config import ExpertPruneConfig, LayerDropConfig, NeuronSlimConfig
 from compressor.slimming.experts import prune_experts_
 from compressor.slimming.export import _write_aliases
 from compressor.slimming.layers import drop_layers_
 from compressor.slimming.neurons import slim_neurons_
-from compressor.slimming.sparsify import (allocate, layer_sparsities, layer_statistics, prune_maps_,
-                                          sparsifiable_maps)
+from compressor.slimming.sequential import prune_layer_calibrated_
+from compressor.slimming.sparsify import allocate, layer_sparsities, prune_maps_, sparsifiable_maps, statistics_for
 from compressor.slimming.wanda_inputs import wanda_inputs_from_sums
 from compressor.stream.shards import ShardIndex
 from compressor.stream.skeleton import Skeleton, release_
@@ -77,8 +81,9 @@ def stream_slim(folder: Path | str, importance, cfg: SlimmingConfig, out_dir: Pa
                 dtype: torch.dtype | None = None, block_distill: BlockDistillConfig | None = None,
                 on_progress: ProgressFn | None = None, should_cancel: CancelFn | None = None) -> StreamSlimResult:
     """Slim the checkpoint in `folder` by `cfg` with scores `importance` (an ImportanceReport of it) into `out_dir`
-    (a Hugging Face folder). `batches` are needed to sparsify after structural cuts and for `block_distill`
-    (layer-local recovery of every cut MoE block, `compressor.stream.blockwise`)."""
+    (a Hugging Face folder). `batches` are needed to sparsify with sequential calibration (the default) or after
+    structural cuts, and for `block_distill` (layer-local recovery of every cut MoE block,
+    `compressor.stream.blockwise`)."""
     t0 = time.perf_counter()
     reporter = Reporter(on_progress, should_cancel)
     folder, out = Path(folder), Path(out_dir)
@@ -88,25 +93,32 @@ def stream_slim(folder: Path | str, importance, cfg: SlimmingConfig, out_dir: Pa
     before = count_params(src.model)
     reports, used, cuts = _plan_structure_(plan.model, importance, cfg)
     keep = cuts["layers"]
-    targets, spars = None, None
-    if cfg.sparsity > 0:
-        inputs, used["sparsity"] = wanda_inputs_for(importance, reports, batches)
-        scfg = SparsifyConfig(sparsity=cfg.sparsity, allocation=cfg.sparsity_allocation)
-        inputs, means, outliers, weights = _sparsity_statistics(src, plan, keep, cuts, inputs, scfg, batches, reporter)
-        targets, stats = allocate(scfg, means=means, outliers=outliers)
+    targets, spars, inputs, sequential = None, None, None, False
     recover = block_distill is not None and block_distill.steps > 0
     if recover and (batches is None or cfg.sparsity > 0):
         raise ValueError("block distillation needs calibration batches and cannot follow sparsity (training would "
                          "refill the pruned weights); pass batches, or set sparsity to 0")
+    if cfg.sparsity > 0:
+        check_sparsity_batches(cfg, batches)
+        scfg = sparsify_config(cfg)
+        sequential = scfg.calibration == "sequential"
+        scores = outliers = torch.zeros(len(keep), dtype=torch.float64)
+        dense = None
+        if scfg.needs_dense_norms:
+            inputs, dense = wanda_inputs_for(importance, reports, batches)
+            inputs, scores, outliers = _sparsity_statistics(src, plan, keep, cuts, inputs, scfg, batches, reporter)
+        used["sparsity"] = sparsity_label(scfg, dense)
+        targets, stats = allocate(scfg, scores=scores, outliers=outliers)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; choose an empty folder for the slimmed checkpoint")
-    zeros = torch.zeros(len(keep), dtype=torch.float64)
+    zeros, weights = (torch.zeros(len(keep), dtype=torch.float64) for _ in range(2))
     layer_seconds, recovered = [], []
+    carry = recover or (targets is not None and sequential)          # activations move along with the layers
     try:
         with ShardWriter(out, model=plan.model) as writer:
             plan.load_globals_()
             writer.write(_global_tensors(plan.model))
-            acts = capture_inputs(plan, list(batches)) if recover else None
+            acts = capture_inputs(plan, list(batches)) if carry else None
             plan.release_globals_()
             for j, i in enumerate(keep):
                 tl = time.perf_counter()
@@ -116,8 +128,11 @@ def stream_slim(folder: Path | str, importance, cfg: SlimmingConfig, out_dir: Pa
                 else:
                     _materialize_cut_(src, plan, i, j, cuts)
                 if targets is not None:
-                    maps = [m for m in sparsifiable_maps(plan.layer_view(j)) if m.layer == j]
-                    zeros += prune_maps_(maps, inputs, targets)
+                    view = plan.layer_view(j)
+                    maps = [m for m in sparsifiable_maps(view) if m.layer == j]
+                    weights[j] = sum(m.weight.numel() for m in maps)
+                    zeros += (prune_layer_calibrated_(plan.layers[j], view, acts, j, targets) if sequential
+                              else prune_maps_(maps, inputs, targets))
                 layer = plan.layers[j]
                 writer.write({f"model.layers.{j}.{k}": v for k, v in layer.state_dict().items()})
                 release_(layer)
@@ -213,11 +228,13 @@ def _cut_into_plan_(src: Skeleton, plan: Skeleton, i: int, j: int, cuts: dict) -
 
 
 def _sparsity_statistics(src, plan, keep, cuts, inputs, scfg, batches, reporter):
-    """Per kept layer j: Wanda (mean, outlier share, weight count) of the cut layer; with `inputs` None the input
-    norms are collected by a calibration sweep through the cut layers first. Returns (inputs, means, outliers,
-    weights), each statistic [len(keep)]."""
+    """Per kept layer j, on the dense cut model: the Wanda statistics `scfg.allocation` reads (DLP layer score,
+    `scfg.dlp_statistic`; OWL outlier share); with `inputs` None the input norms are collected by a calibration
+    sweep through the cut layers first. Returns (inputs, scores, outliers), each statistic [len(keep)]."""
     n = len(keep)
-    means, outliers, weights = (torch.zeros(n, dtype=torch.float64) for _ in range(3))
+    scores, outliers = (torch.zeros(n, dtype=torch.float64) for _ in range(2))
+    if inputs is not None and scfg.allocation == "uniform":
+        return inputs, scores, outliers                              # nothing to measure
     acts = None
     if inputs is None:
         plan.load_globals_()
@@ -237,11 +254,10 @@ def _sparsity_statistics(src, plan, keep, cuts, inputs, scfg, batches, reporter)
                 col.remove_hooks()
             inputs.update(wanda_inputs_from_sums(col.result()[2].wanda_inputs))
         maps = [m for m in sparsifiable_maps(view) if m.layer == j]
-        mean, above, count = layer_statistics(maps, inputs, j + 1,
-                                              owl_m=scfg.owl_m if scfg.allocation == "owl" else None)
-        means[j], outliers[j], weights[j] = mean[j], above[j], count[j]
+        score, above, _ = statistics_for(scfg, maps, inputs, j + 1)
+        scores[j], outliers[j] = score[j], above[j]
         release_(plan.layers[j])
-    return inputs, means, outliers, weights
+    return inputs, scores, outliers
 
 
 def _global_tensors(model) -> dict[str, torch.Tensor]:

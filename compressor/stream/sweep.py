@@ -59,8 +59,9 @@ class Activations:
 
 @torch.no_grad()
 def capture_inputs(skeleton, batches) -> Activations:
-    """Embeddings and per-layer forward arguments of every batch (the skeleton's globals must be loaded)."""
-    base = skeleton.base
+    """Embeddings and per-layer forward arguments of every batch: of a Skeleton (its globals must be loaded) or of
+    a causal LM in memory (its `base_model`)."""
+    base = skeleton.base_model if isinstance(skeleton, nn.Module) else skeleton.base
     real = base.layers
     store: dict[int, dict] = {}
     acts = Activations(hidden=[], input_ids=[], masks=[])
@@ -102,6 +103,15 @@ def advance_(layer: nn.Module, acts: Activations, i: int, *, before_batch=None) 
         if before_batch is not None:
             before_batch(b)
         acts.hidden[b] = run_layer(layer, h, acts.kwargs(i, b))
+
+
+@torch.no_grad()
+def observe(layer: nn.Module, acts: Activations, i: int, *, before_batch=None) -> None:
+    """Run layer i on every batch's hidden states for its hooks only; the activations stay as they are."""
+    for b, h in enumerate(acts.hidden):
+        if before_batch is not None:
+            before_batch(b)
+        run_layer(layer, h, acts.kwargs(i, b))
 
 
 def final_logits(skeleton, hidden: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,8 @@ def test_all_cuts_save_and_reload_exactly(family, tmp_path, helpers):
     neurons, experts, layers = helpers.scores(model, seed=4)
     slim_neurons_(model, neurons, NeuronSlimConfig(keep_ratio=0.5))
     prune_experts_(model, experts, ExpertPruneConfig(experts_keep=KEEP.get(family, 6)))
-    sparsify_(model, collect_wanda_inputs(model, [ids]), SparsifyConfig(sparsity=0.3, allocation="dlp"))
+    sparsify_(model, collect_wanda_inputs(model, [ids]), SparsifyConfig(sparsity=0.3, allocation="dlp"),
+              batches=[ids])
     report = drop_layers_(model, layers, LayerDropConfig(layers_drop=1))
     nbytes = save_checkpoint(model, None, tmp_path, extra_card={"family": family})
     assert nbytes == sum(p.stat().st_size for p in tmp_path.iterdir())

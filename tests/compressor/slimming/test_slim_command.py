@@ -39,7 +39,8 @@ def test_apply_uses_the_named_scores_in_order(helpers):
     assert layers.dropped == [int(importance.layers.block_influence.argmin())]
     assert neurons.width == 8 and sparse.config.allocation == "owl" and len(sparse.layers) == 2
     assert result.scores_used == {"neurons": "activation", "experts": "reap", "layers": "block_influence",
-                                  "sparsity": "wanda (recollected on the slimmed model)"}
+                                  "sparsity": "wanda, sequential (each layer's norms measured with the layers below "
+                                              "pruned); layer ratios: wanda (recollected on the slimmed model)"}
     data = json.loads(json.dumps(result.to_dict()))
     assert [op["operation"] for op in data["operations"]] == ["slim_neurons", "prune_experts", "drop_layers",
                                                               "sparsify"]
@@ -60,11 +61,41 @@ def test_sparsity_alone_reuses_the_reports_wanda_statistics():
     twin = tiny_moe("olmoe")
     batches = [tiny_inputs(seq=16)]
     importance = analyze(model, batches, config=AnalyzeConfig(want=("wanda",), taylor=False))
-    result = apply_slimming_(model, importance, SlimmingConfig(sparsity=0.5, sparsity_allocation="dlp"))
+    result = apply_slimming_(model, importance, SlimmingConfig(sparsity=0.5, sparsity_allocation="dlp",
+                                                               sparsity_calibration="dense"))
     assert result.scores_used == {"sparsity": "wanda (from the importance report)"}
-    sparsify_(twin, collect_wanda_inputs(twin, batches), SparsifyConfig(sparsity=0.5, allocation="dlp"))
+    sparsify_(twin, collect_wanda_inputs(twin, batches), SparsifyConfig(sparsity=0.5, allocation="dlp",
+                                                                        calibration="dense"))
     for a, b in zip(model.parameters(), twin.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("allocation, label", [
+    ("uniform", "wanda, sequential (each layer's norms measured with the layers below pruned)"),
+    ("dlp", "wanda, sequential (each layer's norms measured with the layers below pruned); layer ratios: wanda "
+            "(from the importance report)"),
+], ids=["uniform", "dlp"])
+def test_sequential_sparsity_follows_the_recipe_fields(allocation, label):
+    model, twin = tiny_moe("olmoe"), tiny_moe("olmoe")
+    batches = [tiny_inputs(seq=16)]
+    importance = analyze(model, batches, config=AnalyzeConfig(want=("wanda",), taylor=False))
+    cfg = SlimmingConfig(sparsity=0.5, sparsity_allocation=allocation, sparsity_dlp_statistic="mean")
+    result = apply_slimming_(model, importance, cfg, batches=batches)
+    assert result.scores_used == {"sparsity": label}
+    assert result.reports[0].config == SparsifyConfig(sparsity=0.5, allocation=allocation, dlp_statistic="mean",
+                                                      calibration="sequential")
+    sparsify_(twin, collect_wanda_inputs(twin, batches), result.reports[0].config, batches=batches)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_sequential_sparsity_without_batches_is_refused_before_any_cut():
+    model = tiny_moe("olmoe")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    importance = analyze(model, [tiny_inputs()], config=AnalyzeConfig(taylor=False))
+    with pytest.raises(ValueError, match="sequential sparsity calibration .* pass calibration batches"):
+        apply_slimming_(model, importance, SlimmingConfig(experts_keep=4, sparsity=0.5))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_sparsity_after_cuts_without_batches_is_refused():
@@ -72,7 +103,7 @@ def test_sparsity_after_cuts_without_batches_is_refused():
     importance = analyze(model, [tiny_inputs()], config=AnalyzeConfig(taylor=False))
     with pytest.raises(ValueError, match="pass calibration batches"):
         apply_slimming_(model, importance, SlimmingConfig(expert_keep_ratio=0.5, neuron_score="activation",
-                                                          sparsity=0.5))
+                                                          sparsity=0.5, sparsity_calibration="dense"))
 
 
 def test_slim_cli_writes_a_checkpoint_and_report(model_dir, tmp_path, capsys, helpers):
@@ -96,6 +127,21 @@ def test_slim_cli_writes_a_checkpoint_and_report(model_dir, tmp_path, capsys, he
     assert (ckpt / "tokenizer.json").is_file()
     assert main(args) == 1                                                       # refuses to overwrite
     assert "already holds a checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("calibration", ["sequential", "dense"])
+def test_slim_cli_passes_the_sparsity_calibration_and_dlp_statistic(model_dir, tmp_path, capsys, calibration):
+    out = tmp_path / "out"
+    assert main(["slim", str(model_dir), "--sparsity", "0.5", "--allocation", "dlp", "--dlp-statistic", "mean",
+                 "--calibration", calibration, "--out", str(out), "--tokens", "128", "--seq-len", "32",
+                 "--text", str(model_dir / "calib.txt"), "--no-cache"]) == 0
+    report = json.loads((out / "slim_report.json").read_text())
+    assert report["slimming"]["sparsity_calibration"] == calibration
+    assert report["slimming"]["sparsity_dlp_statistic"] == "mean"
+    config = report["operations"][0]["config"]
+    assert (config["calibration"], config["dlp_statistic"], config["allocation"]) == (calibration, "mean", "dlp")
+    assert report["scores_used"]["sparsity"].startswith("wanda, sequential" if calibration == "sequential"
+                                                        else "wanda (from the importance report)")
 
 
 def test_slim_cli_reports_bad_settings_without_a_traceback(model_dir, tmp_path, capsys):

@@ -8,10 +8,11 @@ from compressor.slimming import (ExpertPruneConfig, LayerDropConfig, NeuronSlimC
 from compressor.testing import tiny_moe
 
 CONFIGS = [NeuronSlimConfig(keep_ratio=0.25), ExpertPruneConfig(experts_keep=6), LayerDropConfig(layers_drop=2),
-           SparsifyConfig(sparsity=0.7, allocation="owl", owl_lambda=0.1)]
+           SparsifyConfig(sparsity=0.7, allocation="owl", owl_lambda=0.1),
+           SparsifyConfig(sparsity=0.6, allocation="dlp", dlp_statistic="mean", calibration="dense")]
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.kind)
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.kind}-{getattr(c, 'calibration', '')}")
 def test_configs_round_trip_through_json(cfg):
     data = json.loads(json.dumps(cfg.to_dict()))
     assert data["kind"] == cfg.kind and data["version"] == 1
@@ -26,6 +27,7 @@ def test_configs_round_trip_through_json(cfg):
     (lambda: LayerDropConfig(layers_drop=-1), "non-negative"),
     (lambda: SparsifyConfig(sparsity=1.0), r"sparsity must be in \[0, 1\)"),
     (lambda: SparsifyConfig(allocation="magic"), "allocation must be one of"),
+    (lambda: SparsifyConfig(calibration="greedy"), "calibration must be one of"),
     (lambda: NeuronSlimConfig(keep_ratio=0.5, version=2), "version 2 is not supported"),
     (lambda: NeuronSlimConfig.from_dict({"keep_ratio": 0.5, "ratio": 1}), r"unknown field\(s\) \['ratio'\]"),
     (lambda: NeuronSlimConfig.from_dict({"kind": "sparsify"}), "expected 'slim_neurons'"),

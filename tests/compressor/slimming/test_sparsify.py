@@ -1,9 +1,13 @@
-"""Wanda sparsity: hand-computed scores, OWL and DLP ratios; per-row counts; what is never touched; reload."""
+"""Wanda sparsity: hand-computed scores, OWL and DLP ratios; per-row counts; what is never touched; reload;
+sequential calibration."""
+import copy
+
 import pytest
 import torch
 
 from compressor.families import resolve_adapter
 from compressor.slimming import SparsifyConfig, collect_wanda_inputs, sparsifiable_maps, sparsify_
+from compressor.slimming.sequential import sparsify_sequentially_
 from compressor.slimming.sparsify import LinearMap, allocate, layer_statistics, prune_maps_
 from compressor.slimming.wanda import (dlp_sparsities, owl_sparsities, prune_rows_, spread_keep_ratios,
                                        uniform_sparsities, wanda_scores)
@@ -48,7 +52,7 @@ def test_mean_and_median_dlp_allocate_differently_on_a_three_layer_stack(statist
     cfg = SparsifyConfig(sparsity=0.7, allocation="dlp", dlp_statistic=statistic)
     s, _, weights = layer_statistics(maps, inputs, 3, owl_m=None, dlp_statistic=statistic)
     assert s.tolist() == scores and weights.tolist() == [4, 4, 4]
-    got, stat = allocate(cfg, means=s, outliers=torch.zeros(3))
+    got, stat = allocate(cfg, scores=s, outliers=torch.zeros(3))
     torch.testing.assert_close(got, torch.tensor(targets, dtype=torch.float64))
     assert torch.equal(stat, s)
     assert prune_maps_(maps, inputs, got).tolist() == zeros    # layer 2: floor(2 * .85) = floor(2 * .8) = 1 per row
@@ -100,7 +104,7 @@ def test_uniform_sparsity_is_reached_in_every_row(family):
     ids = tiny_inputs()
     inputs = collect_wanda_inputs(model, [ids])
     before, live = _untouched(model)
-    report = sparsify_(model, inputs, SparsifyConfig(sparsity=0.5, allocation="uniform"))
+    report = sparsify_(model, inputs, SparsifyConfig(sparsity=0.5, allocation="uniform"), batches=[ids])
     for m in sparsifiable_maps(model):
         zeros_per_row = (m.weight == 0).sum(-1)
         assert torch.all(zeros_per_row == m.weight.shape[-1] // 2), m.key
@@ -121,7 +125,7 @@ def test_layerwise_allocation_follows_the_layer_statistics(allocation, statistic
     scores, outliers, weights = layer_statistics(sparsifiable_maps(model), inputs, 3, owl_m=5.0,
                                                  dlp_statistic=statistic)
     cfg = SparsifyConfig(sparsity=0.6, allocation=allocation, dlp_statistic=statistic)
-    report = sparsify_(model, inputs, cfg)
+    report = sparsify_(model, inputs, cfg, batches=[ids])
     want = (owl_sparsities(outlier_shares=outliers, sparsity=0.6) if allocation == "owl"
             else dlp_sparsities(layer_scores=scores, sparsity=0.6))
     assert [s.target for s in report.layers] == pytest.approx(want.tolist(), abs=1e-12)
@@ -143,10 +147,20 @@ def test_layer_statistics_agree_with_the_importance_package():
     torch.testing.assert_close(outliers, scores.owl, rtol=0, atol=1e-3)
 
 
-def test_defaults_are_owl_and_the_median():
-    from compressor.recipe import SlimmingConfig
+def test_defaults_are_owl_the_median_and_sequential_calibration():
+    from compressor.recipe import Recipe, RecipeError, SlimmingConfig
+    from compressor.slimming.apply import sparsify_config
     assert SparsifyConfig().allocation == SlimmingConfig().sparsity_allocation == "owl"
     assert SparsifyConfig().dlp_statistic == "median"
+    assert SparsifyConfig().calibration == SlimmingConfig().sparsity_calibration == "sequential"
+    assert SlimmingConfig().sparsity_dlp_statistic == "median"
+    recipe = Recipe.from_yaml("slimming: {sparsity: 0.5, sparsity_calibration: dense, sparsity_dlp_statistic: mean}")
+    assert Recipe.from_yaml(recipe.to_yaml()) == recipe
+    assert sparsify_config(recipe.slimming) == SparsifyConfig(sparsity=0.5, dlp_statistic="mean", calibration="dense")
+    with pytest.raises(RecipeError, match="slimming.sparsity_calibration"):
+        Recipe.from_yaml("slimming: {sparsity_calibration: greedy}")
+    with pytest.raises(ValueError, match="calibration must be one of"):
+        SparsifyConfig(calibration="greedy")
     with pytest.raises(ValueError, match="dlp_statistic must be one of"):
         SparsifyConfig(dlp_statistic="max")
     with pytest.raises(ValueError, match="dlp_statistic must be one of"):
@@ -158,4 +172,75 @@ def test_missing_inputs_are_named():
     inputs = collect_wanda_inputs(model, [tiny_inputs()])
     del inputs["model.layers.1.mlp.experts.down"]
     with pytest.raises(ValueError, match="model.layers.1.mlp.experts.down"):
-        sparsify_(model, inputs, SparsifyConfig(sparsity=0.5))
+        sparsify_(model, inputs, SparsifyConfig(sparsity=0.5, calibration="dense"))
+
+
+def _half_of_each_row_by_wanda(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """w [out, in] with the in // 2 smallest |W_ij| * ||X_j|| of every row zeroed, ||X_j|| = sqrt(sum_t x_tj^2)."""
+    norms = x.reshape(-1, w.shape[1]).square().sum(0, dtype=torch.float64).sqrt().float()
+    return w.scatter(-1, (w.abs() * norms).argsort(dim=-1)[:, :w.shape[1] // 2], 0.0)
+
+
+def test_sequential_calibration_sees_the_pruned_output_of_the_layer_below():
+    """Layer 0 pruned to nothing (target 1) passes its input through unchanged (residual + zero attention + zero
+    experts), so with sequential calibration layer 1's q_proj ranks by the norms of RMSNorm(embeddings); dense
+    calibration at the same targets sees layer 0's real output instead."""
+    model = tiny_moe("qwen3_moe", layers=2)
+    ids = tiny_inputs(seq=16)
+    dense = copy.deepcopy(model)
+    targets = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    layer = model.model.layers[1]
+    with torch.no_grad():
+        want = _half_of_each_row_by_wanda(layer.self_attn.q_proj.weight.detach().clone(),
+                                          layer.input_layernorm(model.model.embed_tokens(ids)))
+    zeros = sparsify_sequentially_(model, [ids], targets)
+    assert torch.equal(layer.self_attn.q_proj.weight, want)
+    assert all(torch.count_nonzero(m.weight) == 0 for m in sparsifiable_maps(model) if m.layer == 0)
+    weights = layer_statistics(sparsifiable_maps(model), {}, 2, owl_m=None, dlp_statistic=None)[2]
+    assert zeros[0] == weights[0] and zeros[1] < weights[1]
+    prune_maps_(sparsifiable_maps(dense), collect_wanda_inputs(dense, [ids]), targets)
+    assert not torch.equal(dense.model.layers[1].self_attn.q_proj.weight, want)
+
+
+def test_sequential_calibration_runs_the_layer_below_on_its_inputs():
+    """Layer 0 left dense (target 0): layer 1's q_proj gets the mask of dense calibration, not the one the
+    embeddings alone would give."""
+    model = tiny_moe("qwen3_moe", layers=2)
+    ids = tiny_inputs(seq=16)
+    dense = copy.deepcopy(model)
+    targets = torch.tensor([0.0, 0.5], dtype=torch.float64)
+    q = model.model.layers[1].self_attn.q_proj
+    with torch.no_grad():
+        skipped = _half_of_each_row_by_wanda(q.weight.detach().clone(),
+                                             model.model.layers[1].input_layernorm(model.model.embed_tokens(ids)))
+    sparsify_sequentially_(model, [ids], targets)
+    prune_maps_(sparsifiable_maps(dense), collect_wanda_inputs(dense, [ids]), targets)
+    assert torch.equal(q.weight, dense.model.layers[1].self_attn.q_proj.weight)
+    assert not torch.equal(q.weight, skipped)
+
+
+def test_sequential_and_dense_calibration_agree_on_the_first_layer_only():
+    model = tiny_moe("qwen2_moe", layers=3)
+    batches = [tiny_inputs(seq=16, seed=s) for s in range(2)]
+    inputs = collect_wanda_inputs(model, batches)
+    seq, dense = copy.deepcopy(model), copy.deepcopy(model)
+    a = sparsify_(seq, inputs, SparsifyConfig(sparsity=0.5, allocation="owl"), batches=batches)
+    b = sparsify_(dense, inputs, SparsifyConfig(sparsity=0.5, allocation="owl", calibration="dense"))
+    assert [s.target for s in a.layers] == [s.target for s in b.layers]         # ratios from the dense model
+    assert a.to_dict()["config"]["calibration"] == "sequential"
+    same = {i: all(torch.equal(m.weight, n.weight) for m, n in zip(sparsifiable_maps(seq), sparsifiable_maps(dense))
+                   if m.layer == i) for i in range(3)}
+    assert same == {0: True, 1: False, 2: False}
+
+
+def test_sequential_uniform_needs_no_dense_norms_and_refuses_missing_batches():
+    model, twin = tiny_moe("mixtral"), tiny_moe("mixtral")
+    ids = tiny_inputs()
+    sparsify_(model, None, SparsifyConfig(sparsity=0.5, allocation="uniform"), batches=[ids])
+    sparsify_(twin, collect_wanda_inputs(twin, [ids]), SparsifyConfig(sparsity=0.5, allocation="uniform"),
+              batches=[{"input_ids": ids}])
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
+    with pytest.raises(ValueError, match="pass calibration batches"):
+        sparsify_(model, {}, SparsifyConfig(sparsity=0.5))
+    with pytest.raises(ValueError, match="owl allocation with sequential calibration needs the Wanda input norms"):
+        sparsify_(model, None, SparsifyConfig(sparsity=0.5), batches=[ids])

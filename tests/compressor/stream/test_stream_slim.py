@@ -17,7 +17,11 @@ CUTS = {
     "neurons": SlimmingConfig(expert_keep_ratio=0.5, neuron_score="activation"),
     "experts": SlimmingConfig(experts_keep=4, expert_score="reap"),
     "layers": SlimmingConfig(layers_drop=1),
-    "sparsity": SlimmingConfig(sparsity=0.5, sparsity_allocation="owl"),
+    "sparsity": SlimmingConfig(sparsity=0.5, sparsity_allocation="owl"),                 # sequential calibration
+    "sparsity_dense": SlimmingConfig(sparsity=0.5, sparsity_allocation="owl", sparsity_calibration="dense"),
+    "dlp_mean": SlimmingConfig(experts_keep=4, expert_score="reap", sparsity=0.6, sparsity_allocation="dlp",
+                               sparsity_dlp_statistic="mean"),
+    "uniform": SlimmingConfig(layers_drop=1, sparsity=0.5, sparsity_allocation="uniform"),  # no statistics sweep
     "all": SlimmingConfig(expert_keep_ratio=0.5, neuron_score="taylor", experts_keep=4, expert_score="frequency",
                           layers_drop=1, sparsity=0.4, sparsity_allocation="dlp"),
 }
@@ -53,6 +57,8 @@ def test_streamed_slimming_is_bitwise_the_in_memory_one(scored, cut, tmp_path):
         torch.testing.assert_close(got(input_ids=ids).logits, want(input_ids=ids).logits, atol=1e-5, rtol=1e-4)
     if cfg.sparsity:
         assert result.sparsity["achieved"] == pytest.approx(expected.reports[-1].achieved)
+        assert result.sparsity["layers"] == [vars(s) for s in expected.reports[-1].layers]   # targets, statistics
+        assert result.scores_used == expected.scores_used
 
 
 def test_output_is_one_shard_per_layer_with_an_index(scored, tmp_path):

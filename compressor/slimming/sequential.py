@@ -1,0 +1,74 @@
+"""Sequential calibration of Wanda sparsity: layer l's input norms are measured on the model already pruned below l.
+
+Rule (locuslab/wanda `lib/prune.py::prune_wanda`; the same loop in luuyin/OWL `lib/prune_all.py::prune_wanda_outlier`
+and ironartisan/DLP `lib/prune.py::prune_wanda_dlp`):
+    h_0 = what the first decoder layer receives for the calibration batches
+    for l = 0 .. L-1:
+        ||X_j|| of every map of layer l     <- hooks while layer l, still dense, runs on h_l
+        prune layer l's maps at sparsity_l with A = |W| * ||X||   (`prune_maps_`)
+        h_{l+1} = (pruned layer l)(h_l)                              (Wanda's `inps, outs = outs, inps`)
+All maps of a layer are calibrated in one forward before any of them is pruned, as in the references. OWL's and
+DLP's layer ratios sparsity_l come from a first pass over the *dense* model (the first loop of
+`prune_wanda_outlier`, DLP's `get_dlp_ratios`), so callers `allocate` on dense statistics and then prune with this.
+
+The per-layer step is shared by the in-memory path (`sparsify_sequentially_`) and the layer-by-layer engine
+(`compressor.stream.slim`), which therefore prune the same weights.
+
+    zeros = sparsify_sequentially_(model, batches, targets)          # targets [L] from `allocate`
+    acts = capture_inputs(skeleton, batches)                          # or one layer at a time:
+    zeros += prune_layer_calibrated_(layer, view, acts, j, targets)   # acts now hold layer j + 1's inputs
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from compressor.families import resolve_adapter
+from compressor.progress import Reporter
+from compressor.slimming.sparsify import prune_maps_, sparsifiable_maps
+from compressor.slimming.wanda_inputs import wanda_inputs_from_sums
+
+
+@torch.no_grad()
+def prune_layer_calibrated_(layer: nn.Module, view: nn.Module, acts, j: int, targets: torch.Tensor) -> torch.Tensor:
+    """Calibrate decoder layer j on `acts` (its inputs, `compressor.stream.sweep.Activations`), prune its maps at
+    `targets[j]`, then move `acts` through the pruned layer. `view` is a model-shaped wrapper whose layer j is
+    `layer` (`Skeleton.layer_view`, `LayerView`), so the keys are the model's own. Returns zeros per layer
+    [len(targets)] (only entry j is non-zero)."""
+    from compressor.importance.collect import collect_scores       # lazy: importance imports pandas
+    from compressor.stream.sweep import advance_, observe
+
+    with collect_scores(view, resolve_adapter(view), want=("wanda",)) as col:
+        observe(layer, acts, j, before_batch=lambda b: col.set_mask(acts.masks[b]))
+    norms = wanda_inputs_from_sums(col.result()[2].wanda_inputs)
+    zeros = prune_maps_([m for m in sparsifiable_maps(view) if m.layer == j], norms, targets)
+    advance_(layer, acts, j)
+    return zeros
+
+
+@torch.no_grad()
+def sparsify_sequentially_(model: nn.Module, batches, targets: torch.Tensor, *,
+                           reporter: Reporter | None = None) -> torch.Tensor:
+    """Prune every decoder layer l of `model` (in memory) at `targets[l]`, each calibrated on `batches` (id tensors
+    [B, S] or dicts with input_ids / attention_mask) with the layers below it already pruned. Returns zeros per
+    layer [L]."""
+    from compressor.importance.analyze import unpack_batch
+    from compressor.stream.skeleton import LayerView
+    from compressor.stream.sweep import capture_inputs
+
+    layers = resolve_adapter(model).decoder_layers(model)
+    dev = model.get_input_embeddings().weight.device
+    on_dev = [tuple(None if t is None else t.to(dev) for t in unpack_batch(b)) for b in batches]
+    was_training = model.training
+    model.eval()
+    try:
+        acts = capture_inputs(model, on_dev)
+        zeros = torch.zeros(len(targets), dtype=torch.float64)
+        for j, layer in enumerate(layers):
+            if reporter is not None:
+                reporter.report("sparsify", step=j, total=len(layers), message=f"layer {j}: calibrate and prune")
+            view = LayerView(model.config, [nn.Module() for _ in range(j)] + [layer])
+            zeros += prune_layer_calibrated_(layer, view, acts, j, targets)
+    finally:
+        model.train(was_training)
+    return zeros
