@@ -128,10 +128,23 @@ def describe_checkpoint(folder: Path | str, *, dtype: torch.dtype | None = None)
     skeleton = Skeleton.open(folder, index=index, config=config, dtype=dtype)
     check_structure_against_headers(skeleton)
     summary = inspect_model(skeleton.model)
+    verify_first_moe_layer(skeleton, summary["moe_layers"][0])
     summary["tie_word_embeddings"] = bool(getattr(config, "tie_word_embeddings", False))
     summary["checkpoint_bytes"] = sum((folder / f).stat().st_size for f in {t.file for t in index.tensors.values()})
     summary["fingerprint"] = quick_fingerprint(folder, index)
     return summary
+
+
+def verify_first_moe_layer(skeleton, layer: int) -> None:
+    """Load one MoE layer (one layer's memory) and check that the discovered expert views reproduce its experts
+    module (`FamilyAdapter.verify`); the layer goes back to the meta device afterwards."""
+    from compressor.families import resolve_adapter
+    skeleton.load_layer_(layer)
+    try:
+        view = skeleton.layer_view(layer)
+        resolve_adapter(view).verify(view)
+    finally:
+        skeleton.release_layer_(layer)
 
 
 def quick_fingerprint(folder: Path, index: ShardIndex) -> str:

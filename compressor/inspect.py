@@ -60,12 +60,18 @@ def count_params(model: nn.Module) -> ParamCount:
     return ParamCount(total=int(total), active=int(total - inactive))
 
 
-def _mlp_width(mlp: nn.Module) -> int:
-    """Intermediate width of a gated MLP (gate_proj / up_proj Linear)."""
+def mlp_width(mlp: nn.Module) -> int:
+    """Intermediate width of a (shared-expert) MLP: gate_proj / up_proj / w1 / fc1 Linear out_features, half a fused
+    gate_up_proj Linear's, or the I of stacked [n, I, H] gate_proj / up_proj tensors."""
     for attr in ("gate_proj", "up_proj", "w1", "fc1"):
         lin = getattr(mlp, attr, None)
         if isinstance(lin, nn.Linear):
             return lin.out_features
+        if isinstance(lin, torch.Tensor) and lin.dim() == 3:
+            return lin.shape[1]
+    fused = getattr(mlp, "gate_up_proj", None)
+    if isinstance(fused, nn.Linear):
+        return fused.out_features // 2
     raise ValueError(f"{type(mlp).__name__}: cannot find the shared expert's gate/up projection")
 
 
@@ -80,15 +86,16 @@ def inspect_model(model: nn.Module) -> dict:
 
     Raises `UnsupportedModelError` for dense or unknown models (message names what was found)."""
     adapter = resolve_adapter(model)
+    adapter.verify(model)                  # canonical expert views == the module (skipped on meta tensors)
     config = model.config
     blocks = adapter.moe_blocks(model)
     experts = sorted({b.num_experts for b in blocks})
     widths = sorted({b.intermediate_size for b in blocks})
     shared = [b.shared for b in blocks if b.shared is not None]
     if shared:
-        spec = adapter.spec
-        count = int(getattr(config, spec.shared_multiplier_field)) if spec.shared_multiplier_field else 1
-        shared_info = {"count": count, "width": _mlp_width(shared[0])}
+        mult = adapter.shared_multiplier_field
+        count = int(getattr(config, mult) or 1) if mult and getattr(config, mult, None) else 1
+        shared_info = {"count": count, "width": mlp_width(shared[0])}
     else:
         shared_info = {"count": 0, "width": 0}
     params = count_params(model)

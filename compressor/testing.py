@@ -1,6 +1,7 @@
 """Tiny random instances of every supported MoE family, for tests, benchmarks and synthetic studies.
 
     model = tiny_moe("gpt_oss")                  # H=32, 2 layers, 8 experts, top-2, I=16, vocab 128
+    model = tiny_moe("ernie4_5_moe")             # any other MoE family: its own config shrunk (testing_configs)
     big = tiny_moe("qwen3_moe", hidden=2048, experts=64, top_k=8, width=1024, layers=2)   # realistic shapes
 """
 from __future__ import annotations
@@ -11,9 +12,19 @@ import transformers as tf
 TINY_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "phimoe", "gpt_oss", "granitemoe")
 
 
-def tiny_config(family: str, *, hidden: int = 32, layers: int = 2, experts: int = 8, top_k: int = 2,
+def tiny_config(family: str, *, hidden: int = 32, layers: int | None = None, experts: int = 8, top_k: int = 2,
                 width: int = 16, vocab: int = 128, heads: int = 4, kv_heads: int = 2):
-    """A small config of `family` whose shapes are given by the keyword arguments."""
+    """A small config of `family` whose shapes are given by the keyword arguments (the hand-written families of
+    `TINY_FAMILIES`, 2 layers by default), or of any other model type through `tiny_family_config` (4 layers by
+    default, so dense-first and hybrid stacks keep MoE layers; only `layers` applies there)."""
+    if family not in TINY_FAMILIES:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+        if family in CONFIG_MAPPING:
+            from compressor.testing_configs import tiny_family_config
+            return tiny_family_config(family, layers=layers or 4)
+        raise ValueError(f"unknown tiny family '{family}'; choose one of {', '.join(TINY_FAMILIES)} or any model "
+                         "type of the installed transformers")
+    layers = layers or 2
     common = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                   num_key_value_heads=kv_heads, num_experts_per_tok=top_k, max_position_embeddings=512,
                   pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
@@ -41,7 +52,7 @@ def tiny_config(family: str, *, hidden: int = 32, layers: int = 2, experts: int 
                                sliding_window=64, **{**common, "max_position_embeddings": 131072})
     if family == "granitemoe":
         return tf.GraniteMoeConfig(intermediate_size=width, num_local_experts=experts, **common)
-    raise ValueError(f"unknown tiny family '{family}'; choose one of {', '.join(TINY_FAMILIES)}")
+    raise AssertionError(family)
 
 
 def tiny_moe(family: str, *, seed: int = 0, dtype=torch.float32, experts_implementation: str | None = None,
@@ -57,6 +68,8 @@ def tiny_moe(family: str, *, seed: int = 0, dtype=torch.float32, experts_impleme
     with torch.no_grad():
         g = torch.Generator().manual_seed(seed + 1)
         for name, p in model.named_parameters():
+            if not p.is_floating_point():
+                continue
             if p.dim() >= 2:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.08)
             elif name.endswith("norm.weight") or "layernorm" in name or "norm" in name.split(".")[-2]:
@@ -64,7 +77,7 @@ def tiny_moe(family: str, *, seed: int = 0, dtype=torch.float32, experts_impleme
             else:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
         for name, buf in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
+            if name.endswith(("e_score_correction_bias", "expert_bias")) and buf.is_floating_point():
                 buf.copy_(torch.randn(buf.shape, generator=g) * 0.05)
     return model.eval()
 

@@ -18,9 +18,7 @@ G = sum_b g_b (then clears them) and adds the per-batch saliency |w * g_b| per e
 """
 from __future__ import annotations
 
-import dataclasses
 from contextlib import contextmanager
-from types import SimpleNamespace
 from typing import Iterator
 
 import torch
@@ -151,7 +149,7 @@ class ScoreCollector:
     # -- Taylor ------------------------------------------------------------------------------------------------
     def expert_parameters(self) -> list[nn.Parameter]:
         """Every tensor of every routed expert (the ones the Taylor pass needs gradients for)."""
-        return [p for blk in self.blocks for p in blk.experts.parameters(recurse=False)]
+        return [p for blk in self.blocks for p in blk.expert_parameters().values()]
 
     @torch.no_grad()
     def accumulate_taylor_(self, *, tokens: int) -> None:
@@ -159,7 +157,7 @@ class ScoreCollector:
         buffer per expert tensor), per-batch sums += |w * g_b| per expert and per neuron; then clear the gradients
         (set to None). Raises if a gradient is missing."""
         for blk, sums in zip(self.blocks, self.sums):
-            params = dict(blk.experts.named_parameters(recurse=False))
+            params = blk.expert_parameters()
             if any(p.grad is None for p in params.values()):
                 raise RuntimeError(f"{blk.name}: expert parameters have no gradient; the Taylor pass needs "
                                    "requires_grad on them and a backward() before accumulate_taylor_")
@@ -209,7 +207,8 @@ class ScoreCollector:
         for blk, sums in zip(self.blocks, self.sums):
             x_sq, h_sq = sums.x_sq.cpu(), sums.h_sq.cpu()
             inputs[f"{blk.name}.experts.gate_up"], inputs[f"{blk.name}.experts.down"] = x_sq, h_sq
-            per_layer[blk.layer] += [(blk.gate_weight(), x_sq), (blk.up_weight(), x_sq), (blk.down_weight(), h_sq)]
+            per_layer[blk.layer] += [(w, x) for w, x in ((blk.gate_weight(), x_sq), (blk.up_weight(), x_sq),
+                                                         (blk.down_weight(), h_sq)) if w is not None]
         dlp, owl = torch.zeros(self.num_layers, dtype=F64), torch.zeros(self.num_layers, dtype=F64)
         for i, maps in per_layer.items():
             _, dlp[i], owl[i] = M.wanda_layer_stats(maps=maps, outlier_m=self.outlier_m)    # DLP: the median
@@ -221,7 +220,7 @@ class _BlockSums:
 
     def __init__(self, blk: MoEBlock, *, neurons: bool, wanda: bool):
         E, I, H = blk.num_experts, blk.intermediate_size, blk.hidden_size
-        z = lambda *shape: torch.zeros(*shape, dtype=F64, device=blk.experts.gate_up_proj.device)  # noqa: E731
+        z = lambda *shape: torch.zeros(*shape, dtype=F64, device=blk.device)  # noqa: E731
         self.tokens = 0
         self.counts, self.gate_sum, self.reap_sum, self.man_sum, self.max_abs = (z(E) for _ in range(5))
         self.abs_sum = z(E, I) if neurons else None
@@ -287,26 +286,27 @@ def _stack(ts: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _expert_taylor(blk: MoEBlock, grads: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per-expert Taylor [E] of one block: sum over every expert tensor P of |P[e] * grads[P][e]|."""
-    params = list(blk.experts.named_parameters(recurse=False))
-    return torch.cat([M.taylor_expert_scores(params=[(p[e:e + 1], grads[n][e:e + 1]) for n, p in params])
-                      for e in range(blk.num_experts)])                           # one expert at a time
+    """Per-expert Taylor [E] of one block: sum over every expert tensor P of |P[e] * grads[P][e]| (every stored
+    form is expert-major, so P.reshape(E, -1)[e] is expert e's part)."""
+    E = blk.num_experts
+    params = [(p.reshape(E, -1), grads[n].reshape(E, -1)) for n, p in blk.expert_parameters().items()]
+    return torch.cat([M.taylor_expert_scores(params=[(p[e:e + 1], g[e:e + 1]) for p, g in params])
+                      for e in range(E)])                                         # one expert at a time
 
 
 def _neuron_taylor(blk: MoEBlock, grads: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per-neuron Taylor [E, I] of one block from `grads` (parameter name -> a gradient of its shape), in the
     canonical layout: the gradients go through the same views as the weights (a copy of the block whose 'experts'
     hold the gradients)."""
-    ex = blk.experts
-    g_blk = dataclasses.replace(blk, experts=SimpleNamespace(gate_up_proj=grads["gate_up_proj"],
-                                                             down_proj=grads["down_proj"]))
-    w = dict(gate=blk.gate_weight(), up=blk.up_weight(), down=blk.down_weight(), gate_grad=g_blk.gate_weight(),
-             up_grad=g_blk.up_weight(), down_grad=g_blk.down_weight())        # views, no copies
-    if blk.has_bias and getattr(ex, "gate_up_proj_bias", None) is not None:
-        g_pos, u_pos = blk.gate_up_positions(torch.arange(blk.intermediate_size, device=ex.gate_up_proj.device))
-        b, gb = ex.gate_up_proj_bias, grads["gate_up_proj_bias"]
+    gate, up, down = blk.canonical()
+    gate_g, up_g, down_g = blk.canonical(grads)                                # views, no copies
+    w = dict(gate=gate, up=up, down=down, gate_grad=gate_g, up_grad=up_g, down_grad=down_g)
+    bias_name = blk.layout.gate_up_bias
+    if bias_name:
+        g_pos, u_pos = blk.gate_up_positions(torch.arange(blk.intermediate_size, device=blk.device))
+        b, gb = blk.tensors()[bias_name], grads[bias_name]
         w.update(gate_bias=b[:, g_pos], up_bias=b[:, u_pos], gate_bias_grad=gb[:, g_pos], up_bias_grad=gb[:, u_pos])
-    return torch.cat([M.taylor_neuron_scores(**{k: v[e:e + 1] for k, v in w.items()})
+    return torch.cat([M.taylor_neuron_scores(**{k: None if v is None else v[e:e + 1] for k, v in w.items()})
                       for e in range(blk.num_experts)])                          # one expert at a time
 
 

@@ -94,7 +94,7 @@ def taylor_saliency(*, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor
     return (weight.detach().to(F64) * grad.detach().to(F64)).abs()
 
 
-def taylor_neuron_scores(*, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, gate_grad: torch.Tensor,
+def taylor_neuron_scores(*, gate: torch.Tensor | None, up: torch.Tensor, down: torch.Tensor, gate_grad: torch.Tensor | None,
                          up_grad: torch.Tensor, down_grad: torch.Tensor, gate_bias: torch.Tensor | None = None,
                          up_bias: torch.Tensor | None = None, gate_bias_grad: torch.Tensor | None = None,
                          up_bias_grad: torch.Tensor | None = None) -> torch.Tensor:
@@ -104,7 +104,9 @@ def taylor_neuron_scores(*, gate: torch.Tensor, up: torch.Tensor, down: torch.Te
 
     gate, up [E, I, H]; down [E, H, I] (canonical layout) and their gradients; biases [E, I]. Returns [E, I] float64.
     """
-    score = taylor_saliency(weight=gate, grad=gate_grad).sum(-1) + taylor_saliency(weight=up, grad=up_grad).sum(-1)
+    score = taylor_saliency(weight=up, grad=up_grad).sum(-1)
+    if gate is not None:                                   # experts without a gate (up-only) have no gate term
+        score = taylor_saliency(weight=gate, grad=gate_grad).sum(-1) + score
     score = score + taylor_saliency(weight=down, grad=down_grad).sum(1)
     if gate_bias is not None:
         score = score + taylor_saliency(weight=gate_bias, grad=gate_bias_grad)

@@ -74,6 +74,7 @@ def prune_experts_(model: nn.Module, expert_scores: Mapping[int, torch.Tensor], 
     E = counts.pop()
     n = cfg.experts_keep
     adapter.check_expert_count(config, n)
+    adapter.check_prunable(blocks)
     groups = adapter.num_groups(config)
     scores = _checked_scores(expert_scores, blocks)
     before = count_params(model)
@@ -84,7 +85,7 @@ def prune_experts_(model: nn.Module, expert_scores: Mapping[int, torch.Tensor], 
         s = scores[blk.layer]
         ids = select_experts(scores=s, keep=n, groups=groups)
         if n != E:
-            blk.keep_experts_(ids.to(blk.router.weight.device))
+            blk.keep_experts_(ids if blk.device.type == "meta" else ids.to(blk.device))
         kept[blk.layer] = ids.tolist()
         dropped[blk.layer] = sorted(set(range(E)) - set(kept[blk.layer]))
         total = s.double().abs().sum().item()

@@ -12,6 +12,7 @@ unexpected / mismatched keys, and compares logits.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -29,9 +30,20 @@ class ReloadMismatchError(RuntimeError):
     """The saved checkpoint does not reload into the same model."""
 
 
+def stored_numel(folder: str | Path) -> int:
+    """Number of values stored over every *.safetensors file of `folder` (read from the headers)."""
+    from safetensors import safe_open
+    total = 0
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                total += math.prod(f.get_slice(key).get_shape())
+    return total
+
+
 def expert_count_aliases(config) -> list[str]:
     """Every config key that names the routed-expert count: the family's fields and their `attribute_map` aliases."""
-    fields = set(resolve_adapter(config).spec.expert_count_fields)
+    fields = set(resolve_adapter(config).count_fields)
     amap = dict(getattr(type(config), "attribute_map", {}) or {})
     aliases = set(fields)
     for alias, target in amap.items():

@@ -72,6 +72,8 @@ def slim_neurons_(model: nn.Module, neuron_scores: Mapping[int, torch.Tensor], c
     before = count_params(model)
     requested = cfg.target_width(width_before)
     width = adapter.valid_expert_width(model.config, requested)
+    if width != width_before:
+        adapter.check_width_change(model, width)
     kept, score_kept = {}, {}
     for i, blk in enumerate(blocks):
         if reporter is not None:
@@ -81,7 +83,7 @@ def slim_neurons_(model: nn.Module, neuron_scores: Mapping[int, torch.Tensor], c
         total = s.double().abs().sum().item()
         score_kept[blk.layer] = s.double().abs().gather(1, keep).sum().item() / total if total else 1.0
         if width != width_before:
-            blk.keep_neurons_(keep.to(blk.experts.gate_up_proj.device))
+            blk.keep_neurons_(keep if blk.device.type == "meta" else keep.to(blk.device))
         kept[blk.layer] = keep
     adapter.set_expert_width_(model.config, width)
     check_structure(model)

@@ -6,9 +6,9 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from compressor.families import resolve_adapter
+from compressor.slimming.export import stored_numel
 
 
 def logits_of(model, ids):
@@ -64,24 +64,11 @@ def masked_router(model, dropped: dict[int, list[int]]):
                 r.e_score_correction_bias.copy_(bias)
 
 
-def safetensors_numel(folder) -> int:
-    """Number of stored values over every *.safetensors file of `folder`."""
-    total = 0
-    for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                n = 1
-                for d in f.get_slice(key).get_shape():
-                    n *= d
-                total += n
-    return total
-
-
 @pytest.fixture
 def helpers():
     class H:
         logits = staticmethod(logits_of)
         scores = staticmethod(random_scores)
         masked_router = staticmethod(masked_router)
-        safetensors_numel = staticmethod(safetensors_numel)
+        safetensors_numel = staticmethod(stored_numel)
     return H

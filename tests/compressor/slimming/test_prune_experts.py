@@ -28,7 +28,7 @@ def test_pruning_equals_masking_router_logits(family, helpers):
     assert (want - helpers.logits(reference, ids)).abs().max() > 1e-4     # the mask changed routing: not vacuous
     adapter = resolve_adapter(model)
     assert all(b.num_experts == n and b.router.weight.shape[0] == n for b in adapter.moe_blocks(model))
-    for field in adapter.spec.expert_count_fields:
+    for field in adapter.count_fields:
         assert getattr(model.config, field) == n
     assert report.params_after == count_params(model)
     assert report.experts_before == 8 and report.experts_after == n

@@ -67,7 +67,7 @@ def test_config_fields(family):
     assert a.top_k(model.config) == 2
     assert a.expert_width(model.config) == 16
     a.set_num_experts_(model.config, 6)
-    for f in a.spec.expert_count_fields:
+    for f in a.count_fields:
         assert getattr(model.config, f) == 6
 
 
