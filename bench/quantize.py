@@ -14,7 +14,7 @@ Every model is evaluated by `compressor.evaluate.evaluate` against the original 
 windows (perplexity, top-1 agreement, KL) and on the shipped lm-eval tasks (first N examples); quantized models
 run transformers' eager experts implementation in bf16, the others in float32.
 
-    OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python -m bench.quantize            # about 6 min on 2 quiet cores
+    OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python -m bench.quantize            # about 21 min on 1 thread of a busy 2-core machine
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python -m bench.quantize --quick    # smoke run, about 1 min
 """
 from __future__ import annotations
