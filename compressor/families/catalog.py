@@ -37,6 +37,35 @@ KNOWN_UNSUPPORTED: dict[str, str] = {
 }
 
 
+STREAM_UNSUPPORTED: dict[str, str] = {
+    "dbrx": "its decoder layers live at transformer.blocks, and the layer-by-layer engine reads model.layers",
+    "gemma4": "its text model sits inside a vision-language model (model.language_model); open gemma4_text",
+    "nemotron_h": "save_pretrained renames its layers (backbone.layers.*), so its shards cannot be read per layer",
+    "inkling2_text": "save_pretrained renames its layer tensors, so its shards cannot be read per layer",
+    "inkling2_loop_text": "save_pretrained renames its layer tensors, so its shards cannot be read per layer",
+    "qwen4_exp": "a hyper-connection mixer runs after the last decoder layer, which the engine does not run",
+    "qwen4_exp_text": "a hyper-connection mixer runs after the last decoder layer, which the engine does not run",
+    "hy_v4": "its decoder layers pass state to the next layer besides the hidden states",
+    "zaya": "its decoder layers pass routing state to the next layer besides the hidden states",
+    "glm_moe_dsa": "its decoder layers pass indexer state to the next layer besides the hidden states",
+    "deepseek_v4": "its hash-routed layers need the token ids, which the engine does not pass layer by layer",
+    "beam": "the layer-by-layer forward does not reproduce the whole model's (cross-layer residual connections)",
+    "cohere2_moe": "the layer-by-layer forward does not reproduce the whole model's (checked on a tiny instance)",
+    "inkling_text": "the layer-by-layer forward does not reproduce the whole model's (checked on a tiny instance)",
+}
+
+
+def check_streamable_family(config) -> None:
+    """Refuse layer-by-layer processing for families whose layer-by-layer forward is known not to reproduce the
+    model (`STREAM_UNSUPPORTED`; the conformance suite's `stream` check keeps the table honest)."""
+    from compressor.families.adapter import UnsupportedModelError
+    model_type = getattr(config, "model_type", None)
+    if model_type in STREAM_UNSUPPORTED:
+        raise UnsupportedModelError(f"{model_type} cannot be processed layer by layer: "
+                                    f"{STREAM_UNSUPPORTED[model_type]}. Run it in memory "
+                                    "(execution.streaming: off) on a machine that holds the whole model.")
+
+
 def supported_families() -> list[str]:
     return sorted(SUPPORTED)
 

@@ -12,6 +12,8 @@ with the model untouched, and raises with what differed otherwise):
     reload       neurons 0.5 + experts + one layer dropped, saved, reloaded with stock transformers: same logits;
                  parameter count == values stored in the safetensors files
     verify       the canonical views reproduce the experts module (`FamilyAdapter.verify`)
+    stream       saved, then run layer by layer by the streaming engine: the same logits as the whole model
+                 (atol 1e-5), or refused for families in `catalog.STREAM_UNSUPPORTED`
 
     python -m compressor.families.conformance            # markdown table over every installed MoE family
     python -m compressor.families.conformance jamba dbrx
@@ -26,7 +28,7 @@ from contextlib import contextmanager
 
 import torch
 
-CHECKS = ("verify", "identity", "neurons", "experts", "layers", "reload")
+CHECKS = ("verify", "identity", "neurons", "experts", "layers", "reload", "stream")
 
 
 def _logits(model, ids):
@@ -236,6 +238,33 @@ def check_reload(model_type: str) -> str | None:
     counted = count_params(model).total
     if stored != counted:
         raise AssertionError(f"{counted} parameters counted, {stored} values in the safetensors files")
+
+
+def check_stream(model_type: str) -> str | None:
+    from compressor.families.catalog import STREAM_UNSUPPORTED, check_streamable_family
+    from compressor.stream.skeleton import Skeleton
+    from compressor.stream.sweep import advance_, capture_inputs, final_logits
+    from compressor.testing import tiny_inputs, tiny_moe
+    model = tiny_moe(model_type)
+    if model_type in STREAM_UNSUPPORTED:
+        try:
+            check_streamable_family(model.config)
+        except ValueError as e:
+            return f"refused: {e}"
+        raise AssertionError("listed as not streamable but not refused")
+    ids = tiny_inputs()
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        sk = Skeleton.open(tmp)
+        sk.load_globals_()
+        acts = capture_inputs(sk, [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}])
+        for i in range(len(sk.layers)):
+            advance_(sk.load_layer_(i), acts, i)
+            sk.release_layer_(i)
+        with torch.no_grad():
+            got = final_logits(sk, acts.hidden[0])
+    _close(got, _logits(model, ids), "layer by layer vs whole model")
+    return None
 
 
 def _untouched(model, reference) -> None:

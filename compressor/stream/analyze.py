@@ -25,6 +25,7 @@ from compressor.importance.analyze import AnalyzeConfig, next_token_loss_sum
 from compressor.importance.collect import ScoreCollector
 from compressor.importance.scores import SCORES_VERSION, ExpertScores, ImportanceReport, LayerScores, NeuronScores
 from compressor.progress import CancelFn, ProgressFn, Reporter
+from compressor.families.catalog import check_streamable_family
 from compressor.stream.skeleton import Skeleton
 from compressor.stream.sweep import advance_, capture_inputs, final_logits, run_layer
 
@@ -36,6 +37,7 @@ def stream_analyze(folder: Path | str, batches, *, config: AnalyzeConfig = Analy
     Batches are as for `analyze` (dicts / (ids, mask) pairs / id tensors)."""
     reporter = Reporter(on_progress, should_cancel)
     sk = skeleton or Skeleton.open(folder, dtype=dtype)
+    check_streamable_family(sk.config)
     sk.load_globals_()
     batches = list(batches)
     started = time.perf_counter()

@@ -18,8 +18,9 @@ from torch import nn
 
 from compressor.evaluate.quality import QualityStats, compare_quality
 from compressor.progress import Reporter
+from compressor.families.catalog import check_streamable_family
 from compressor.stream.skeleton import Skeleton
-from compressor.stream.sweep import advance_, capture_inputs, final_logits
+from compressor.stream.sweep import advance_, capture_inputs, final_logits, final_norm
 
 
 @torch.no_grad()
@@ -28,6 +29,7 @@ def final_hidden(folder: Path | str, batches: list[torch.Tensor], *, dtype: torc
     """The skeleton and the last decoder layer's output for every batch [B, L] of ids (globals released again:
     `load_globals_()` before computing logits)."""
     sk = Skeleton.open(folder, dtype=dtype)
+    check_streamable_family(sk.config)
     sk.load_globals_()
     acts = capture_inputs(sk, batches)
     sk.release_globals_()
@@ -46,7 +48,7 @@ class ReplayLM(nn.Module):
     def __init__(self, skeleton: Skeleton, batches: list[torch.Tensor], hidden: list[torch.Tensor]):
         super().__init__()
         self.skeleton = skeleton
-        self.head, self.norm = skeleton.model.lm_head, skeleton.base.norm      # real parameters (device, eval)
+        self.head, self.norm = skeleton.model.lm_head, final_norm(skeleton.base)      # real parameters (device, eval)
         self._queue = list(zip(batches, hidden))
 
     def forward(self, input_ids: torch.Tensor, use_cache: bool = False):

@@ -44,6 +44,7 @@ from compressor.slimming.sequential import prune_layer_calibrated_
 from compressor.slimming.sparsify import allocate, layer_sparsities, prune_maps_, sparsifiable_maps, statistics_for
 from compressor.slimming.wanda_inputs import wanda_inputs_from_sums
 from compressor.stream.shards import ShardIndex
+from compressor.families.catalog import check_streamable_family
 from compressor.stream.skeleton import Skeleton, release_
 from compressor.stream.sweep import advance_, capture_inputs
 from compressor.stream.writer import ShardWriter
@@ -89,6 +90,7 @@ def stream_slim(folder: Path | str, importance, cfg: SlimmingConfig, out_dir: Pa
     folder, out = Path(folder), Path(out_dir)
     index = ShardIndex.open(folder)
     src = Skeleton.open(folder, dtype=dtype, index=index)
+    check_streamable_family(src.config)
     plan = Skeleton(folder, copy.deepcopy(src.model), index, src.dtype)    # meta: the copy costs no memory
     before = count_params(src.model)
     reports, used, cuts = _plan_structure_(plan.model, importance, cfg)

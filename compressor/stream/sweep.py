@@ -25,18 +25,44 @@ class _Stop(Exception):
     pass
 
 
-class _Recorder(nn.Module):
-    """Stands in for decoder layer i: stores the keyword arguments it is called with, returns hidden_states."""
+POSITIONAL = "_positional"        # key of the positional arguments after hidden_states in a layer's stored kwargs
+FINAL_NORMS = ("norm", "final_layernorm", "norm_f", "final_norm", "ln_f", "embedding_norm")
 
-    def __init__(self, store: dict, i: int):
+
+class _Recorder(nn.Module):
+    """Stands in for decoder layer i: stores the arguments it is called with (positional ones after hidden_states
+    under `POSITIONAL`), returns hidden_states. It carries the real layer's plain attributes (`attention_type`,
+    `block_type`, ...), which some models read from their layers while building the per-layer arguments."""
+
+    def __init__(self, store: dict, i: int, real: nn.Module | None = None):
         super().__init__()
-        self.store, self.i = store, i
+        for k, v in (_plain_attributes(real) if real is not None else {}).items():
+            setattr(self, k, v)
+        self._store, self._i = store, i
 
     def forward(self, hidden_states, *args, **kwargs):
-        if args:
-            raise RuntimeError("decoder layers are expected to take everything but hidden_states by keyword")
-        self.store[self.i] = kwargs
+        self._store[self._i] = {**kwargs, POSITIONAL: args} if args else kwargs
         return hidden_states
+
+
+def _plain_attributes(layer: nn.Module) -> dict:
+    """The layer's plain (non-module, non-tensor) attributes and class-level properties, by name."""
+    out = {k: v for k, v in vars(layer).items()
+           if not k.startswith("_") and not isinstance(v, (nn.Module, torch.Tensor)) and k != "training"}
+    for klass in type(layer).__mro__:
+        if klass in (nn.Module, object):
+            break
+        for name, value in vars(klass).items():
+            if name.startswith("_") or name in out:
+                continue
+            if isinstance(value, (str, int, float, bool, tuple)):
+                out[name] = value
+            elif isinstance(value, property):
+                try:
+                    out[name] = getattr(layer, name)
+                except Exception:          # noqa: BLE001 - a property that needs real weights is not copied
+                    pass
+    return out
 
 
 @dataclass
@@ -65,7 +91,7 @@ def capture_inputs(skeleton, batches) -> Activations:
     real = base.layers
     store: dict[int, dict] = {}
     acts = Activations(hidden=[], input_ids=[], masks=[])
-    base.layers = nn.ModuleList([_Recorder(store, i) for i in range(len(real))])
+    base.layers = nn.ModuleList([_Recorder(store, i, real[i]) for i in range(len(real))])
     hook = base.layers[0].register_forward_pre_hook(_keep_first_hidden(acts), with_kwargs=True)
     try:
         for batch in batches:
@@ -92,7 +118,11 @@ def _keep_first_hidden(acts: Activations):
 
 def run_layer(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
     """One decoder layer's output for `hidden` [B, S, H] with the arguments the model gave it."""
-    out = layer(hidden, **kwargs)
+    if POSITIONAL in kwargs:
+        kwargs = dict(kwargs)
+        out = layer(hidden, *kwargs.pop(POSITIONAL), **kwargs)
+    else:
+        out = layer(hidden, **kwargs)
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
@@ -116,5 +146,14 @@ def observe(layer: nn.Module, acts: Activations, i: int, *, before_batch=None) -
 
 def final_logits(skeleton, hidden: torch.Tensor) -> torch.Tensor:
     """lm_head(norm(h)) for the last layer's output [B, S, H] -> [B, S, V] (globals loaded)."""
-    h = skeleton.base.norm(hidden)
+    h = final_norm(skeleton.base)(hidden)
     return skeleton.model.lm_head(h)
+
+
+def final_norm(base: nn.Module) -> nn.Module:
+    """The base model's final norm (`norm`, `final_layernorm`, `norm_f`, ...)."""
+    for name in FINAL_NORMS:
+        mod = getattr(base, name, None)
+        if isinstance(mod, nn.Module):
+            return mod
+    raise AttributeError(f"{type(base).__name__}: no final norm found (looked for {', '.join(FINAL_NORMS)})")
