@@ -12,6 +12,8 @@ with the model untouched, and raises with what differed otherwise):
     reload       neurons 0.5 + experts + one layer dropped, saved, reloaded with stock transformers: same logits;
                  parameter count == values stored in the safetensors files
     verify       the canonical views reproduce the experts module (`FamilyAdapter.verify`)
+    analyze      calibration scores (with Taylor) are finite, and every MoE layer counts exactly tokens x top-k
+                 routed (token, expert) pairs; refused where the experts module does not see the routing
     stream       saved, then run layer by layer by the streaming engine: the same logits as the whole model
                  (atol 1e-5), or refused for families in `catalog.STREAM_UNSUPPORTED`
 
@@ -28,7 +30,7 @@ from contextlib import contextmanager
 
 import torch
 
-CHECKS = ("verify", "identity", "neurons", "experts", "layers", "reload", "stream")
+CHECKS = ("verify", "analyze", "identity", "neurons", "experts", "layers", "reload", "stream")
 
 
 def _logits(model, ids):
@@ -112,6 +114,30 @@ def check_verify(model_type: str) -> str | None:
     from compressor.testing import tiny_moe
     model = tiny_moe(model_type)
     resolve_adapter(model).verify(model)
+
+
+def check_analyze(model_type: str) -> str | None:
+    from compressor.families import resolve_adapter
+    from compressor.importance import AnalyzeConfig, analyze
+    from compressor.testing import tiny_inputs, tiny_moe
+    model = tiny_moe(model_type)
+    ids = tiny_inputs()
+    try:
+        report = analyze(model, [ids], config=AnalyzeConfig())
+    except ValueError as e:
+        if "cannot be collected" in str(e):
+            return f"refused: {e}"
+        raise
+    k = resolve_adapter(model).top_k(model.config)
+    counts = report.experts.counts.sum(-1)
+    if not torch.all(counts == ids.numel() * k):
+        raise AssertionError(f"routed pairs per layer {counts.tolist()}, expected {ids.numel()} tokens x top-{k}")
+    for name in ("reap_sum", "taylor_sum"):
+        if not torch.isfinite(getattr(report.experts, name)).all():
+            raise AssertionError(f"expert {name} is not finite")
+    if not torch.isfinite(report.neurons.taylor_sum).all():
+        raise AssertionError("neuron Taylor scores are not finite")
+    return None
 
 
 def check_identity(model_type: str) -> str | None:

@@ -91,6 +91,12 @@ class ScoreCollector:
     # -- hooks -------------------------------------------------------------------------------------------------
     def register_hooks(self) -> None:
         if self.want & {"experts", "neurons", "wanda"}:
+            for blk in self.blocks:
+                if not blk.routed_call:
+                    raise ValueError(f"{self.adapter.family}: the experts module of {blk.name} "
+                                     f"({type(blk.experts).__name__}) is not called with the routed token indices "
+                                     "and weights, so per-expert and per-neuron scores cannot be collected; "
+                                     "score layers only (want=('layers',)) or slim by layer dropping")
             for l, blk in enumerate(self.blocks):
                 self._handles.append(blk.experts.register_forward_hook(self._experts_hook(l, blk)))
         if "layers" in self.want:
