@@ -2,13 +2,25 @@
 
     from compressor.evaluate import evaluate, render_table
     report = evaluate(model, baseline, tokenizer, recipe.evaluate)
-"""
-from compressor.evaluate.kernels import KernelChoice, apply_kernel_, choose_experts_kernel, safe_default_kernel_
-from compressor.evaluate.quality import BaselineReference, QualityStats, baseline_reference, compare_quality
-from compressor.evaluate.report import EvalReport, evaluate, render_table
-from compressor.evaluate.size import SizeStats, size_metrics
-from compressor.evaluate.speed import SpeedStats, measure_speed
 
-__all__ = ["KernelChoice", "apply_kernel_", "choose_experts_kernel", "safe_default_kernel_", "BaselineReference",
-           "QualityStats", "baseline_reference", "compare_quality", "EvalReport", "evaluate", "render_table",
-           "SizeStats", "size_metrics", "SpeedStats", "measure_speed"]
+The names load on first use (PEP 562), so torch-free submodules such as `compressor.evaluate.local_tasks` can be
+imported by the web page without importing torch.
+"""
+import importlib
+
+_WHERE = {
+    "KernelChoice": "kernels", "apply_kernel_": "kernels", "choose_experts_kernel": "kernels",
+    "safe_default_kernel_": "kernels", "BaselineReference": "quality", "QualityStats": "quality",
+    "baseline_reference": "quality", "compare_quality": "quality", "EvalReport": "report", "evaluate": "report",
+    "render_table": "report", "SizeStats": "size", "size_metrics": "size", "SpeedStats": "speed",
+    "measure_speed": "speed",
+}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'compressor.evaluate' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"compressor.evaluate.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
