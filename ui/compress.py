@@ -165,7 +165,11 @@ def preview(model: dict, *values):
         return box("Open a model to see the estimate.", "info"), ""
     f = form(model, *values)
     recipe = services.recipe_from(model["source"], f)
-    return estimate_card(model, f["slimming"], f["quantize"]), recipe.to_yaml()
+    card_html = estimate_card(model, f["slimming"], f["quantize"])
+    refusal = services.streamed_refusal(model["summary"], recipe)
+    if refusal:
+        card_html = box(refusal, "error") + card_html
+    return card_html, recipe.to_yaml()
 
 
 @guard(outputs=2, status=None, toast=False)
@@ -188,6 +192,9 @@ def enqueue(model: dict, name: str, *values):
         f = form(model, *values)
         recipe = services.recipe_from(model["source"], f)
         services.estimate_slimming(model["summary"], f["slimming"])   # refuses what the slimming would refuse
+        refusal = services.streamed_refusal(model["summary"], recipe)
+        if refusal:
+            raise ValueError(refusal)                                # it would fail in the worker: say so now
         run_id = services.enqueue(recipe, name=(name or "").strip()[:200])
     except Exception as exc:  # noqa: BLE001 - shown in the page; guard() logs unexpected ones
         return _failed(exc)

@@ -271,6 +271,18 @@ def estimate_quantized_bytes(summary: dict, slimming: dict, scheme: str) -> int:
     return quantized_checkpoint_bytes(shape, estimate(shape, SlimSettings.from_recipe(slimming)), scheme)
 
 
+def streamed_refusal(summary: dict, recipe: Recipe) -> str | None:
+    """What a layer-by-layer run of `recipe` would refuse, when this machine would run it layer by layer
+    (`compressor.stream.rules`, the pipeline's own rule); None when it runs in memory or has nothing to refuse."""
+    from compressor.stream.rules import mode_streams, streaming_problems
+    streams, reason = mode_streams(params=float(summary["params_total"]), recipe=recipe)
+    problems = streaming_problems(recipe) if streams else []
+    if not problems:
+        return None
+    return (f"This run would go layer by layer ({reason}), which refuses: " + "; ".join(problems)
+            + ". Change those fields, or set execution.streaming: off on a machine where the model fits.")
+
+
 def recipe_from(model_source: str, form: dict) -> Recipe:
     """A validated Recipe from the Compress form: {"slimming": {...}, "distill": {...}, "calibration": {...},
     "evaluate": {...}, "stages": n, "seed": s}. Raises RecipeError naming the bad fields, SourceError for a model

@@ -16,31 +16,18 @@ available is refused with the figures.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from compressor.stream.rules import (DISTILL_FACTOR, IN_MEMORY_FACTOR, LAYER_FACTOR, MODES,  # noqa: F401
+                                     gb as _gb, memory_available)
 from compressor.stream.shards import ShardIndex
-
-MODES = ("auto", "on", "off")
-IN_MEMORY_FACTOR = 2.0
-DISTILL_FACTOR = 5.0
-LAYER_FACTOR = 3.0
 
 
 class LayerTooLargeError(ValueError):
     """Even one decoder layer does not fit in the memory the job may use; the message gives the figures."""
-
-
-def memory_available() -> int:
-    raw = os.environ.get("MOE_STUDIO_MEMORY")
-    if raw:
-        from compressor.studio_cache import parse_size
-        return parse_size(raw, name="MOE_STUDIO_MEMORY")
-    import psutil
-    return int(psutil.virtual_memory().available)
 
 
 @dataclass(frozen=True)
@@ -54,10 +41,6 @@ class ExecutionPlan:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _gb(n: float) -> str:
-    return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
 
 
 def plan_execution(folder: Path | str, mode: str, *, tokens: int, taylor: bool,

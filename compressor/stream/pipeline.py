@@ -22,28 +22,7 @@ from compressor.progress import Reporter
 from compressor.recipe import Recipe
 from compressor.slimming.apply import analysis_needs
 from compressor.stream.blockwise import BlockDistillConfig
-
-
-def check_streamable(recipe: Recipe, reason: str) -> None:
-    """Refuse what a layer-by-layer run cannot do (module docstring), naming the fields to change."""
-    problems = []
-    if recipe.distill.steps > 0:
-        problems.append(f"distill.steps is {recipe.distill.steps} (global distillation holds the whole model, its "
-                        "teacher and their gradients): set it to 0 (distill.blockwise_steps recovers layer by layer)")
-    if recipe.stages > 1:
-        problems.append(f"stages is {recipe.stages} (stages distil in between): set it to 1")
-    if recipe.evaluate.tasks:
-        problems.append("evaluate.tasks need the whole model: remove them")
-    if recipe.evaluate.lm_eval.tasks:
-        problems.append("evaluate.lm_eval.tasks run the whole model (lm-eval's HFLM or vLLM): remove them, and run "
-                        "`python -m compressor eval CHECKPOINT --lm-eval ...` on a machine where it fits")
-    if recipe.quantize is not None:
-        problems.append("quantize reloads the whole checkpoint through transformers' TorchAoConfig: set it to null")
-    if recipe.slimming.is_identity:
-        problems.append("slimming cuts nothing")
-    if problems:
-        raise ValueError(f"{recipe.model} runs layer by layer ({reason}), so: " + "; ".join(problems)
-                         + ". Or set execution.streaming: off on a machine where the model fits.")
+from compressor.stream.rules import check_streamable
 
 
 def run_streamed_recipe(recipe: Recipe, staging: Path, reporter: Reporter, found, plan) -> dict:

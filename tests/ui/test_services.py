@@ -249,3 +249,20 @@ def test_a_hostile_config_upload_is_refused_in_the_child_and_its_files_deleted(t
     assert not Path(staged).exists()
     assert not (cache / "archives").exists() or not any((cache / "archives").iterdir())
     assert services.open_model("demo").summary["num_experts"] == 8          # the studio still opens models
+
+
+def test_a_recipe_a_streamed_run_would_refuse_is_named_before_it_is_queued(monkeypatch):
+    """The demo (11.3 M parameters, 45 MB in float32) with 5x for global distillation needs 226 MB: with 400 MB
+    available it goes layer by layer, where distill.steps and stages are refused; with 1 GB it runs in memory."""
+    from compressor.recipe import Recipe
+    from ui import services
+    summary = {"params_total": 11_280_000}
+    recipe = Recipe.model_validate({"slimming": {"expert_keep_ratio": 0.5}, "distill": {"steps": 40}, "stages": 2})
+    monkeypatch.setenv("MOE_STUDIO_MEMORY", "400MB")
+    text = services.streamed_refusal(summary, recipe)
+    assert "layer by layer" in text and "distill.steps is 40" in text and "stages is 2" in text
+    monkeypatch.setenv("MOE_STUDIO_MEMORY", "1GB")
+    assert services.streamed_refusal(summary, recipe) is None
+    monkeypatch.setenv("MOE_STUDIO_MEMORY", "400MB")
+    ok = Recipe.model_validate({"slimming": {"expert_keep_ratio": 0.5}, "distill": {"steps": 0}, "stages": 1})
+    assert services.streamed_refusal(summary, ok) is None
