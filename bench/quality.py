@@ -11,16 +11,26 @@ held-out windows, because those depend only on the recipe's data settings and se
     (e) multi-stage: 3 stages (widths 304, 240, 192) + distillation  stages=3, distill.steps=S (the recipe default
         split: 10% / 10% / 80%, i.e. 15, 15, 120 of 150)
     (e') (e) with the steps split evenly over the stages (recipe version 1: 50, 50, 50)
+    (c') (c) layer by layer (execution.streaming: on), no recovery     the cut the block-wise rows start from
+    (f) (c') + block-wise distillation at the token budget of (d)       distill.blockwise_steps=B, distill.steps=0
     deeper cut, keep 0.25 (width 96): (c25) one-shot, (d25) one-shot + S steps, (e25) 3 stages (240, 152, 96) + S steps
-    Wanda unstructured sparsity 50/60/70% with uniform, OWL and DLP allocation (no distillation)
+    Wanda unstructured sparsity 50/60/70% with uniform, OWL and DLP allocation (no distillation; sequential
+    calibration, the default)
 
-(d), (e), (d25) and (e25) run once per seed of `--seeds` (the seed moves the calibration and distillation data and
-the data order); the table gives every seed and the mean, because (d) and (e) differ by less than the spread
-between seeds at keep 0.5.
+Equal tokens, (d) against (f): global KD trains on S x distill.batch_size x distill.seq_len tokens (150 x 4 x 256 =
+153,600); block-wise distillation takes one calibration batch (calibration.batch_size x calibration.seq_len = 8 x 256
+= 2,048 tokens) per step and block, so B = S x 4 x 256 / (8 x 256) = 75 steps per block gives every MoE block the
+same 153,600 tokens (`blockwise_steps`). The layer-by-layer engine computes in the checkpoint's dtype (bf16); its
+exported checkpoints are evaluated again here as the in-memory rows are (bf16 weights, computed in fp32, against
+the fp32 original, same windows), so the rows compare; the engine's own bf16 figure is in a note below the table.
+
+(d), (e), (c'), (f), (d25) and (e25) run once per seed of `--seeds` (the seed moves the calibration and distillation
+data and the data order); the table gives every seed and the mean, because (d) and (e) differ by less than the
+spread between seeds at keep 0.5.
 
 Target (issue 3): (e) within 10% of the original perplexity and better than every baseline (a)-(d).
 
-    OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python -m bench.quality            # about 35 min on 2 quiet cores
+    OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python -m bench.quality            # about 50 min on 2 quiet cores (85 under load)
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python -m bench.quality --quick    # smoke run, about 3 min
 """
 from __future__ import annotations
@@ -38,18 +48,29 @@ from bench.common import (fmt, log, parse_args, setup_threads, start, table,
 TARGET_PPL_MARGIN = 0.10
 SPARSITIES = (0.5, 0.6, 0.7)
 ALLOCATIONS = ("uniform", "owl", "dlp")
+CALIBRATIONS = ("sequential", "dense")       # slimming.sparsity_calibration; sequential is the default
 
 
 def _extra(p):
     p.add_argument("--steps", type=int, default=None,
                    help="total distillation steps of rows (d) and (e) (default 150; 6 with --quick)")
     p.add_argument("--rows", default=None,
-                   help="comma-separated row keys to run (a,b,c,d,e,v,c25,d25,e25,w); default all")
+                   help="comma-separated row keys to run (a,b,c,d,e,v,cs,f,c25,d25,e25,w); default all")
     p.add_argument("--seeds", default="0,1,2",
                    help="recipe seeds for rows d, e, d25, e25 (comma-separated; the first also serves the other rows)")
 
 
-SEEDED = ("d", "e", "d25", "e25")
+SEEDED = ("d", "e", "cs", "f", "d25", "e25")
+STREAMED = {"execution": {"streaming": "on"}}
+
+
+def blockwise_steps(steps: int, quick: bool) -> int:
+    """Steps per block that give every MoE block the tokens global KD trains on in `steps` steps (module docstring):
+    steps x distill batch x distill seq_len / (calibration batch x calibration seq_len), rounded to the nearest."""
+    rec = recipe_for({}, quick)
+    d, c = rec.distill, rec.calibration
+    per_step = min(c.batch_size, c.tokens // c.seq_len) * c.seq_len
+    return max(1, round(steps * d.grad_accum * d.batch_size * d.seq_len / per_step))
 
 
 def rows(steps: int, quick: bool) -> list[tuple[str, str, dict]]:
@@ -60,6 +81,7 @@ def rows(steps: int, quick: bool) -> list[tuple[str, str, dict]]:
     quarter = {"expert_keep_ratio": 0.25, "neuron_score": "taylor"}
     split = "/".join(map(str, split_steps(total=steps, stages=3, final_share=DistillConfig().final_stage_share)))
     even = "/".join(map(str, split_steps(total=steps, stages=3, final_share=None)))
+    bw = blockwise_steps(steps, quick)
     out = [
         ("a", "(a) drop 4/8 experts by frequency", {"slimming": {"experts_keep": 4, "expert_score": "frequency"}}),
         ("b", "(b) drop 4/8 experts by REAP", {"slimming": {"experts_keep": 4, "expert_score": "reap"}}),
@@ -70,6 +92,9 @@ def rows(steps: int, quick: bool) -> list[tuple[str, str, dict]]:
          {"slimming": half, "stages": 3, "distill": {"steps": steps}}),
         ("v", f"(e') 3 stages, steps split evenly ({even}; recipe version 1)",
          {"slimming": half, "stages": 3, "distill": {"steps": steps, "final_stage_share": None}}),
+        ("cs", "(c') (c) layer by layer, no recovery", {"slimming": half, **STREAMED}),
+        ("f", f"(f) (c') + block-wise distillation ({bw} steps per block, the tokens of (d))",
+         {"slimming": half, **STREAMED, "distill": {"steps": 0, "blockwise_steps": bw}}),
         ("c25", "(c25) one-shot slimming to keep 0.25, no distillation", {"slimming": quarter}),
         ("d25", f"(d25) one-shot keep 0.25 + distillation ({steps} steps)",
          {"slimming": quarter, "distill": {"steps": steps}}),
@@ -78,7 +103,9 @@ def rows(steps: int, quick: bool) -> list[tuple[str, str, dict]]:
     ]
     for s in (SPARSITIES[:1] if quick else SPARSITIES):
         for a in ALLOCATIONS:
-            out.append(("w", f"Wanda {int(s * 100)}% {a}", {"slimming": {"sparsity": s, "sparsity_allocation": a}}))
+            for cal in CALIBRATIONS:
+                out.append(("w", f"Wanda {int(s * 100)}% {a} {cal}",
+                            {"slimming": {"sparsity": s, "sparsity_allocation": a, "sparsity_calibration": cal}}))
     return out
 
 
@@ -117,10 +144,33 @@ def run_row(label: str, recipe, work: Path) -> dict:
            "baseline_perplexity": m["baseline_perplexity"], "baseline_total": m["baseline_params_total"],
            "baseline_active": m["baseline_params_active"], "seconds": time.perf_counter() - t0,
            "timings": m["timings"], "stages": res.stages}
+    if recipe.execution.streaming == "on":
+        q = fp32_quality(res.checkpoint_dir, recipe)
+        row.update(engine_perplexity=m["perplexity"], engine_baseline_perplexity=m["baseline_perplexity"],
+                   perplexity=q.perplexity, agreement=q.agreement, kl=q.kl_to_baseline,
+                   baseline_perplexity=q.baseline_perplexity)
     shutil.rmtree(out, ignore_errors=True)
     log(f"{label}: ppl {row['perplexity']:.2f}  agreement {row['agreement']:.3f}  "
         f"active {row['params_active']:,}  ({row['seconds']:.0f} s)")
     return row
+
+
+def fp32_quality(ckpt: Path, recipe):
+    """Held-out quality of a written checkpoint as the in-memory rows measure it: its (bf16) weights computed in
+    float32 against the float32 original, on the recipe's evaluation windows, batches of the pipeline's size."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from compressor.data import eval_windows
+    from compressor.evaluate.quality import compare_quality
+    from compressor.evaluate.report import EVAL_BATCH
+    from compressor.sources import load_model, load_tokenizer
+
+    original = load_model(recipe.model, dtype=torch.float32)
+    windows = eval_windows(load_tokenizer(original.local_dir), tokens=recipe.evaluate.tokens,
+                           seq_len=recipe.evaluate.seq_len)
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+    return compare_quality(model, original.model, windows, batch_size=EVAL_BATCH)
 
 
 def _mean(runs: list[dict], key: str):
@@ -145,6 +195,19 @@ def _rows_table(results: dict, keys: Sequence[str], base: dict) -> str:
                   "KL to original (nats/tok)", "params total", "params active / token", "wall s"], body)
 
 
+def _engine_note(results: dict) -> str:
+    """What the layer-by-layer engine itself reported for (c') and (f) (bf16 compute), beside the fp32 figures."""
+    lines = []
+    for key in ("cs", "f"):
+        for r in results.get(key, []):
+            lines.append(f"{r['label'].split(' ')[0]} seed {r['seed']}: {r['engine_perplexity']:.2f} "
+                         f"(original {r['engine_baseline_perplexity']:.2f})")
+    if not lines:
+        return ""
+    return ("\n\n(c') and (f) run layer by layer and their checkpoints are evaluated as the other rows are (bf16 "
+            "weights in fp32). The engine's own evaluation computes in bf16: " + "; ".join(lines) + ".")
+
+
 def _stage_table(r: dict) -> str:
     body = []
     for st in r["stages"]:
@@ -157,17 +220,20 @@ def _stage_table(r: dict) -> str:
 
 
 def _wanda_table(results: list[dict], ppl0: float) -> str:
-    by = {(r["sparsity"], r["allocation"]): r for r in results}
+    by = {(r["sparsity"], r["allocation"], r["calibration"]): r for r in results}
     sps = sorted({k[0] for k in by})
+    cols = [(a, c) for a in ALLOCATIONS for c in CALIBRATIONS]
     body = []
     for s in sps:
-        cells = [by.get((s, a)) for a in ALLOCATIONS]
-        ppls = [c["perplexity"] if c else None for c in cells]
-        best = min((p, a) for p, a in zip(ppls, ALLOCATIONS) if p is not None)[1]
+        ppls = [by[(s, a, c)]["perplexity"] if (s, a, c) in by else None for a, c in cols]
+        best = min((p, f"{a} {c}") for p, (a, c) in zip(ppls, cols) if p is not None)[1]
         body.append([f"{int(s * 100)}%", *ppls, best])
-    return table(["sparsity", *[f"ppl {a}" for a in ALLOCATIONS], "best"], body) + \
+    return table(["sparsity", *[f"ppl {a} {c}" for a, c in cols], "best"], body) + \
         f"\n\nOriginal perplexity {fmt(ppl0)}; sparsity applies to every linear map of the decoder layers " \
-        "(attention and experts; embeddings, router and lm_head stay dense)."
+        "(attention and experts; embeddings, router and lm_head stay dense). sequential: each layer's Wanda norms " \
+        "are measured with the layers below already pruned (Wanda / OWL / DLP reference code; the OWL and DLP layer " \
+        "ratios come from the dense model); dense: every layer's norms from the unpruned model. DLP scores a layer " \
+        "by its median Wanda score."
 
 
 def _paired(results: dict, a: str, b: str) -> tuple[int, int]:
@@ -195,7 +261,7 @@ def verdict(results: dict, ppl0: float) -> str:
         lines.append(f"- (e) against the best baseline, {results[best_k][0]['label']} at {others[best_k]:.2f} "
                      f"(mean): {gap:+.2%} -> **{'beats every baseline' if beats else 'does not beat every baseline'}**"
                      " on the mean.")
-    for a, b in (("e", "d"), ("e", "v"), ("e25", "d25")):
+    for a, b in (("e", "d"), ("e", "v"), ("f", "d"), ("f", "cs"), ("e25", "d25")):
         won, n = _paired(results, a, b)
         if n:
             la, lb = results[a][0]["label"].split(" ")[0], results[b][0]["label"].split(" ")[0]
@@ -227,7 +293,8 @@ def main() -> None:
                 r["seed"] = seed
                 if key == "w":
                     r.update(sparsity=over["slimming"]["sparsity"],
-                             allocation=over["slimming"]["sparsity_allocation"])
+                             allocation=over["slimming"]["sparsity_allocation"],
+                             calibration=over["slimming"]["sparsity_calibration"])
                     wanda.append(r)
                 else:
                     results.setdefault(key, []).append(r)
@@ -236,23 +303,30 @@ def main() -> None:
     base = next(iter(results.values()), [None])[0] or wanda[0]
     ppl0 = base["baseline_perplexity"]
     rec = recipe_for({}, args.quick, seeds[0])
-    d = rec.distill
+    d, c = rec.distill, rec.calibration
+    bw, per = blockwise_steps(steps, args.quick), min(c.batch_size, c.tokens // c.seq_len) * c.seq_len
     sections = [
         "## Setup\n"
         f"- Demo model (Qwen3-MoE, 4 layers, 8 experts, top-2, expert width 384), loaded in float32.\n"
         f"- Calibration: {rec.calibration.tokens:,} tokens ({rec.calibration.seq_len}-token windows of the train "
         f"split); held-out evaluation: {rec.evaluate.tokens // rec.evaluate.seq_len} windows of "
         f"{rec.evaluate.seq_len} tokens spread over the test split, the same for every row and seed.\n"
-        f"- Seeds: {', '.join(map(str, seeds))} for (d), (e), (d25), (e25) (a seed moves the calibration and "
-        f"distillation windows and their order); the other rows use seed {seeds[0]}.\n"
+        f"- Seeds: {', '.join(map(str, seeds))} for (d), (e), (c'), (f), (d25), (e25) (a seed moves the calibration "
+        f"and distillation windows and their order); the other rows use seed {seeds[0]}.\n"
         f"- Distillation budget: **{steps} optimizer steps in total** for every distilled row (batch "
         f"{d.batch_size} x {d.seq_len} tokens = {steps * d.batch_size * d.seq_len:,} tokens), forward KL at "
         f"T={d.temperature}, lr {d.lr}, {d.warmup_steps} warm-up steps then cosine (per stage), teacher = the "
         f"original model. Multi-stage rows split the steps by `distill.final_stage_share` "
         f"(default {d.final_stage_share}: the last stage gets that share, the earlier stages split the rest); "
         "(e') splits them evenly. The recipe default is 300 steps; 150 keeps the benchmark near half an hour.\n"
+        f"- Block-wise distillation, (f): {bw} AdamW steps per MoE block (lr {d.blockwise_lr}), each on one "
+        f"calibration batch of {per:,} tokens, so every block trains on {bw * per:,} tokens, the "
+        f"{steps * d.grad_accum * d.batch_size * d.seq_len:,} of (d) (steps per block x calibration tokens per step "
+        "= global steps x batch x seq_len); no whole-model teacher, each block towards the original block's output. "
+        "(c') and (f) run layer by layer (`execution.streaming: on`).\n"
         "- Every row is one `run_recipe` call; its figures are measured on the exported bf16 checkpoint weights.",
-        "## 50% of expert parameters\n" + _rows_table(results, ("a", "b", "c", "d", "e", "v"), base),
+        "## 50% of expert parameters\n" + _rows_table(results, ("a", "b", "c", "d", "e", "v", "cs", "f"), base)
+        + _engine_note(results),
     ]
     if "e" in results:
         sections.append(f"### Stages of (e), seed {results['e'][0]['seed']}\n" + _stage_table(results["e"][0]))
