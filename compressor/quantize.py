@@ -84,7 +84,7 @@ def quantization_targets(model: nn.Module, scheme: str) -> dict[str, str]:
     skip = set()
     experts = {}
     for blk in adapter.moe_blocks(model):
-        if blk.transposed and scheme == "W8A16":
+        if blk.layout.transposed and scheme == "W8A16":
             raise ValueError(f"{type(model).__name__} stores its experts transposed ([E, in, out]), which torchao's "
                              "int8 tensors cannot multiply (no x @ W); use quantize.scheme FP8 for this family")
         skip |= {id(m) for m in (blk.router, blk.shared_gate) if m is not None}

@@ -40,36 +40,12 @@ class MoEBlock:
     block: nn.Module
     experts: nn.Module
     router: nn.Module | None
-    layout: ExpertsLayout | None = None
+    layout: ExpertsLayout                 # storage form: blk.layout.transposed / interleaved / has_bias / has_gate
     shared: nn.Module | None = None
     shared_gate: nn.Module | None = None
     indexed: list[ExpertIndexed] = field(default_factory=list)
     n_experts: int | None = None          # E, for layouts whose tensors do not show it (rows)
     extra: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.layout is None:                       # legacy construction: a decorated fused experts module
-            from compressor.families.layout import find_layout
-            self.layout = find_layout(self.experts, self.experts.down_proj.shape[1]
-                                      if not getattr(self.experts, "is_transposed", False)
-                                      else self.experts.down_proj.shape[2])
-
-    # -- flags (kept for callers of the first version) ----------------------------------------------------------
-    @property
-    def transposed(self) -> bool:
-        return self.layout.transposed
-
-    @property
-    def interleaved(self) -> bool:
-        return self.layout.interleaved
-
-    @property
-    def has_bias(self) -> bool:
-        return self.layout.has_bias
-
-    @property
-    def has_gate(self) -> bool:
-        return self.layout.has_gate
 
     @property
     def routed_call(self) -> bool:

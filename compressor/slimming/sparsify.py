@@ -64,7 +64,7 @@ def sparsifiable_maps(model: nn.Module) -> list[LinearMap]:
                 maps.append(LinearMap(i, names[id(mod)], mod.weight))
         if blk is not None:
             ex = f"{blk.name}.experts"
-            if blk.has_gate:
+            if blk.layout.has_gate:
                 maps.append(LinearMap(i, f"{ex}.gate_up", blk.gate_weight()))     # [E, I, H]
             maps.append(LinearMap(i, f"{ex}.gate_up", blk.up_weight()))       # [E, I, H]
             maps.append(LinearMap(i, f"{ex}.down", blk.down_weight()))        # [E, H, I]

@@ -48,14 +48,14 @@ def test_canonical_weights_match_single_expert_maths(family):
     # for the SwiGLU families; for GPT-OSS ((up + 1) * glu) zeroing the gate row AND bias gives glu = 0.
     with torch.no_grad():
         gate[4].zero_()
-        if b.has_bias:
+        if b.layout.has_bias:
             g_pos, _ = b.gate_up_positions(torch.tensor([4]))
             b.experts.gate_up_proj_bias[3, g_pos] = 0.0
         h = b.expert_hidden(x, 3)
     assert torch.all(h[:, 4] == 0)
     # down: output = h @ down.T (+ bias)
     out = b.expert_output(h, 3)
-    bias = b.experts.down_proj_bias[3] if b.has_bias else 0.0
+    bias = b.experts.down_proj_bias[3] if b.layout.has_bias else 0.0
     torch.testing.assert_close(out, h @ down.T + bias)
 
 

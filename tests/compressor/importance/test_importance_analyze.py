@@ -42,7 +42,7 @@ def _scores_from_saliency(model, s):
     expert = sum(t.flatten(1).sum(1) for t in s.values())
     I = blk.intermediate_size
     gu, dn = s["gate_up_proj"], s["down_proj"]
-    if blk.transposed:                         # GPT-OSS: [E, H, 2I] interleaved, down [E, I, H], gate/up bias [E, 2I]
+    if blk.layout.transposed:                         # GPT-OSS: [E, H, 2I] interleaved, down [E, I, H], gate/up bias [E, 2I]
         neuron = gu[:, :, 0::2].sum(1) + gu[:, :, 1::2].sum(1) + dn.sum(2)
         neuron = neuron + s["gate_up_proj_bias"][:, 0::2] + s["gate_up_proj_bias"][:, 1::2]
     else:                                      # [E, 2I, H] gate rows then up rows, down [E, H, I]
