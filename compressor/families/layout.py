@@ -1,6 +1,6 @@
 """How one experts module stores its E expert MLPs, found from parameter names and shapes (not from class names).
 
-Three storage forms occur in transformers 5 (see `../shared/notes/moe-layouts.md` and each family's modeling file):
+Three storage forms occur in transformers 5 (see `docs/moe-layouts.md` and each family's modeling file):
 
     fused      gate_up [E, 2I, H] (or transposed [E, H, 2I]), gate and up concatenated or interleaved on the 2I axis,
                down [E, H, I] (or [E, I, H]); optional biases gate_up_bias [E, 2I], down_bias [E, H]

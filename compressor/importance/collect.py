@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from compressor.families import FamilyAdapter, MoEBlock
-from compressor.importance import math as M
+from compressor.importance import formulas as M
 from compressor.importance.scores import ExpertScores, LayerScores, NeuronScores
 
 F64 = torch.float64

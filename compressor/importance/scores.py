@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from compressor.importance import math as M
+from compressor.importance import formulas as M
 
 SCORES_VERSION = 2
 # Version 2: "taylor" is |w * sum_b g_b| (LLM-Pruner), was sum_b |w * g_b| (now "taylor_per_batch"); the layers' `dlp`
@@ -161,7 +161,7 @@ class LayerScores:
     """Per decoder layer (all of them), [N] float64.
 
     cos_sum = sum_t cos(h_in_t, h_out_t), tokens = tokens seen; dlp = median Wanda score A over the layer's linear
-    maps (experts included; DLP's layer score, see `compressor.importance.math.wanda_layer_stats`); owl = share of
+    maps (experts included; DLP's layer score, see `compressor.importance.formulas.wanda_layer_stats`); owl = share of
     A entries above outlier_m * mean(A). `wanda_inputs` maps each scored linear map to sum_t x_t^2 per input feature
     (Wanda's ||X_j||^2): nn.Linear modules by their module name ([in]), and for each MoE block
     '<block>.experts.gate_up' ([E, H], tokens routed to e) and '<block>.experts.down' ([E, I], the intermediate h of

@@ -96,7 +96,7 @@ class SparsifyConfig(_Config):
 
     owl: outlier threshold `owl_m` x mean, spread `owl_lambda`; dlp: layer score `dlp_statistic` (median, as in the
     DLP paper and its repository's `--strategy` default, or mean, what the repository's unstructured path uses),
-    spread `dlp_alpha` (methods.md). OWL is the default until DLP wins on the studio's own benchmark
+    spread `dlp_alpha` (docs/methods.md). OWL is the default until DLP wins on the studio's own benchmark
     (bench/quality.py).
 
     calibration: "sequential" (the default, as Wanda, OWL and DLP do it) prunes layer by layer and measures layer l's

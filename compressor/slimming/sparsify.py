@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from compressor.families import resolve_adapter
-from compressor.importance.math import lower_median
+from compressor.importance.formulas import lower_median
 from compressor.inspect import count_params
 from compressor.progress import Reporter
 from compressor.slimming.config import DLP_STATISTICS, SparsifyConfig
@@ -96,7 +96,7 @@ def layer_statistics(maps: list[LinearMap], wanda_inputs: Mapping[str, torch.Ten
 
     s_l = median(A_l) for `dlp_statistic` "median" (DLP paper / repository default; `torch.median` of the
     concatenation, the lower middle value for an even count, found exactly by a two-pass radix select over the
-    float32 bit patterns, `compressor.importance.math.lower_median`, no concatenation held), mean(A_l) for "mean"
+    float32 bit patterns, `compressor.importance.formulas.lower_median`, no concatenation held), mean(A_l) for "mean"
     (float32 row sums, float64 across rows), zeros for None. D_l = share of A_l above owl_m * mean(A_l), computed
     only when `owl_m` is given (zeros otherwise). Called with one layer's maps it gives that layer's row exactly as
     a call over all maps does (the layer-by-layer engine relies on it).

@@ -2,7 +2,7 @@
 
 Wanda (Sun et al. 2023):  A_ij = |W_ij| * ||X_j||_2,  X_j = input feature j over the calibration tokens;
                           in every output row i, zero the floor(n_in * s) weights with the lowest A_ij.
-Allocation over decoder layers l = 1..L for a target mean sparsity S (both from methods.md):
+Allocation over decoder layers l = 1..L for a target mean sparsity S (both from docs/methods.md):
     spread(x, S, lam) = keep_l = (x_l - min x) / (max x - min x) * 2*lam;  keep_l += (1 - S) - mean(keep)
     OWL (Yin et al. 2024):  x_l = D_l = share of A entries in layer l above M * mean(A_l)  (M = 5, lam = 0.08)
     DLP (Chen et al. 2025): s_l = median(A_l) (or mean(A_l));  x_l = r_l = 1 - s_l / sum(s)   (alpha = 0.15)

@@ -13,7 +13,7 @@ parameter of B' (experts, router, shared experts), in float32; the result is cas
 When training ends with a higher loss than it started (too high a learning rate), the plain cut is kept
 (`trained_kept` False), so recovery never makes a block worse on its own calibration data.
 The layer-local reconstruction objective follows the block-/layer-wise recovery of LLM-Pruner's and SparseGPT's
-sequential schemes and the MSE-on-block-output stage of SlimMoE (methods.md, "Distillation variants").
+sequential schemes and the MSE-on-block-output stage of SlimMoE (docs/methods.md, "Distillation").
 
     captured = capture_block_io(layer, block, acts, j)        # run the original layer, keep (x, y) per batch
     stats = recover_block_(slim_block, captured, BlockDistillConfig(steps=50))

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from compressor.importance import math as M
+from compressor.importance import formulas as M
 
 F64 = torch.float64
 
