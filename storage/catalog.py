@@ -23,17 +23,27 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def upsert_model(*, source: str, fingerprint: str, summary: dict) -> int:
-    """The id of the model with this fingerprint; created, or its source and summary refreshed."""
+def upsert_model(*, source: str, fingerprint: str, summary: dict, label: str | None = None) -> int:
+    """The id of the model with this fingerprint; created, or its source and summary refreshed (and its label,
+    when one is given: an upload opened again from its staged path keeps the name it was uploaded under)."""
     with session_scope() as s:
         model = s.scalar(select(Model).where(Model.fingerprint == fingerprint))
         if model is None:
-            model = Model(source=source, fingerprint=fingerprint, summary=summary)
+            model = Model(source=source, fingerprint=fingerprint, summary=summary, label=label)
             s.add(model)
         else:
             model.source, model.summary = source, summary
+            if label:
+                model.label = label
         s.flush()
         return model.id
+
+
+def labels_by_source() -> dict[str, str]:
+    """{source: label} of every catalogued model that has a label (the newest row wins for a shared source)."""
+    with session_scope() as s:
+        rows = s.execute(select(Model.source, Model.label).where(Model.label.is_not(None)).order_by(Model.id))
+        return {source: label for source, label in rows}
 
 
 def get_model(model_id: int) -> Model | None:

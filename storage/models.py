@@ -70,6 +70,7 @@ class Model(Base):
     source: Mapped[str] = mapped_column(String(1024))
     fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
     summary: Mapped[dict] = mapped_column(default=dict)
+    label: Mapped[str | None] = mapped_column(String(200))  # what people call it: an upload's file name, a hub id
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -122,6 +123,8 @@ class Run(Base):
     metrics: Mapped[dict | None]
     stages: Mapped[list | None]
     parent_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    tags: Mapped[list] = mapped_column(default=list, server_default="[]")
+    notes: Mapped[str] = mapped_column(Text, default="", server_default="")
     model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
 
     stage_metrics: Mapped[list["StageMetric"]] = relationship(

@@ -62,7 +62,7 @@ def create_run(recipe: dict, *, name: str = "", parent_run_id: int | None = None
     with session_scope() as s:
         run = Run(recipe=recipe, name=name, parent_run_id=parent_run_id, model_id=model_id,
                   status=QUEUED, progress=0.0, stage="", step=0, total_steps=0, message="queued",
-                  attempts=0, cancel_requested=False, created_at=db_now(), send_count=0)
+                  attempts=0, cancel_requested=False, created_at=db_now(), send_count=0, tags=[], notes="")
         s.add(run)
         s.flush()
         _log(s, run.id, "queued" + (f" (re-run of run {parent_run_id})" if parent_run_id else ""))
@@ -85,6 +85,36 @@ def list_runs(*, status: str | None = None, limit: int = 500) -> list[Run]:
         if status is not None:
             q = q.where(Run.status == status)
         return list(s.scalars(q))
+
+
+TAG_MAX, TAGS_MAX, NOTES_MAX = 40, 20, 4000
+
+
+def clean_tags(tags) -> list[str]:
+    """Tags as stored: stripped, non-empty, at most `TAG_MAX` characters each, no duplicates (first kept), at most
+    `TAGS_MAX`. A string is split at commas.
+
+        clean_tags("baseline, keep-0.5,baseline")     # ["baseline", "keep-0.5"]
+    """
+    if isinstance(tags, str):
+        tags = tags.split(",")
+    out = [t.strip()[:TAG_MAX] for t in tags or [] if isinstance(t, str) and t.strip()]
+    return list(dict.fromkeys(out))[:TAGS_MAX]
+
+
+def set_run_notes(run_id: int, *, tags=None, notes: str | None = None) -> Run:
+    """Replace a run's tags (`clean_tags`) and / or notes (cut to `NOTES_MAX`), in any status; the updated row.
+    Raises `RunNotFound`."""
+    with session_scope() as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise RunNotFound(f"run {run_id} does not exist (deleted, or never created)")
+        if tags is not None:
+            run.tags = clean_tags(tags)
+        if notes is not None:
+            run.notes = str(notes)[:NOTES_MAX]
+        s.flush()
+        return run
 
 
 def queued_run_ids() -> list[int]:

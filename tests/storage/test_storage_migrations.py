@@ -22,7 +22,7 @@ def test_migrations_create_the_orm_schema_at_head(db_url):
     engine = db.init_db(db_url)
     assert set(inspect(engine).get_table_names()) == TABLES
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []
 
@@ -66,3 +66,23 @@ def test_0002_adds_the_send_columns_to_existing_runs_as_never_sent(db_url):
     [run] = repo.list_runs()
     assert (run.name, run.sent_at, run.send_count) == ("old", None, 0)
     assert repo.runs_due_for_send(older_than_s=60) == [run.id]
+
+
+def test_0003_gives_existing_runs_no_tags_and_empty_notes_and_models_no_label(db_url):
+    engine = db.init_db(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(db.MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0002")
+        conn.execute(text("INSERT INTO runs (name, recipe, status, progress, stage, step, total_steps, message, "
+                          "created_at, attempts, cancel_requested, send_count) VALUES ('old', '{}', 'queued', 0, "
+                          "'', 0, 0, 'queued', CURRENT_TIMESTAMP, 0, false, 0)"))
+        conn.execute(text("INSERT INTO models (source, fingerprint, summary, created_at) VALUES ('demo', 'f', '{}', "
+                          "CURRENT_TIMESTAMP)"))
+    db.migrate(engine, "head")
+    from storage import catalog, repo
+    [run] = repo.list_runs()
+    assert (run.name, run.tags, run.notes) == ("old", [], "")
+    assert catalog.labels_by_source() == {}
+    assert repo.set_run_notes(run.id, tags="a, b,a", notes="first try").tags == ["a", "b"]

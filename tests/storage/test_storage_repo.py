@@ -202,3 +202,21 @@ def test_the_runs_of_a_dead_worker_are_failed_and_others_kept(db_url):
     run = repo.get_run(dead)
     assert (run.status, run.error) == ("failed", "worker lost: the embedded worker exited (signal 9). Re-run it.")
     assert repo.get_run(alive).status == "running"
+
+
+def test_tags_and_notes_are_cleaned_and_kept_in_any_status(db_url):
+    from storage import catalog
+    run_id = repo.create_run({"model": "demo"})
+    assert (repo.get_run(run_id).tags, repo.get_run(run_id).notes) == ([], "")
+    repo.set_run_notes(run_id, tags=[" baseline ", "", "x" * 99, "baseline"], notes="n" * 5000)
+    run = repo.get_run(run_id)
+    assert run.tags == ["baseline", "x" * repo.TAG_MAX] and len(run.notes) == repo.NOTES_MAX
+    repo.mark_cancelled(run_id)
+    assert repo.set_run_notes(run_id, notes="why it stopped").tags == ["baseline", "x" * repo.TAG_MAX]
+    assert repo.get_run(run_id).notes == "why it stopped"
+    with pytest.raises(repo.RunNotFound):
+        repo.set_run_notes(run_id + 1000, notes="x")
+    model_id = catalog.upsert_model(source="/cache/uploads/ab12.zip", fingerprint="fp1", summary={},
+                                    label="mixtral-tiny.zip")
+    assert catalog.upsert_model(source="/cache/uploads/ab12.zip", fingerprint="fp1", summary={}) == model_id
+    assert catalog.labels_by_source() == {"/cache/uploads/ab12.zip": "mixtral-tiny.zip"}
