@@ -37,6 +37,7 @@ from compressor.evaluate import (BaselineReference, apply_kernel_, baseline_refe
 from compressor.evaluate.card import pipeline_card
 from compressor.evaluate.harness import check_lm_eval, resolve_backend, run_lm_eval
 from compressor.evaluate.tasks import check_tasks
+from compressor.device import resolve_device
 from compressor.families import resolve_adapter
 from compressor.importance import AnalyzeConfig, load_or_analyze
 from compressor.progress import CancelFn, ProgressFn, Reporter
@@ -91,6 +92,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, on_progress: ProgressFn |
     check_tasks(recipe.evaluate.tasks)
     check_lm_eval(recipe.evaluate.lm_eval)
     check_quantize(recipe.quantize)
+    resolve_device(recipe.execution.device)                   # a device this machine lacks is refused first
     created = not out_dir.exists()
     staging = out_dir / PARTIAL
     shutil.rmtree(staging, ignore_errors=True)
@@ -169,7 +171,7 @@ def _run(recipe: Recipe, staging: Path, reporter: Reporter, on_progress, should_
     torch.manual_seed(recipe.seed)
     with t("load"):
         reporter.report("load", message=f"loading {recipe.model}")
-        loaded = load_model(recipe.model, dtype=torch.float32)
+        loaded = load_model(recipe.model, dtype=torch.float32, device=recipe.execution.device)
         model, tokenizer = loaded.model, loaded.tokenizer
         if tokenizer is None:
             raise ValueError(f"{recipe.model} ships no tokenizer files; the pipeline needs one for calibration, "

@@ -168,9 +168,21 @@ class QuantizeConfig(_Strict):
 class ExecutionConfig(_Strict):
     """How the job runs: `streaming` auto | on | off (`compressor.stream.budget`: layer by layer, one decoder layer in
     memory, when the model does not fit comfortably). Streamed jobs score, cut and evaluate; global distillation and
-    multi-stage slimming need the whole model in memory and are refused for them before any work."""
+    multi-stage slimming need the whole model in memory and are refused for them before any work.
+
+    `device` (`compressor.device`): auto = a GPU when torch.cuda.is_available(), else the CPU; cpu; cuda; cuda:N. In
+    memory the model, calibration and evaluation run on it; layer by layer only the current decoder layer does (the
+    activations between layers and the embeddings / head stay on the CPU). The studio sends a cuda run to the GPU
+    workers' queue (docs/workers.md)."""
 
     streaming: Literal["auto", "on", "off"] = "auto"
+    device: str = Field("auto", max_length=16, description="auto | cpu | cuda | cuda:N")
+
+    @model_validator(mode="after")
+    def _known_device(self):
+        from compressor.device import check_device_spec      # torch-free
+        check_device_spec(self.device)
+        return self
 
 
 class Recipe(_Strict):

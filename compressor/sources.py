@@ -223,20 +223,26 @@ def resolve_local(source: ModelSource | str, *, allow_pickle: bool = False, trus
 
 def load_model(source: ModelSource | str, *, dtype: torch.dtype | str | None = None, allow_pickle: bool = False,
                trust_remote_code: bool = False, revision: str | None = None, work_dir: Path | None = None,
-               experts_implementation: str | None = None) -> LoadedModel:
+               experts_implementation: str | None = None, device: str = "cpu") -> LoadedModel:
     """Resolve `source` to a local folder (`resolve_local`), load model (eval mode) + tokenizer, fingerprint the
-    weights.
+    weights. `device` is a `compressor.device` spec (auto | cpu | cuda | cuda:N): the model is moved there, and a
+    device this machine lacks is refused before any weight is read.
 
     dtype None keeps transformers' default ("auto": the checkpoint's dtype). `revision` pins a hub id (it must
     agree with an '@rev' in the id). Dense or unsupported families load fine here; `families.resolve_adapter`
     is the one that refuses them.
     """
+    from compressor.device import resolve_device
+
+    target = resolve_device(device)
     found = resolve_local(source, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, revision=revision,
                           work_dir=work_dir)
     local = found.local_dir
     model = _load_weights(local, found.weights, dtype=dtype, trust_remote_code=trust_remote_code,
                           experts_implementation=experts_implementation)
     model.eval()
+    if target != "cpu":
+        model.to(target)
     tokenizer = load_tokenizer(local, trust_remote_code=trust_remote_code)
     return LoadedModel(model=model, tokenizer=tokenizer, source=found.source, local_dir=local,
                        fingerprint=weights_fingerprint(local), revision=found.revision, commit=found.commit)

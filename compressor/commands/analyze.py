@@ -21,8 +21,10 @@ _CAL = CalibrationConfig()
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from compressor.commands.model_args import add_model_safety_arguments, add_streaming_argument
+    from compressor.commands.model_args import add_device_argument
     add_model_safety_arguments(parser)
     add_streaming_argument(parser)
+    add_device_argument(parser)
     parser.add_argument("model", metavar="MODEL", help="'demo', a model folder, a .zip/.tar.gz of one, or a hub id")
     parser.add_argument("--out", required=True, type=Path, help="folder for the tables and summary.json")
     parser.add_argument("--tokens", type=int, default=_CAL.tokens, help=f"calibration tokens (default {_CAL.tokens})")
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     config = AnalyzeConfig(taylor=args.taylor)
     found, plan = streaming_plan(args, tokens=cal.tokens, taylor=args.taylor)
     if plan is None:
-        loaded = load_model(found.source, dtype=args.dtype, **model_safety_kwargs(args))
+        loaded = load_model(found.source, dtype=args.dtype, device=args.device, **model_safety_kwargs(args))
         model, tokenizer, weights_fp, analyzer = loaded.model, loaded.tokenizer, loaded.fingerprint, None
     else:
         model, tokenizer, weights_fp, analyzer = streamed_analysis(found, args)
@@ -90,16 +92,18 @@ def run(args: argparse.Namespace) -> int:
 def streamed_analysis(found, args):
     """(meta-device model for the cache key, tokenizer, weights fingerprint, analyzer) of the layer-by-layer path:
     the same cache keys as in memory, since both paths give the same scores."""
+    from compressor.device import resolve_device
     from compressor.fingerprint import weights_fingerprint
     from compressor.sources import load_tokenizer, parse_dtype
     from compressor.stream.analyze import stream_analyze
     from compressor.stream.skeleton import Skeleton
 
     dtype = parse_dtype(args.dtype) if args.dtype else None
+    device = resolve_device(getattr(args, "device", "cpu"))
     skeleton = Skeleton.open(found.local_dir, dtype=dtype)
 
     def analyzer(batches, **kw):
-        return stream_analyze(found.local_dir, batches, dtype=dtype, **kw)
+        return stream_analyze(found.local_dir, batches, dtype=dtype, device=device, **kw)
 
     tokenizer = load_tokenizer(found.local_dir, trust_remote_code=args.trust_remote_code)
     return skeleton.model, tokenizer, weights_fingerprint(found.local_dir), analyzer

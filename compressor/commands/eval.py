@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluate layer by layer (perplexity, agreement, KL and sizes; no speed): 'auto' when a "
                              "model does not fit comfortably, 'on' always, 'off' never (default auto)")
     add_threads_argument(parser)
+    from compressor.commands.model_args import add_device_argument
+    add_device_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     streamed = _streamed_dirs(args, cfg)
     if streamed is not None:
         return _run_streamed(args, cfg, *streamed)
-    loaded = load_model(args.model, dtype=args.dtype)
-    base = load_model(args.baseline, dtype=args.dtype) if args.baseline else None
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    base = load_model(args.baseline, dtype=args.dtype, device=args.device) if args.baseline else None
     tokenizer = loaded.tokenizer or (base.tokenizer if base else None)
     if tokenizer is None:
         raise ValueError(f"{args.model} ships no tokenizer files and no --baseline tokenizer was given")
@@ -114,6 +116,7 @@ def _run_streamed(args, cfg, model, baseline) -> int:
     """Quality from one sweep per model (compressor.stream.evaluate) and sizes from the headers; speed and tasks
     need the whole model in memory and are left out (said in the output)."""
     from compressor.describe import describe_checkpoint
+    from compressor.device import resolve_device
     from compressor.evaluate import render_table
     from compressor.evaluate.report import EvalReport
     from compressor.evaluate.size import SizeStats
@@ -141,7 +144,8 @@ def _run_streamed(args, cfg, model, baseline) -> int:
     if cfg.perplexity:
         windows = eval_windows(tokenizer, tokens=cfg.tokens, seq_len=cfg.seq_len)
         report.quality = stream_quality(model.local_dir, baseline.local_dir if baseline else None, windows,
-                                        dtype=parse_dtype(args.dtype) if args.dtype else None)
+                                        dtype=parse_dtype(args.dtype) if args.dtype else None,
+                                        device=resolve_device(args.device))
     report.seconds = time.perf_counter() - t0
     report.size.peak_memory_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     report.size.peak_memory_method = "ru_maxrss"      # this whole process, both sweeps included

@@ -39,6 +39,20 @@ def add_streaming_argument(parser: argparse.ArgumentParser) -> None:
                              "comfortably (compressor.stream.budget), 'on' always, 'off' never (default auto)")
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", type=_device_spec,
+                        help="auto (a GPU when torch.cuda.is_available(), else the CPU), cpu, cuda or cuda:N; in memory "
+                             "the model runs there, layer by layer only the current layer (default auto)")
+
+
+def _device_spec(text: str) -> str:
+    from compressor.device import check_device_spec
+    try:
+        return check_device_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def streaming_plan(args: argparse.Namespace, *, tokens: int, taylor: bool):
     """(the resolved local model, its ExecutionPlan or None when it runs in memory) for a command's MODEL argument.
     Pickle checkpoints always run in memory; `--streaming on` on one is refused."""

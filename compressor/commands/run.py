@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", metavar="RECIPE", type=Path, help="recipe file (YAML or JSON)")
     parser.add_argument("--out", required=True, type=Path, help="output folder: checkpoint/, recipe.yaml, metrics.json")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+    parser.add_argument("--device", default=None,
+                        help="overrides the recipe's execution.device: auto, cpu, cuda or cuda:N")
     add_threads_argument(parser)
 
 
@@ -85,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"recipe file not found: {args.recipe} (make one with "
                                 "`python -m compressor recipe --example > recipe.yaml`)")
     recipe = Recipe.load(args.recipe)
+    if args.device is not None:
+        recipe = Recipe.parse({**recipe.to_dict(), "execution": {**recipe.execution.model_dump(),
+                                                                  "device": args.device}})
     apply_threads(args)
     bars = ProgressBars(enabled=not args.no_progress)
     try:

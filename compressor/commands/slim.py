@@ -28,8 +28,10 @@ REPORT_FILE = "slim_report.json"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from compressor.commands.model_args import add_model_safety_arguments, add_streaming_argument
+    from compressor.commands.model_args import add_device_argument
     add_model_safety_arguments(parser)
     add_streaming_argument(parser)
+    add_device_argument(parser)
     parser.add_argument("model", metavar="MODEL", help="'demo', a model folder, a .zip/.tar.gz of one, or a hub id")
     parser.add_argument("--out", required=True, type=Path, help="output folder: checkpoint/ + slim_report.json")
     parser.add_argument("--expert-keep-ratio", type=float, default=1.0,
@@ -119,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         found, plan = streaming_plan(args, tokens=cal.tokens, taylor=bool(analyze_cfg and analyze_cfg.taylor))
     if plan is not None:
         return _run_streamed(args, found, plan, cfg, cal, analyze_cfg, t0)
-    loaded = load_model(found.source, dtype=args.dtype, **model_safety_kwargs(args))
+    loaded = load_model(found.source, dtype=args.dtype, device=args.device, **model_safety_kwargs(args))
     model = loaded.model
     batches, importance, scores_meta = None, None, {}
     if analyze_cfg is not None:

@@ -31,12 +31,13 @@ from compressor.stream.sweep import advance_, capture_inputs, final_logits, run_
 
 
 def stream_analyze(folder: Path | str, batches, *, config: AnalyzeConfig = AnalyzeConfig(),
-                   dtype: torch.dtype | None = None, skeleton: Skeleton | None = None,
+                   dtype: torch.dtype | None = None, skeleton: Skeleton | None = None, device: str = "cpu",
                    on_progress: ProgressFn | None = None, should_cancel: CancelFn | None = None) -> ImportanceReport:
     """Score experts, neurons and layers of the checkpoint in `folder` on `batches`, one layer in memory at a time.
-    Batches are as for `analyze` (dicts / (ids, mask) pairs / id tensors)."""
+    Batches are as for `analyze` (dicts / (ids, mask) pairs / id tensors). `device` (a resolved torch device name)
+    holds the current layer; activations, embeddings and head stay on the CPU."""
     reporter = Reporter(on_progress, should_cancel)
-    sk = skeleton or Skeleton.open(folder, dtype=dtype)
+    sk = skeleton or Skeleton.open(folder, dtype=dtype, device=device)
     check_streamable_family(sk.config)
     sk.load_globals_()
     batches = list(batches)

@@ -38,6 +38,8 @@ def run_streamed_recipe(recipe: Recipe, staging: Path, reporter: Reporter, found
     from compressor.stream.slim import stream_slim
 
     check_streamable(recipe, plan.reason)
+    from compressor.device import resolve_device
+    device = resolve_device(recipe.execution.device)       # the current layer's device; the rest stays on the CPU
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     local = found.local_dir
@@ -56,7 +58,7 @@ def run_streamed_recipe(recipe: Recipe, staging: Path, reporter: Reporter, found
         skeleton = Skeleton.open(local)
 
         def analyzer(batches, **kw):
-            return stream_analyze(local, batches, **kw)
+            return stream_analyze(local, batches, device=device, **kw)
 
         importance = load_or_analyze(skeleton.model, calib, config=AnalyzeConfig(want=want, taylor=taylor),
                                      weights_fp=weights_fingerprint(local), analyzer=analyzer,
@@ -70,7 +72,8 @@ def run_streamed_recipe(recipe: Recipe, staging: Path, reporter: Reporter, found
                       on_progress=_span(reporter, .45, .7))
     timings["slim"] = time.perf_counter() - ts
     ts = time.perf_counter()
-    quality = stream_quality(ckpt, local, windows, reporter=reporter.span(0.7, 0.98)) if e.perplexity else None
+    quality = (stream_quality(ckpt, local, windows, reporter=reporter.span(0.7, 0.98), device=device)
+               if e.perplexity else None)
     sizes = [describe_checkpoint(d) for d in (ckpt, local)]
     report = EvalReport(quality=quality, size=_size(sizes[0]), baseline_size=_size(sizes[1]))
     timings["final_evaluate"] = time.perf_counter() - ts

@@ -8,7 +8,7 @@ exactly as `from_pretrained` builds them; the dtype rules are `from_pretrained`'
 
     sk = Skeleton.open(Path("my-model"))            # config + headers only
     sk.load_globals_()                              # embeddings, final norm, lm_head (tied ones re-tied)
-    layer = sk.load_layer_(3)                       # decoder layer 3 with real tensors
+    layer = sk.load_layer_(3)                       # decoder layer 3 with real tensors (on `sk.device`)
     view = sk.layer_view(3)                         # a model-shaped wrapper holding only layer 3 (for hooks/cuts)
     sk.release_layer_(3)                            # back to meta: its memory is freed
 """
@@ -61,14 +61,16 @@ def checkpoint_dtype(config, index: ShardIndex) -> torch.dtype:
 class Skeleton:
     """A causal LM built on the meta device from a checkpoint folder's config, plus its shard index."""
 
-    def __init__(self, folder: Path, model: nn.Module, index: ShardIndex, dtype: torch.dtype):
+    def __init__(self, folder: Path, model: nn.Module, index: ShardIndex, dtype: torch.dtype, device: str = "cpu"):
         self.folder, self.model, self.index, self.dtype = Path(folder), model, index, dtype
+        self.device = torch.device(device)      # where loaded decoder layers live; globals stay on the CPU
         self._loaded: set[int] = set()
         self._pristine = copy.deepcopy(self.layers)       # meta modules: structure only, no memory
 
     @classmethod
     def open(cls, folder: Path | str, *, dtype: torch.dtype | None = None, index: ShardIndex | None = None,
-             config=None) -> "Skeleton":
+             config=None, device: str = "cpu") -> "Skeleton":
+        """`device` is a resolved torch device name (`compressor.device.resolve_device`) for the decoder layers."""
         from transformers import AutoConfig, AutoModelForCausalLM
 
         folder = Path(folder)
@@ -78,7 +80,7 @@ class Skeleton:
         with params_on_meta():
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         model.eval()
-        return cls(folder, model, index, dtype)
+        return cls(folder, model, index, dtype, device)
 
     # -- structure ------------------------------------------------------------------------------------------------
     @property
@@ -120,12 +122,15 @@ class Skeleton:
                 release_(module)
 
     def load_layer_(self, i: int) -> nn.Module:
-        """Decoder layer i with real tensors from the checkpoint (converted as `from_pretrained` would)."""
+        """Decoder layer i with real tensors from the checkpoint (converted as `from_pretrained` would), moved to
+        `self.device`."""
         names = self.index.layer_names(i)
         if not names:
             raise ShardError(f"{self.folder.name}: no tensors of decoder layer {i} in any shard (model.layers.{i}.*)"
                              "; the checkpoint is incomplete.")
         self._load(names, what=f"decoder layer {i}", prefix=f"model.layers.{i}.")
+        if self.device.type != "cpu":
+            self.layers[i].to(self.device)
         self._loaded.add(i)
         return self.layers[i]
 

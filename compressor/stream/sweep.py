@@ -117,13 +117,35 @@ def _keep_first_hidden(acts: Activations):
 
 
 def run_layer(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
-    """One decoder layer's output for `hidden` [B, S, H] with the arguments the model gave it."""
+    """One decoder layer's output for `hidden` [B, S, H] with the arguments the model gave it. When the layer lives
+    on another device than `hidden` (a GPU, `Skeleton.device`), its inputs are copied there and the output comes
+    back to `hidden`'s device, so the activations between layers stay where they were (the CPU)."""
+    home, dev = hidden.device, _device_of(layer)
+    if dev is not None and dev != home:
+        hidden, kwargs = hidden.to(dev), _moved(kwargs, dev)
     if POSITIONAL in kwargs:
         kwargs = dict(kwargs)
         out = layer(hidden, *kwargs.pop(POSITIONAL), **kwargs)
     else:
         out = layer(hidden, **kwargs)
-    return out[0] if isinstance(out, (tuple, list)) else out
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return out.to(home) if out.device != home else out
+
+
+def _device_of(module: nn.Module) -> torch.device | None:
+    """The device of the module's first real parameter (None for a module without one)."""
+    return next((p.device for p in module.parameters() if p.device.type != "meta"), None)
+
+
+def _moved(value, device: torch.device):
+    """`value` with every tensor inside (dicts, tuples, lists) copied to `device`."""
+    if torch.is_tensor(value):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _moved(v, device) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_moved(v, device) for v in value)
+    return value
 
 
 @torch.no_grad()
