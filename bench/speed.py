@@ -79,11 +79,11 @@ def _decode_fn(model, impl, prompt, new_tokens):
     def run():
         _set_impl(model, impl)
         out = model(input_ids=prompt, use_cache=True)
-        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        past, nxt = out.cache, out.logits[:, -1:].argmax(-1)
         t0 = time.perf_counter()
         for _ in range(new_tokens):
-            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            out = model(input_ids=nxt, cache=past, use_cache=True)
+            past, nxt = out.cache, out.logits[:, -1:].argmax(-1)
         run.last = time.perf_counter() - t0
     return run
 

@@ -99,7 +99,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, on_progress: ProgressFn |
     staging.mkdir(parents=True)
     try:
         with _no_hf_bars():
-            result = _run(recipe, staging, Reporter(on_progress, should_cancel), on_progress, should_cancel)
+            result = _run(recipe, staging, Reporter(on_progress, should_cancel))
         for name in OUTPUTS:                                   # move into place only once everything succeeded
             target = out_dir / name
             if target.is_dir():
@@ -123,13 +123,17 @@ class _Job:
     model: torch.nn.Module
     tokenizer: object
     calib: list[dict]
+    distil_batches: list[dict]
     windows: torch.Tensor
     baseline: torch.nn.Module | BaselineReference
+    original_teacher: TeacherCache | None    # `teacher: original` with a top-k cache: the original's logits
+    cached: bool                             # the teacher is a top-k cache (distill.cache_teacher_topk > 0)
     original_layers: int
     layer_map: list[int]                     # original index of every current decoder layer
     timings: _Timings
-    on_progress: ProgressFn | None
-    should_cancel: CancelFn | None
+    local_dir: Path
+    fingerprint: str
+    source_dtype: torch.dtype
 
 
 def _streamed(recipe: Recipe, staging: Path, reporter: Reporter) -> PipelineResult | None:
@@ -163,10 +167,19 @@ def _streamed(recipe: Recipe, staging: Path, reporter: Reporter) -> PipelineResu
                           timings=out["timings"])
 
 
-def _run(recipe: Recipe, staging: Path, reporter: Reporter, on_progress, should_cancel) -> PipelineResult:
+def _run(recipe: Recipe, staging: Path, reporter: Reporter) -> PipelineResult:
+    """prepare (load, data, baseline, the original's teacher) -> every stage with its teacher -> finish."""
     streamed = _streamed(recipe, staging, reporter)
     if streamed is not None:
         return streamed
+    job = _prepare(recipe, staging, reporter)
+    stages = _run_stages(job, staging, reporter)
+    return _finish(job, staging, stages, reporter.span(STAGES_END, 1.0))
+
+
+def _prepare(recipe: Recipe, staging: Path, reporter: Reporter) -> _Job:
+    """Load the model in float32, build the data, the baseline and, for `teacher: original` with a top-k cache, the
+    cache of the original's logits over every distillation batch."""
     t, d = _Timings(), recipe.distill
     torch.manual_seed(recipe.seed)
     with t("load"):
@@ -176,7 +189,6 @@ def _run(recipe: Recipe, staging: Path, reporter: Reporter, on_progress, should_
         if tokenizer is None:
             raise ValueError(f"{recipe.model} ships no tokenizer files; the pipeline needs one for calibration, "
                              "distillation and evaluation data")
-        source_dtype = _source_dtype(loaded.local_dir)
         adapter = resolve_adapter(model)
         safe_default_kernel_(model)
     with t("data"):
@@ -186,15 +198,52 @@ def _run(recipe: Recipe, staging: Path, reporter: Reporter, on_progress, should_
         reporter.span(0, LOAD_SPAN).report("load", message="preparing the baseline")
         baseline = (_reference(model, tokenizer, windows, loaded.local_dir, recipe.evaluate) if cached
                     else copy.deepcopy(model).requires_grad_(False).eval())
-    teacher = baseline if d.teacher == "original" and not cached else None
+    original_teacher = None
     if cached and d.teacher == "original":
         with t("teacher_cache"):
-            teacher = TeacherCache.build(model, distil_batches, directory=staging / "teacher-cache",
-                                         k=d.cache_teacher_topk, temperature=d.temperature,
-                                         reporter=reporter.span(0, LOAD_SPAN))
+            original_teacher = TeacherCache.build(model, distil_batches, directory=staging / "teacher-cache",
+                                                  k=d.cache_teacher_topk, temperature=d.temperature,
+                                                  reporter=reporter.span(0, LOAD_SPAN))
     layers = len(adapter.decoder_layers(model))
-    job = _Job(recipe, model, tokenizer, calib, windows, baseline, layers, list(range(layers)), t, on_progress,
-               should_cancel)
+    return _Job(recipe, model, tokenizer, calib, distil_batches, windows, baseline, original_teacher, cached,
+                layers, list(range(layers)), t, loaded.local_dir, loaded.fingerprint,
+                _source_dtype(loaded.local_dir))
+
+
+def teacher_kind(*, teacher: str, cached: bool, steps: int) -> str:
+    """What teaches a stage with `steps` distillation batches: "none" (no step: nothing is built or sliced, so a
+    0-step stage of a `previous_stage` recipe costs no teacher), "original" (the baseline copy), "original_cache"
+    (this stage's slice of the cache of the original's top-k logits), "previous_copy" (a frozen copy of the model as
+    this stage starts) or "previous_cache" (a top-k cache of it over this stage's batches)."""
+    if steps <= 0:
+        return "none"
+    if teacher == "original":
+        return "original_cache" if cached else "original"
+    if teacher == "previous_stage":
+        return "previous_cache" if cached else "previous_copy"
+    raise ValueError(f"unknown distill.teacher {teacher!r}: use original or previous_stage")
+
+
+def _stage_teacher(job: _Job, kind: str, batches: list[dict], done: int, staging: Path, reporter: Reporter):
+    """The teacher object of one stage (see `teacher_kind`)."""
+    d = job.recipe.distill
+    if kind == "none":
+        return None
+    if kind == "original":
+        return job.baseline
+    if kind == "original_cache":
+        return job.original_teacher.slice(done, done + len(batches))
+    with job.timings("teacher_cache" if kind == "previous_cache" else "teacher_copy"):
+        if kind == "previous_cache":
+            return TeacherCache.build(job.model, batches, directory=staging / "teacher-cache", k=d.cache_teacher_topk,
+                                      temperature=d.temperature, reporter=reporter.span(0, 0.05))
+        return copy.deepcopy(job.model).requires_grad_(False).eval()
+
+
+def _run_stages(job: _Job, staging: Path, reporter: Reporter) -> list[dict]:
+    """Every stage of `distill.schedule.plan_stages`, each with its share of the distillation batches."""
+    recipe, model, d = job.recipe, job.model, job.recipe.distill
+    adapter = resolve_adapter(model)
     blk = adapter.moe_blocks(model)[0]
     plan = plan_stages(recipe.slimming, stages=recipe.stages, num_experts=blk.num_experts,
                        width=blk.intermediate_size, expert_multiple=adapter.num_groups(model.config))
@@ -202,40 +251,42 @@ def _run(recipe: Recipe, staging: Path, reporter: Reporter, on_progress, should_
     stages, done, span = [], 0, (STAGES_END - LOAD_SPAN) / recipe.stages
     for i, target in enumerate(plan):
         sub = reporter.span(LOAD_SPAN + i * span, LOAD_SPAN + (i + 1) * span)
-        batches = distil_batches[done:done + steps[i] * d.grad_accum]
-        if d.teacher == "previous_stage" and batches:
-            teacher = None                                      # free the last stage's teacher first
-            with t("teacher_cache" if cached else "teacher_copy"):
-                teacher = (TeacherCache.build(model, batches, directory=staging / "teacher-cache",
-                                              k=d.cache_teacher_topk, temperature=d.temperature,
-                                              reporter=sub.span(0, 0.05)) if cached
-                           else copy.deepcopy(model).requires_grad_(False).eval())
-            stage_teacher = teacher
-        else:
-            stage_teacher = teacher.slice(done, done + len(batches)) if cached else teacher
-        stages.append(_stage(job, i, target, batches, stage_teacher, sub, loaded.fingerprint if i == 0 else None))
+        batches = job.distil_batches[done:done + steps[i] * d.grad_accum]
+        kind = teacher_kind(teacher=d.teacher, cached=job.cached, steps=len(batches))
+        teacher = _stage_teacher(job, kind, batches, done, staging, sub)
+        stages.append(_stage(job, i, target, batches, teacher, sub, job.fingerprint if i == 0 else None))
+        teacher = None                                       # a previous-stage teacher is freed before the next
+        if kind == "previous_cache":
+            shutil.rmtree(staging / "teacher-cache", ignore_errors=True)
         done += len(batches)
-    teacher = stage_teacher = None
-    fin = reporter.span(STAGES_END, 1.0)
+    job.original_teacher = None
+    return stages
+
+
+def _finish(job: _Job, staging: Path, stages: list[dict], fin: Reporter) -> PipelineResult:
+    """Export in the source dtype, quantize when asked, evaluate the exported weights, write the card and files."""
+    recipe, t = job.recipe, job.timings
+    model = job.model
     with t("export"):
         fin.report("export", message="saving the checkpoint")
         ckpt = staging / "checkpoint"
-        _save(model, tokenizer, ckpt, source_dtype, windows)
+        _save(model, job.tokenizer, ckpt, job.source_dtype, job.windows)
     quant = None
     if recipe.quantize is not None:
         with t("quantize"):
             fin.report("quantize", message=f"quantizing the checkpoint to {recipe.quantize.scheme}")
-            model, quant = _quantize(ckpt, staging, recipe.quantize, windows)
+            model, quant = _quantize(ckpt, staging, recipe.quantize, job.windows)
     with t("final_evaluate"):
-        final = evaluate(model, baseline, tokenizer, recipe.evaluate, windows=windows, checkpoint_dir=ckpt,
-                         baseline_checkpoint_dir=loaded.local_dir, reporter=fin.span(0.1, 1.0))
+        final = evaluate(model, job.baseline, job.tokenizer, recipe.evaluate, windows=job.windows,
+                         checkpoint_dir=ckpt, baseline_checkpoint_dir=job.local_dir, reporter=fin.span(0.1, 1.0))
     timings = {**t, "total": sum(t.values())}
+    dtype = str(job.source_dtype).removeprefix("torch.")
     metrics = {**final.headline(), "timings": timings, "evaluation": final.to_dict(),
-               "source": {"model": recipe.model, "fingerprint": loaded.fingerprint,
-                          "dtype": str(source_dtype).removeprefix("torch.")}}
+               "source": {"model": recipe.model, "fingerprint": job.fingerprint, "dtype": dtype}}
     if quant is not None:
         metrics.update(quantize=quant.to_dict(), unquantized_checkpoint_bytes=quant.checkpoint_bytes_before)
-    (ckpt / "README.md").write_text(model_card(model, pipeline_card(recipe, metrics, stages)))
+    card_dtype = f"{dtype}, weight-only {recipe.quantize.scheme}" if quant is not None else dtype
+    (ckpt / "README.md").write_text(model_card(model, pipeline_card(recipe, metrics, stages), dtype=card_dtype))
     (staging / "recipe.yaml").write_text(recipe.to_yaml())
     (staging / "metrics.json").write_text(json.dumps({**metrics, "stages": stages}, indent=2, default=str))
     shutil.rmtree(staging / "teacher-cache", ignore_errors=True)
@@ -254,8 +305,7 @@ def _stage(job: _Job, i: int, target: StageTarget, batches: list[dict], teacher,
         with t("calibrate"):
             want, taylor = analysis_needs(cfg)
             importance = load_or_analyze(model, job.calib, config=AnalyzeConfig(want=want, taylor=taylor),
-                                         weights_fp=weights_fp, should_cancel=job.should_cancel,
-                                         on_progress=_mapped(job.on_progress, reporter.span(0, .15)))
+                                         weights_fp=weights_fp, reporter=reporter.span(0, .15))
             row["scores_cache_hit"] = bool(importance.meta.get("cache", {}).get("hit"))
         with t("slim"):
             res = apply_slimming_(model, importance, cfg, batches=job.calib, reporter=reporter.span(.15, .2))
@@ -294,13 +344,6 @@ def _stage_slimming(final: SlimmingConfig, target: StageTarget, model, *, droppe
         sparsity_dlp_statistic=final.sparsity_dlp_statistic, sparsity_calibration=final.sparsity_calibration)
 
 
-def _mapped(on_progress: ProgressFn | None, sub: Reporter) -> ProgressFn | None:
-    """A callback that maps a sub-operation's own 0..1 fraction onto `sub`'s share of the whole job."""
-    if on_progress is None:
-        return None
-    return lambda ev: on_progress(replace(ev, fraction=sub.lo + (sub.hi - sub.lo) * ev.fraction))
-
-
 def _data(recipe: Recipe, tokenizer):
     c, d, e = recipe.calibration, recipe.distill, recipe.evaluate
     calib = calibration_batches(tokenizer, tokens=c.tokens, seq_len=c.seq_len, batch_size=c.batch_size,
@@ -322,11 +365,14 @@ def _reference(model, tokenizer, windows: torch.Tensor, local_dir: Path, cfg: Ev
         ref.lm_eval = run_lm_eval(model, tokenizer, cfg.lm_eval, backend=resolve_backend(cfg.lm_eval.backend),
                                   checkpoint_dir=local_dir)
     ref.size = size_metrics(model, sample_ids=windows[:8], checkpoint_dir=local_dir)
-    if cfg.speed:
+    if cfg.speed:                    # the probe's kernel, and eager, which every slimmed model can run too
         choice = choose_experts_kernel(model, sample_ids=windows[:2], allow_bf16=False)
+        for label in dict.fromkeys([choice.label, f"eager/{choice.dtype}"]):
+            apply_kernel_(model, label.split("/")[0])
+            ref.speeds[label] = measure_speed(model, prompt_ids=windows[:2])
+            ref.speeds[label].settings.update(kernel=label, kernels={"model": label})
         apply_kernel_(model, choice)
-        ref.speed = measure_speed(model, prompt_ids=windows[:2])
-        ref.speed.settings["kernels"] = {"model": choice.label}
+        ref.speed = ref.speeds[choice.label]
     return ref
 
 

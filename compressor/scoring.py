@@ -4,7 +4,7 @@ look them up in the score cache without reading any weight, or compute them in m
 
     inputs = scoring_inputs("demo", tokens=4096, seq_len=256, batch_size=8, taylor=True)
     cached_scores_dir(inputs)                       # Path of a finished report, or None (no weights read)
-    report = analyze_source(inputs, on_progress=print)
+    report = analyze_source(inputs, reporter=Reporter(print))
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def cached_scores_dir(inputs: ScoringInputs) -> Path | None:
     return target if (target / SUMMARY_FILE).is_file() else None
 
 
-def analyze_source(inputs: ScoringInputs, *, streaming: str = "auto", on_progress=None, should_cancel=None):
+def analyze_source(inputs: ScoringInputs, *, streaming: str = "auto", reporter=None):
     """The ImportanceReport of these inputs: from the cache, or computed in memory or layer by layer."""
     from compressor.importance import load_or_analyze
     from compressor.sources import load_model
@@ -88,4 +88,4 @@ def analyze_source(inputs: ScoringInputs, *, streaming: str = "auto", on_progres
     else:
         analyzer, model = None, load_model(inputs.found.source).model
     return load_or_analyze(model, inputs.batches, config=inputs.config, weights_fp=inputs.weights_fp,
-                           analyzer=analyzer, on_progress=on_progress, should_cancel=should_cancel)
+                           analyzer=analyzer, reporter=reporter)

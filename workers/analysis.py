@@ -20,6 +20,7 @@ from pathlib import Path
 
 from celery import shared_task
 
+from compressor.progress import Reporter
 from compressor.recipe import CalibrationConfig
 from storage import catalog
 
@@ -83,7 +84,7 @@ def analyze_model(self, model_id: int, settings: dict) -> dict:
             self.update_state(state="PROGRESS", meta=event.to_dict())
 
     from compressor.scoring import analyze_source
-    report = analyze_source(inputs, on_progress=on_progress)      # in memory, or layer by layer when it must
+    report = analyze_source(inputs, reporter=Reporter(on_progress))     # in memory, or layer by layer when it must
     cache = report.meta.get("cache", {})
     return {"dir": cache.get("dir"), "hit": bool(cache.get("hit")), "seconds": time.perf_counter() - t0}
 

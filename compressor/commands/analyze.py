@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from compressor.progress import Reporter
 from compressor.recipe import CalibrationConfig
 
 NAME = "analyze"
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.set_postfix(tok_s=f"{event.tokens_per_s:,.0f}", loss=f"{event.loss or 0:.3f}")
 
         report = load_or_analyze(model, batches, config=config, weights_fp=weights_fp, cache_dir=args.cache_dir,
-                                 use_cache=args.cache, on_progress=on_progress, analyzer=analyzer)
+                                 use_cache=args.cache, reporter=Reporter(on_progress), analyzer=analyzer)
     report.meta.update({"model": str(found.source), "calibration": cal.model_dump(),
                         "execution": plan.to_dict() if plan else {"streaming": False},
                         "text": str(args.text) if args.text else "shipped corpus (train split)", "seed": args.seed})

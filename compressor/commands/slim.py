@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from compressor.progress import Reporter
 from compressor.recipe import CalibrationConfig, SlimmingConfig
 
 NAME = "slim"
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     if analyze_cfg is not None:
         batches = calibration_from_args(loaded.tokenizer, args, cal)
         importance = load_or_analyze(model, batches, config=analyze_cfg, weights_fp=loaded.fingerprint,
-                                     cache_dir=args.cache_dir, use_cache=args.cache, on_progress=_progress_line)
+                                     cache_dir=args.cache_dir, use_cache=args.cache, reporter=Reporter(_progress_line))
         scores_meta = {"analyze": analyze_cfg.to_dict(), "cache": importance.meta.get("cache"),
                        "tokens": importance.meta.get("tokens"), "calibration": cal.model_dump(),
                        "text": str(args.text) if args.text else "shipped corpus (train split)", "seed": args.seed}
@@ -174,7 +175,7 @@ def _run_streamed(args, found, plan, cfg: SlimmingConfig, cal: CalibrationConfig
     if analyze_cfg is not None:
         batches = calibration_from_args(tokenizer, args, cal)
         importance = load_or_analyze(skeleton_model, batches, config=analyze_cfg, weights_fp=weights_fp,
-                                     cache_dir=args.cache_dir, use_cache=args.cache, on_progress=_progress_line,
+                                     cache_dir=args.cache_dir, use_cache=args.cache, reporter=Reporter(_progress_line),
                                      analyzer=analyzer)
         scores_meta = {"analyze": analyze_cfg.to_dict(), "cache": importance.meta.get("cache"),
                        "tokens": importance.meta.get("tokens"), "calibration": cal.model_dump(),
@@ -184,7 +185,7 @@ def _run_streamed(args, found, plan, cfg: SlimmingConfig, cal: CalibrationConfig
     block = (BlockDistillConfig(steps=args.block_distill_steps, lr=args.block_distill_lr)
              if args.block_distill_steps else None)
     result = stream_slim(found.local_dir, importance, cfg, ckpt, batches=batches, block_distill=block,
-                         dtype=parse_dtype(args.dtype) if args.dtype else None, on_progress=_progress_line)
+                         dtype=parse_dtype(args.dtype) if args.dtype else None, reporter=Reporter(_progress_line))
     card = model_card(Skeleton.open(ckpt).model, {"source": str(found.source), "slimming": cfg.model_dump()})
     (ckpt / "README.md").write_text(card)
     report = {"model": str(found.source), "slimming": cfg.model_dump(), **result.to_dict(), "scores": scores_meta,

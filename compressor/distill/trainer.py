@@ -229,8 +229,8 @@ def _student_rollout(student: nn.Module, batch: dict, gen: torch.Generator) -> d
         logits = None
         for _ in range(L - prompt):
             step_in = seq if past is None else seq[:, -1:]
-            out = student(input_ids=step_in, past_key_values=past, use_cache=True)
-            past, logits = out.past_key_values, out.logits[:, -1].float()
+            out = student(input_ids=step_in, cache=past, use_cache=True)
+            past, logits = out.cache, out.logits[:, -1].float()
             nxt = torch.multinomial(torch.softmax(logits, -1).cpu(), 1, generator=gen).to(ids.device)
             seq = torch.cat([seq, nxt], dim=1)
     finally:

@@ -94,15 +94,26 @@ def candidate_kernels(model: nn.Module, *, allow_bf16: bool = True) -> tuple[lis
     return pairs, skipped
 
 
+def candidate_labels(model: nn.Module, *, allow_bf16: bool = True) -> set[str]:
+    """The "implementation/dtype" labels of `candidate_kernels`."""
+    return {f"{i}/{_dtype_name(d)}" for i, d in candidate_kernels(model, allow_bf16=allow_bf16)[0]}
+
+
 @torch.no_grad()
 def choose_experts_kernel(model: nn.Module, *, sample_ids: torch.Tensor, allow_bf16: bool = True,
-                          repeats: int = 2) -> KernelChoice:
+                          repeats: int = 2, only: set[str] | None = None) -> KernelChoice:
     """Time each candidate on a forward over `sample_ids` [B, L] and return the fastest (rule in the docstring).
+    `only` restricts the candidates to these "implementation/dtype" labels (the kernels a second model can run too,
+    so that both are timed with one kernel).
 
     The model ends with its original implementation; call `apply_kernel_` to switch. A candidate that raises is
     recorded as skipped with the error."""
     device = next(model.parameters()).device
     pairs, skipped = candidate_kernels(model, allow_bf16=allow_bf16)
+    if only is not None:
+        for impl, dtype in pairs:
+            if f"{impl}/{_dtype_name(dtype)}" not in only:
+                skipped[f"{impl}/{_dtype_name(dtype)}"] = "the other model of the comparison cannot run it"
     original = current_implementation(model)
     base_dtype = next(model.parameters()).dtype
     models = {base_dtype: model}

@@ -19,7 +19,7 @@ highest sum, `accuracy_norm` the highest sum per character of the choice (as lm-
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -56,7 +56,8 @@ class BaselineReference:
     topk: list[TeacherTopK]               # one per batch of `batch_size` windows, positions 0..L-2
     batch_size: int
     size: object = None                   # SizeStats of the baseline, when measured before it left memory
-    speed: object = None                  # SpeedStats of the baseline alone, likewise
+    speed: object = None                  # SpeedStats of the baseline alone, likewise (its chosen kernel)
+    speeds: dict = field(default_factory=dict)   # "implementation/dtype" -> SpeedStats: every kernel it was timed in
     lm_eval: dict | None = None           # harness.run_lm_eval of the baseline, likewise
 
     @property

@@ -4,10 +4,14 @@
     print(render_table(report))          # the CLI prints; the library only returns text
     json.dumps(report.to_dict())
 
-Order of work: choose each model's expert kernel by a timed probe (when speed is measured), quality over the
-held-out windows, local JSONL tasks, lm-eval tasks (`harness`), size (parameters, checkpoint bytes, peak memory), then speed,
-interleaved. With a `BaselineReference` instead of a baseline model, quality uses its cached top-k log-probs and
-speed uses the baseline figures it carries (measured earlier, so `speed.settings["interleaved"]` is False).
+Order of work: choose one expert kernel and dtype for both models (when speed is measured: a timed probe on the
+baseline among the kernels both can run, `shared_kernel`), quality over the held-out windows, local JSONL tasks,
+lm-eval tasks (`harness`), size (parameters, checkpoint bytes, peak memory), then speed, interleaved. With a
+`BaselineReference` instead of a baseline model, quality uses its cached top-k log-probs and speed uses the baseline
+figures it carries for the same kernel (measured earlier, so `speed.settings["interleaved"]` is False). A speed-up
+is only ever model / baseline in one kernel and dtype; when no kernel is common to both (a reference timed only in
+kernels the slimmed model cannot run), `settings["same_kernel"]` is False and the figure is labelled
+"best kernel each".
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compressor.evaluate.kernels import KernelChoice, apply_kernel_, choose_experts_kernel, safe_default_kernel_
+from compressor.evaluate.kernels import (KernelChoice, apply_kernel_, candidate_labels, choose_experts_kernel,
+                                         safe_default_kernel_)
 from compressor.evaluate.quality import BaselineReference, QualityStats, compare_quality
 from compressor.evaluate.size import SizeStats, size_metrics
 from compressor.evaluate.speed import SpeedStats, measure_speed
@@ -66,7 +71,11 @@ class EvalReport:
         if self.speed:
             s = self.speed
             out.update(prefill_tokens_per_s=s.prefill_tokens_per_s, decode_tokens_per_s=s.decode_tokens_per_s,
-                       prefill_speedup=s.prefill_speedup, decode_speedup=s.decode_speedup)
+                       prefill_speedup=s.prefill_speedup, decode_speedup=s.decode_speedup,
+                       speed_kernel=s.settings.get("kernel"), speed_same_kernel=s.settings.get("same_kernel"))
+            for k, r in (("prefill", s.prefill_speedup_range), ("decode", s.decode_speedup_range)):
+                if r is not None:
+                    out[f"{k}_speedup_low"], out[f"{k}_speedup_high"] = r
         for name, res in self.tasks.items():
             out[f"task:{name}"] = res.get("model", {}).get("accuracy")
         for name, res in self.lm_eval.get("tasks", {}).items():
@@ -94,14 +103,14 @@ def evaluate(model: nn.Module, baseline: nn.Module | BaselineReference | None, t
     for m in (model, live_base):
         if m is not None:
             safe_default_kernel_(m)
-    choices: dict[str, KernelChoice] = {}
+    choice: KernelChoice | None = None
     if cfg.speed:
         reporter.report("evaluate", message="timing expert kernels")
+        choice = shared_kernel(model, baseline, sample_ids=windows[:SPEED_PREFILL_ROWS])
         for name, m in (("model", model), ("baseline", live_base)):
             if m is not None:
-                choices[name] = choose_experts_kernel(m, sample_ids=windows[:SPEED_PREFILL_ROWS])
-                apply_kernel_(m, choices[name])
-                report.kernels[name] = choices[name].to_dict()
+                apply_kernel_(m, choice)
+                report.kernels[name] = choice.to_dict()
     if cfg.perplexity:
         report.quality = compare_quality(model, baseline, windows, batch_size=EVAL_BATCH,
                                          reporter=reporter.span(0.0, 0.6))
@@ -118,7 +127,7 @@ def evaluate(model: nn.Module, baseline: nn.Module | BaselineReference | None, t
     elif isinstance(baseline, BaselineReference):
         report.baseline_size = baseline.size
     if cfg.speed:
-        report.speed = _speed(model, live_base, baseline, choices, windows, reporter.span(0.6, 1.0))
+        report.speed = _speed(model, live_base, baseline, choice, windows, reporter.span(0.6, 1.0))
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -139,9 +148,28 @@ def lm_eval_pair(model: nn.Module, baseline, tokenizer, cfg, *, checkpoint_dir: 
             "num_fewshot": cfg.num_fewshot, "tasks": tasks}
 
 
-def _speed(model, live_base, baseline, choices: dict, windows: torch.Tensor, reporter: Reporter) -> SpeedStats:
-    """Speed in each model's chosen dtype (bf16 copies when the probe picked bf16 for an fp32 model)."""
-    def in_dtype(m, choice):
+def shared_kernel(model: nn.Module, baseline, *, sample_ids: torch.Tensor) -> KernelChoice:
+    """The one expert kernel and dtype both models are timed in, chosen once, on the baseline:
+    - a live baseline: the fastest on the baseline among the kernels the model can run too;
+    - a `BaselineReference`: the first kernel it was timed in (its probe's choice, then eager) that the model can
+      run; when there is none, the model's own fastest (the figure is then labelled "best kernel each");
+    - no baseline: the model's fastest."""
+    if isinstance(baseline, nn.Module):
+        both = candidate_labels(model) & candidate_labels(baseline)
+        return choose_experts_kernel(baseline, sample_ids=sample_ids, only=both)
+    timed = list(getattr(baseline, "speeds", None) or {}) if isinstance(baseline, BaselineReference) else []
+    runnable = candidate_labels(model, allow_bf16=True)
+    for label in timed:
+        if label in runnable:
+            impl, dtype = label.split("/")
+            return KernelChoice(implementation=impl, dtype=dtype, device=next(model.parameters()).device.type,
+                                skipped={"probe": f"chosen on the original before slimming ({label})"})
+    return choose_experts_kernel(model, sample_ids=sample_ids)
+
+
+def _speed(model, live_base, baseline, choice: KernelChoice, windows: torch.Tensor, reporter: Reporter) -> SpeedStats:
+    """Speed of both models in `choice`'s kernel and dtype (bf16 copies when it is bf16 for an fp32 model)."""
+    def in_dtype(m):
         want = getattr(torch, choice.dtype)
         if next(m.parameters()).dtype == want:
             return m
@@ -149,18 +177,21 @@ def _speed(model, live_base, baseline, choices: dict, windows: torch.Tensor, rep
         apply_kernel_(c, choice)
         return c
 
-    m = in_dtype(model, choices["model"])
-    b = in_dtype(live_base, choices["baseline"]) if live_base is not None else None
+    m = in_dtype(model)
+    b = in_dtype(live_base) if live_base is not None else None
     stats = measure_speed(m, b, prompt_ids=windows[:SPEED_PREFILL_ROWS], reporter=reporter)
-    stats.settings["interleaved"] = b is not None
-    stats.settings["kernels"] = {k: c.label for k, c in choices.items()}
-    ref_speed = getattr(baseline, "speed", None) if isinstance(baseline, BaselineReference) else None
-    if b is None and ref_speed is not None:
-        stats.baseline_prefill_tokens_per_s = ref_speed.prefill_tokens_per_s
-        stats.baseline_decode_tokens_per_s = ref_speed.decode_tokens_per_s
-        stats.prefill_speedup = stats.prefill_tokens_per_s / ref_speed.prefill_tokens_per_s
-        stats.decode_speedup = stats.decode_tokens_per_s / ref_speed.decode_tokens_per_s
-        stats.settings["kernels"]["baseline"] = ref_speed.settings.get("kernels", {}).get("model")
+    stats.settings.update(interleaved=b is not None, kernel=choice.label, same_kernel=True,
+                          kernels={"model": choice.label, **({"baseline": choice.label} if b is not None else {})})
+    if b is None and isinstance(baseline, BaselineReference) and baseline.speed is not None:
+        ref = (baseline.speeds or {}).get(choice.label)
+        same = ref is not None
+        ref = ref or baseline.speed
+        stats.compare_to(ref.rounds.get("prefill") or [ref.prefill_tokens_per_s],
+                         ref.rounds.get("decode") or [ref.decode_tokens_per_s], interleaved=False)
+        stats.settings["same_kernel"] = same
+        stats.settings["kernels"]["baseline"] = ref.settings.get("kernel") or choice.label
+        if not same:
+            stats.settings["kernel"] = f"best kernel each: model {choice.label}, original {ref.settings.get('kernel')}"
     return stats
 
 
@@ -205,10 +236,14 @@ def report_rows(report: EvalReport) -> list[tuple[str, object, object, str]]:
             mine, base = getattr(s, attr), getattr(bs, attr, None)
             rows.append((label, mine, base, _ratio(mine, base)))
     if sp:
-        rows += [("prefill tokens/s", sp.prefill_tokens_per_s, sp.baseline_prefill_tokens_per_s,
-                  _ratio(sp.prefill_tokens_per_s, sp.baseline_prefill_tokens_per_s)),
-                 ("decode tokens/s", sp.decode_tokens_per_s, sp.baseline_decode_tokens_per_s,
-                  _ratio(sp.decode_tokens_per_s, sp.baseline_decode_tokens_per_s))]
+        for name, mine, base, rng in (("prefill", sp.prefill_tokens_per_s, sp.baseline_prefill_tokens_per_s,
+                                       sp.prefill_speedup_range),
+                                      ("decode", sp.decode_tokens_per_s, sp.baseline_decode_tokens_per_s,
+                                       sp.decode_speedup_range)):
+            ratio = _ratio(mine, base)
+            if rng is not None:
+                ratio += f" ({rng[0]:.2f}-{rng[1]:.2f}{', within noise' if rng[0] <= 1.0 <= rng[1] else ''})"
+            rows.append((f"{name} tokens/s", mine, base, ratio))
     return rows
 
 
@@ -224,10 +259,11 @@ def render_table(report: EvalReport) -> str:
             lines.append("  ".join("-" * w for w in widths))
     if report.speed:
         st = report.speed.settings
-        kern = ", ".join(f"{k}: {v}" for k, v in st.get("kernels", {}).items())
+        kern = st.get("kernel") or ", ".join(f"{k}: {v}" for k, v in st.get("kernels", {}).items())
         lines.append(f"speed: prefill {st['prefill_batch']}x{st['prefill_len']}, decode {st['decode_batch']}x"
                      f"{st['new_tokens']} tokens, {st['rounds']} rounds, {st['threads']} threads on {st['device']}"
-                     f"{', interleaved' if st.get('interleaved') else ', baseline measured earlier'}; kernels {kern}")
+                     f"{', interleaved' if st.get('interleaved') else ', baseline measured earlier'}; "
+                     f"both in {kern}; ratio ranges are the lowest and highest round")
     if report.lm_eval:
         le = report.lm_eval
         n = {t: r["model"].get("n") for t, r in le.get("tasks", {}).items()}

@@ -8,7 +8,7 @@ batch's gradient g_b into G = sum_b g_b and clears it; the Taylor scores are the
 summed per expert / per neuron (N = loss tokens; LLM-Pruner: `hf_prune.py` one backward over all examples,
 `LLMPruner/pruner/hf_llama_pruner.py` `salience = W * W.grad`). No optimizer, weights unchanged.
 
-    report = analyze(model, batches, config=AnalyzeConfig(taylor=False), on_progress=print)
+    report = analyze(model, batches, config=AnalyzeConfig(taylor=False), reporter=Reporter(print))
     report.experts.reap           # [L, E]
     report.meta["tokens_per_s"]   # calibration throughput
 """
@@ -25,7 +25,7 @@ from torch import nn
 from compressor.families import resolve_adapter
 from compressor.importance.collect import WANT_ALL, collect_scores
 from compressor.importance.scores import SCORES_VERSION, ImportanceReport
-from compressor.progress import CancelFn, Eta, ProgressFn, Reporter
+from compressor.progress import Eta, Reporter
 
 ANALYZE_CONFIG_VERSION = 1
 
@@ -67,15 +67,15 @@ class AnalyzeConfig:
 
 
 def analyze(model: nn.Module, batches: Iterable, *, config: AnalyzeConfig = AnalyzeConfig(),
-            on_progress: ProgressFn | None = None, should_cancel: CancelFn | None = None) -> ImportanceReport:
+            reporter: Reporter | None = None) -> ImportanceReport:
     """Score experts, neurons and layers of `model` on `batches`.
 
     batches: dicts {"input_ids": [B, S], "attention_mask": [B, S]} (padding = 0 in the mask, kept out of every
-    statistic), (ids, mask) pairs, or bare id tensors. Progress events have stage "calibrate"; `should_cancel`
-    is polled after every batch and raises `Cancelled` (hooks and gradient flags are restored first).
+    statistic), (ids, mask) pairs, or bare id tensors. Progress events have stage "calibrate"; the reporter's
+    cancel check runs after every batch and raises `Cancelled` (hooks and gradient flags are restored first).
     """
     adapter = resolve_adapter(model)
-    reporter = Reporter(on_progress, should_cancel)
+    reporter = reporter or Reporter()
     was_training = model.training
     model.eval()
     try:

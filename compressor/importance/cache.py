@@ -20,7 +20,7 @@ from torch import nn
 from compressor.fingerprint import fingerprint, weights_fingerprint
 from compressor.importance.analyze import AnalyzeConfig, _unpack, analyze
 from compressor.importance.scores import SCORES_VERSION, SUMMARY_FILE, ImportanceReport
-from compressor.progress import CancelFn, ProgressFn
+from compressor.progress import Reporter
 from compressor.sources import studio_cache_dir
 
 # config fields that change nothing a score depends on (paths, versions, output switches)
@@ -60,14 +60,13 @@ def cache_key(*, weights_fp: str, data_fp: str, config: AnalyzeConfig, settings:
 
 def load_or_analyze(model: nn.Module, batches: Iterable, *, config: AnalyzeConfig = AnalyzeConfig(),
                     weights_fp: str | None = None, data_fp: str | None = None, cache_dir: str | Path | None = None,
-                    use_cache: bool = True, on_progress: ProgressFn | None = None,
-                    should_cancel: CancelFn | None = None, analyzer=None) -> ImportanceReport:
+                    use_cache: bool = True, reporter: Reporter | None = None, analyzer=None) -> ImportanceReport:
     """The cached report for (weights, data, settings) when there is one, else `analyze(...)` and store it.
 
     weights_fp defaults to `weights_fingerprint(model)` (hashes every tensor; pass `LoadedModel.fingerprint` to
     skip that), data_fp to `data_fingerprint(batches)`. use_cache=False analyses without reading or writing.
     `meta["cache"]` says whether it was a hit and where the scores live. `analyzer(batches, config=...,
-    on_progress=..., should_cancel=...)` replaces `analyze(model, ...)` (the layer-by-layer engine passes its own,
+    reporter=...)` replaces `analyze(model, ...)` (the layer-by-layer engine passes its own,
     with the meta-device skeleton as `model` for the settings: both paths give the same scores, so they share keys).
     """
     batches = list(batches)
@@ -75,7 +74,7 @@ def load_or_analyze(model: nn.Module, batches: Iterable, *, config: AnalyzeConfi
         def analyzer(b, **kw):
             return analyze(model, b, **kw)
     if not use_cache:
-        return analyzer(batches, config=config, on_progress=on_progress, should_cancel=should_cancel)
+        return analyzer(batches, config=config, reporter=reporter)
     key = cache_key(weights_fp=weights_fp or weights_fingerprint(model), data_fp=data_fp or data_fingerprint(batches),
                     config=config, settings=model_settings(model))
     root = Path(cache_dir) if cache_dir is not None else scores_cache_dir()
@@ -88,7 +87,7 @@ def load_or_analyze(model: nn.Module, batches: Iterable, *, config: AnalyzeConfi
         else:
             report.meta["cache"] = {"key": key, "hit": True, "dir": str(target)}
             return report
-    report = analyzer(batches, config=config, on_progress=on_progress, should_cancel=should_cancel)
+    report = analyzer(batches, config=config, reporter=reporter)
     _store(report, root, key)
     report.meta["cache"] = {"key": key, "hit": False, "dir": str(target)}
     return report

@@ -61,9 +61,13 @@ def _write_aliases(out: Path, config) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def model_card(model: nn.Module, extra_card: str | dict | None = None) -> str:
-    """README.md text: what the model is (inspect summary) plus the caller's notes (text, or a dict shown as JSON)."""
+def model_card(model: nn.Module, extra_card: str | dict | None = None, *, dtype: str | None = None) -> str:
+    """README.md text: what the model is (inspect summary) plus the caller's notes (text, or a dict shown as JSON).
+    `dtype` names the saved weights' dtype when the model in memory differs (the pipeline works in float32 and
+    saves in the checkpoint's dtype)."""
     info = inspect_model(model)
+    if dtype is not None:
+        info["dtype"] = dtype
     lines = ["---", "library_name: transformers", "tags: [moe, compressed, moe-compression-studio]", "---", "",
              f"# Compressed {info['family']} mixture-of-experts model", "",
              "Made with MoE Compression Studio. Loads with stock `AutoModelForCausalLM.from_pretrained` "

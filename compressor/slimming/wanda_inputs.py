@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from compressor.progress import CancelFn, ProgressFn
+from compressor.progress import Reporter
 
 
 def wanda_inputs_from_sums(sq_sums: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -24,11 +24,11 @@ def wanda_inputs_from_sums(sq_sums: Mapping[str, torch.Tensor]) -> dict[str, tor
     return {k: torch.as_tensor(v).double().clamp_min(0).sqrt().float() for k, v in sq_sums.items()}
 
 
-def collect_wanda_inputs(model: nn.Module, batches: Iterable, *, on_progress: ProgressFn | None = None,
-                         should_cancel: CancelFn | None = None) -> dict[str, torch.Tensor]:
+def collect_wanda_inputs(model: nn.Module, batches: Iterable, *, reporter: Reporter | None = None
+                         ) -> dict[str, torch.Tensor]:
     """One calibration pass over `batches` (id tensors [B, S] or dicts with input_ids / attention_mask) on the
     model as it is now (after any structural slimming), returning ||X_j||_2 per key."""
     from compressor.importance import AnalyzeConfig, analyze     # lazy: importance imports pandas
     report = analyze(model, list(batches), config=AnalyzeConfig(want=("wanda",), taylor=False),
-                     on_progress=on_progress, should_cancel=should_cancel)
+                     reporter=reporter)
     return wanda_inputs_from_sums(report.layers.wanda_inputs)

@@ -24,7 +24,7 @@ from compressor.families import resolve_adapter
 from compressor.importance.analyze import AnalyzeConfig, next_token_loss_sum
 from compressor.importance.collect import ScoreCollector
 from compressor.importance.scores import SCORES_VERSION, ExpertScores, ImportanceReport, LayerScores, NeuronScores
-from compressor.progress import CancelFn, ProgressFn, Reporter
+from compressor.progress import Reporter
 from compressor.families.catalog import check_streamable_family
 from compressor.stream.skeleton import Skeleton
 from compressor.stream.sweep import advance_, capture_inputs, final_logits, run_layer
@@ -32,11 +32,11 @@ from compressor.stream.sweep import advance_, capture_inputs, final_logits, run_
 
 def stream_analyze(folder: Path | str, batches, *, config: AnalyzeConfig = AnalyzeConfig(),
                    dtype: torch.dtype | None = None, skeleton: Skeleton | None = None, device: str = "cpu",
-                   on_progress: ProgressFn | None = None, should_cancel: CancelFn | None = None) -> ImportanceReport:
+                   reporter: Reporter | None = None) -> ImportanceReport:
     """Score experts, neurons and layers of the checkpoint in `folder` on `batches`, one layer in memory at a time.
     Batches are as for `analyze` (dicts / (ids, mask) pairs / id tensors). `device` (a resolved torch device name)
     holds the current layer; activations, embeddings and head stay on the CPU."""
-    reporter = Reporter(on_progress, should_cancel)
+    reporter = reporter or Reporter()
     sk = skeleton or Skeleton.open(folder, dtype=dtype, device=device)
     check_streamable_family(sk.config)
     sk.load_globals_()

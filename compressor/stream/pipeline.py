@@ -62,14 +62,14 @@ def run_streamed_recipe(recipe: Recipe, staging: Path, reporter: Reporter, found
 
         importance = load_or_analyze(skeleton.model, calib, config=AnalyzeConfig(want=want, taylor=taylor),
                                      weights_fp=weights_fingerprint(local), analyzer=analyzer,
-                                     on_progress=_span(reporter, 0.0, 0.45))
+                                     reporter=reporter.span(0.0, 0.45))
     timings["calibrate"] = time.perf_counter() - ts
     ts = time.perf_counter()
     ckpt = staging / "checkpoint"
     d = recipe.distill
     block = BlockDistillConfig(steps=d.blockwise_steps, lr=d.blockwise_lr) if d.blockwise_steps else None
     res = stream_slim(local, importance, recipe.slimming, ckpt, batches=calib, block_distill=block,
-                      on_progress=_span(reporter, .45, .7))
+                      reporter=reporter.span(.45, .7))
     timings["slim"] = time.perf_counter() - ts
     ts = time.perf_counter()
     quality = (stream_quality(ckpt, local, windows, reporter=reporter.span(0.7, 0.98), device=device)
@@ -98,7 +98,3 @@ def _size(summary: dict) -> SizeStats:
                      peak_memory_bytes=0, peak_memory_method="none")
 
 
-def _span(reporter: Reporter, lo: float, hi: float):
-    """A progress callback for the streamed verbs (they take on_progress / should_cancel) inside [lo, hi]."""
-    sub = reporter.span(lo, hi)
-    return lambda ev: sub.report(ev.stage, ev.step, ev.total, message=ev.message)

@@ -31,7 +31,7 @@ import torch
 from compressor.families import resolve_adapter
 from compressor.importance.collect import ScoreCollector
 from compressor.inspect import ParamCount, count_params
-from compressor.progress import CancelFn, ProgressFn, Reporter
+from compressor.progress import Reporter
 from compressor.recipe import SlimmingConfig
 from compressor.slimming.apply import (check_sparsity_batches, expert_scores_from, layer_scores_from,
                                        neuron_scores_from, sparsify_config, sparsity_label, wanda_inputs_for)
@@ -80,13 +80,13 @@ class StreamSlimResult:
 
 def stream_slim(folder: Path | str, importance, cfg: SlimmingConfig, out_dir: Path | str, *, batches=None,
                 dtype: torch.dtype | None = None, block_distill: BlockDistillConfig | None = None,
-                on_progress: ProgressFn | None = None, should_cancel: CancelFn | None = None) -> StreamSlimResult:
+                reporter: Reporter | None = None) -> StreamSlimResult:
     """Slim the checkpoint in `folder` by `cfg` with scores `importance` (an ImportanceReport of it) into `out_dir`
     (a Hugging Face folder). `batches` are needed to sparsify with sequential calibration (the default) or after
     structural cuts, and for `block_distill` (layer-local recovery of every cut MoE block,
     `compressor.stream.blockwise`)."""
     t0 = time.perf_counter()
-    reporter = Reporter(on_progress, should_cancel)
+    reporter = reporter or Reporter()
     folder, out = Path(folder), Path(out_dir)
     index = ShardIndex.open(folder)
     src = Skeleton.open(folder, dtype=dtype, index=index)

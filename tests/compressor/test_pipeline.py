@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 import compressor.data as data
 from compressor.cli import main
-from compressor.pipeline import run_recipe
+from compressor.pipeline import run_recipe, teacher_kind
 from compressor.progress import Cancelled
 from compressor.recipe import Recipe
 from compressor.testing import char_tokenizer, tiny_moe
@@ -138,3 +138,23 @@ def test_layer_drop_with_hidden_state_loss_from_the_previous_stage(env, model_di
     assert dropped["layers_after"] == 1 and len(dropped["kept"]) == 1
     assert AutoModelForCausalLM.from_pretrained(result.checkpoint_dir).config.num_hidden_layers == 1
     assert result.stages[0]["distill"]["steps"] == 2 and "prefill_speedup" not in result.metrics
+
+
+@pytest.mark.parametrize("teacher,cached,steps,kind", [
+    ("original", False, 3, "original"), ("original", True, 3, "original_cache"),
+    ("previous_stage", False, 3, "previous_copy"), ("previous_stage", True, 3, "previous_cache"),
+    ("original", True, 0, "none"), ("previous_stage", True, 0, "none"), ("previous_stage", False, 0, "none")])
+def test_the_teacher_of_a_stage(teacher, cached, steps, kind):
+    assert teacher_kind(teacher=teacher, cached=cached, steps=steps) == kind
+
+
+def test_a_previous_stage_cached_teacher_with_a_first_stage_of_no_steps(env, model_dir, tmp_path):
+    """1 step over 3 stages gives 0/0/1 steps; the first stages used to slice a teacher cache that was never built
+    ('NoneType' object has no attribute 'slice'). The card names the saved dtype (bf16), not the float32 work copy."""
+    recipe = tiny_recipe(model_dir, stages=3, distill={"steps": 1, "cache_teacher_topk": 8, "teacher": "previous_stage"},
+                         evaluate={"speed": False})
+    result = run_recipe(recipe, tmp_path / "run")
+    assert ["distill" in s for s in result.stages] == [False, False, True]
+    assert result.stages[2]["distill"]["steps"] == 1
+    card = (result.checkpoint_dir / "README.md").read_text()
+    assert '"dtype": "bfloat16"' in card and '"dtype": "float32"' not in card

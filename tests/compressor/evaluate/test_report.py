@@ -43,3 +43,41 @@ def test_evaluate_without_baseline(char_tokenizer):
     assert report.quality.agreement is None and report.baseline_size is None
     rows = {r.split("  ")[0]: r for r in render_table(report).splitlines()}
     assert rows["params total"].split()[-2:] == ["-", "-"]
+
+
+def test_model_and_baseline_speed_use_one_kernel_and_dtype(char_tokenizer):
+    """The slimmed model (expert width 15: grouped_mm cannot run it on CPU) and the original are timed in the same
+    kernel, chosen on the baseline among the kernels both run; the speed-up comes with the range of its rounds."""
+    from compressor.evaluate.kernels import candidate_labels
+    base, model = tiny_moe("qwen3_moe", width=16), tiny_moe("qwen3_moe", width=15)
+    assert candidate_labels(model) < candidate_labels(base)                 # grouped_mm/float32 is base-only
+    report = evaluate(model, base, char_tokenizer, EvaluateConfig(), windows=tiny_inputs(batch=8, seq=24))
+    st = report.speed.settings
+    assert report.kernels["model"] == report.kernels["baseline"] and st["same_kernel"]
+    assert st["kernel"] in candidate_labels(model) and st["kernels"] == {"model": st["kernel"], "baseline": st["kernel"]}
+    lo, hi = report.speed.prefill_speedup_range
+    assert lo <= report.speed.prefill_speedup <= hi
+    assert len(report.speed.rounds["prefill"]) == len(report.speed.rounds["baseline_prefill"]) == 3
+    head = report.headline()
+    assert head["speed_kernel"] == st["kernel"] and head["prefill_speedup_low"] == lo
+    assert "decode tokens/s" in render_table(report) and f"both in {st['kernel']}" in render_table(report)
+
+
+def test_a_reference_baseline_lends_its_kernel_when_the_model_can_run_it(char_tokenizer):
+    from compressor.evaluate.kernels import apply_kernel_
+    from compressor.evaluate.speed import measure_speed
+    base, model = tiny_moe("qwen3_moe", width=16), tiny_moe("qwen3_moe", width=16, seed=3)
+    windows = tiny_inputs(batch=8, seq=24)
+    ref = baseline_reference(base, windows, batch_size=8)
+    apply_kernel_(base, "eager")
+    ref.speed = ref.speeds["eager/float32"] = measure_speed(base, prompt_ids=windows[:2])
+    ref.speed.settings["kernel"] = "eager/float32"
+    report = evaluate(model, ref, char_tokenizer, EvaluateConfig(), windows=windows)
+    st = report.speed.settings
+    assert st["kernel"] == "eager/float32" and st["same_kernel"] and not st["interleaved"]
+    assert report.speed.baseline_prefill_tokens_per_s == ref.speed.prefill_tokens_per_s
+    ref.speeds = {"grouped_mm/bfloat16": ref.speed}                           # timed only in a kernel it cannot use
+    ref.speed.settings["kernel"] = "grouped_mm/bfloat16"
+    slimmed = tiny_moe("qwen3_moe", width=15, seed=3)
+    other = evaluate(slimmed, ref, char_tokenizer, EvaluateConfig(), windows=windows).speed.settings
+    assert other["same_kernel"] is False and other["kernel"].startswith("best kernel each")

@@ -7,7 +7,7 @@ import torch
 from compressor.families import resolve_adapter
 from compressor.fingerprint import weights_fingerprint
 from compressor.importance import AnalyzeConfig, analyze, collect_scores, next_token_loss_sum
-from compressor.progress import Cancelled
+from compressor.progress import Cancelled, Reporter
 from compressor.testing import TINY_FAMILIES, tiny_inputs, tiny_moe
 
 
@@ -133,7 +133,7 @@ def test_progress_events_throughput_and_meta():
     model = tiny_moe("olmoe")
     events = []
     batches = [_batch(tiny_inputs(seed=i)) for i in range(3)]
-    report = analyze(model, batches, config=AnalyzeConfig(taylor=False), on_progress=events.append)
+    report = analyze(model, batches, config=AnalyzeConfig(taylor=False), reporter=Reporter(events.append))
     assert [e.step for e in events] == [0, 1, 2, 3] and events[-1].fraction == 1.0
     assert all(e.stage == "calibrate" for e in events) and events[-1].tokens_per_s > 0
     meta = report.meta
@@ -153,7 +153,7 @@ def test_cancel_stops_between_batches_and_restores_hooks_and_grad_flags():
         return len(calls) > 2
 
     with pytest.raises(Cancelled):
-        analyze(model, [_batch(tiny_inputs(seed=i)) for i in range(5)], should_cancel=should_cancel)
+        analyze(model, [_batch(tiny_inputs(seed=i)) for i in range(5)], reporter=Reporter(should_cancel=should_cancel))
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
 
