@@ -61,3 +61,44 @@ def resolve_device(spec: str, *, cuda_available: bool | None = None, device_coun
         raise DeviceUnavailable(f"no device {spec}: this machine has {device_count} CUDA device"
                                 f"{'' if device_count == 1 else 's'} ({have}); use one of those, cuda or auto")
     return spec
+
+
+def visible_gpu_hint(env: dict | None = None, proc_dir: str = "/proc/driver/nvidia/gpus") -> int:
+    """How many NVIDIA GPUs this process could see, from the driver's /proc entries and CUDA_VISIBLE_DEVICES, without
+    touching CUDA (a process that forks workers must not initialise it). 0 means certainly none; a positive hint is
+    confirmed by `probe_cuda_devices` (the driver may be there while torch is a CPU build)."""
+    import os
+
+    env = os.environ if env is None else env
+    try:
+        found = len([p for p in os.listdir(proc_dir) if not p.startswith(".")])
+    except OSError:
+        found = 0
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return found
+    names = [v for v in visible.split(",") if v.strip()]
+    if not names or names[0].strip().startswith("-"):
+        return 0
+    return min(found, len(names))
+
+
+def probe_cuda_devices(python: str | None = None, timeout_s: float = 120.0) -> int:
+    """torch.cuda.device_count() asked in a child interpreter (NVML-based check), so this process never initialises
+    CUDA; 0 when the child fails or takes longer than `timeout_s`."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
+    try:
+        out = subprocess.run([python or sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             timeout=timeout_s, env={**os.environ, "PYTORCH_NVML_BASED_CUDA_CHECK": "1"})
+        return int(out.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return 0
+
+
+def machine_has_gpu() -> bool:
+    """A CUDA GPU that torch can use is present (no CUDA initialised in this process)."""
+    return visible_gpu_hint() > 0 and probe_cuda_devices() > 0

@@ -20,7 +20,10 @@ Running workers separately (external mode). Give the app and every worker the sa
 (PostgreSQL) and artifact directory (MOE_STUDIO_HOME, or MOE_STUDIO_ARTIFACTS, on a shared disk), then on each machine:
 
     REDIS_URL=redis://broker:6379/0 DATABASE_URL=postgresql+psycopg://u:p@db/studio MOE_STUDIO_HOME=/shared/studio \
-        celery -A workers worker --pool=prefork --concurrency=1 --loglevel=INFO --hostname=gpu1@%h
+        celery -A workers worker --pool=prefork --concurrency=1 --loglevel=INFO --hostname=gpu1@%h -Q cpu,gpu
+
+`-Q` names the queues a worker serves: runs whose recipe needs a GPU (execution.device cuda / cuda:N) go to `gpu`,
+the rest to `cpu` (workers.settings, docs/workers.md); without `-Q` a worker serves `cpu` only.
 
 One job per worker process (concurrency 1 per GPU); the app (`python app.py` with the same variables) starts no
 Redis and no worker, but runs the reaper, which also sends queued runs the broker does not hold. docker-compose.yml does exactly this.

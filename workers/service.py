@@ -3,6 +3,9 @@
 A broker that is down does not lose a run and does not fail the enqueue: the run is stored as queued, its message
 says "waiting for the broker (...)", and the reaper sends it at its first round after the broker is back.
 
+A run goes to the queue its recipe's `execution.device` needs (`run_queue`): cuda / cuda:N to the GPU queue, cpu to
+the default one, auto to the one MOE_STUDIO_AUTO_QUEUE names (the default queue unless configured).
+
     run_id = enqueue_run({"model": "demo", "slimming": {"expert_keep_ratio": 0.5}})
     cancel_run(run_id)            # "cancelled" when it was queued, "running" while the worker winds down
     new_id = rerun(run_id)        # same recipe, new run
@@ -20,8 +23,10 @@ from storage.models import RunStatus
 
 from .broker import BrokerUnavailable, one_line
 from .celery_app import send_run_message
+from .settings import WorkerSettings
 
-__all__ = ["BrokerUnavailable", "RunBusy", "cancel_run", "delete_run", "enqueue_run", "rerun", "send_run"]
+__all__ = ["BrokerUnavailable", "RunBusy", "cancel_run", "delete_run", "enqueue_run", "rerun", "run_queue",
+           "send_run"]
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +35,26 @@ class RunBusy(RuntimeError):
     """The run is running; cancel it and wait for it to stop first."""
 
 
-def send_run(run_id: int, app: Celery | None = None, *, note: str | None = None) -> None:
-    """Put a message for `run_id` on the queue (the worker re-reads the row) and record the send on the row
-    (`sent_at`, `send_count`; `note` goes to the run's log). Raises `BrokerUnavailable` when the broker did not
-    take it."""
+def run_queue(recipe: dict | Recipe, settings: WorkerSettings | None = None) -> str:
+    """The queue of a run with `recipe` (a stored dict is read through `Recipe.parse`, so an older version routes as
+    it runs). A stored recipe that no longer validates goes to the default queue, where the worker fails it with
+    the validation message."""
+    settings = settings or WorkerSettings.from_env()
     try:
-        send_run_message(run_id, app)
+        parsed = recipe if isinstance(recipe, Recipe) else Recipe.parse(recipe or {})
+    except ValueError:
+        return settings.queue
+    return settings.queue_for_device(parsed.execution.device)
+
+
+def send_run(run_id: int, app: Celery | None = None, *, note: str | None = None, queue: str | None = None) -> None:
+    """Put a message for `run_id` on `queue` (default: the one its stored recipe needs, `run_queue`; the worker
+    re-reads the row) and record the send on the row (`sent_at`, `send_count`; `note` goes to the run's log).
+    Raises `BrokerUnavailable` when the broker did not take it."""
+    if queue is None:
+        queue = run_queue(repo.get_run(run_id).recipe)
+    try:
+        send_run_message(run_id, app, queue=queue)
     except Exception as exc:
         raise BrokerUnavailable(
             f"run {run_id} is saved as queued, but the broker did not take it ({one_line(exc)}). Check REDIS_URL / "
@@ -49,7 +68,7 @@ def enqueue_run(recipe: dict | Recipe, *, name: str = "", parent_run_id: int | N
     parsed = recipe if isinstance(recipe, Recipe) else Recipe.parse(recipe)
     run_id = repo.create_run(parsed.to_dict(), name=name, parent_run_id=parent_run_id)
     try:
-        send_run(run_id)
+        send_run(run_id, queue=run_queue(parsed))
     except BrokerUnavailable as exc:
         log.warning("%s", exc)
         repo.mark_waiting_for_broker(run_id, exc.reason)

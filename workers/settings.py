@@ -1,7 +1,13 @@
 """Worker settings, read from the environment (the app, the embedded worker and `celery -A workers worker` agree).
 
     REDIS_URL                    broker and result backend; unset = the app starts a private Redis (workers.embedded)
-    MOE_STUDIO_QUEUE             Celery queue name (default "studio")
+    MOE_STUDIO_QUEUE             the default Celery queue (default "cpu"): runs whose recipe says execution.device
+                                 cpu (or auto, see below), and the Explore analysis and Compare jobs
+    MOE_STUDIO_GPU_QUEUE         the queue of runs that need a GPU, execution.device cuda / cuda:N (default "gpu");
+                                 start GPU workers with `-Q gpu` (or `-Q cpu,gpu` to serve both)
+    MOE_STUDIO_AUTO_QUEUE        where execution.device auto runs go: "cpu" (the default queue, the default) or "gpu"
+    MOE_STUDIO_WORKER_QUEUES     the queues the embedded worker (`python app.py`) serves, e.g. "cpu" or "cpu,gpu"
+                                 (default: both when this machine has a CUDA GPU, else the default queue)
     MOE_STUDIO_PIPELINE          "module:function" that runs a recipe (default compressor.pipeline:run_recipe)
     MOE_STUDIO_HEARTBEAT_S       a running job stamps its row this often (default 5)
     MOE_STUDIO_STALE_AFTER_S     a running row without heartbeat for this long is "worker lost" (default 30)
@@ -41,10 +47,22 @@ def _number(env: Mapping[str, str], name: str, default, *, cast=float, zero_ok: 
     return value
 
 
+def _names(raw: str | None, env: Mapping[str, str]) -> tuple[str, ...] | None:
+    """"cpu,gpu" -> the queue names; the roles cpu / gpu stand for MOE_STUDIO_QUEUE / MOE_STUDIO_GPU_QUEUE."""
+    if raw is None or not raw.strip():
+        return None
+    roles = {"cpu": env.get("MOE_STUDIO_QUEUE") or WorkerSettings.queue,
+             "gpu": env.get("MOE_STUDIO_GPU_QUEUE") or WorkerSettings.gpu_queue}
+    return tuple(dict.fromkeys(roles.get(n.strip(), n.strip()) for n in raw.split(",") if n.strip()))
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     redis_url: str | None = None
-    queue: str = "studio"
+    queue: str = "cpu"
+    gpu_queue: str = "gpu"
+    auto_queue: str = "cpu"                 # "cpu" (= `queue`) or "gpu" (= `gpu_queue`)
+    worker_queues: tuple[str, ...] | None = None   # the embedded worker's queues; None = by this machine's GPU
     pipeline: str = "compressor.pipeline:run_recipe"
     heartbeat_s: float = 5.0
     stale_after_s: float = 30.0
@@ -61,6 +79,29 @@ class WorkerSettings:
                              f"MOE_STUDIO_HEARTBEAT_S ({self.heartbeat_s:g}), or live runs would be reaped")
         if ":" not in self.pipeline:
             raise ValueError(f"MOE_STUDIO_PIPELINE={self.pipeline!r} must look like 'package.module:function'")
+        if self.gpu_queue == self.queue:
+            raise ValueError(f"MOE_STUDIO_GPU_QUEUE and MOE_STUDIO_QUEUE are both {self.queue!r}; give the GPU "
+                             "queue its own name so CPU workers never take a run that needs a GPU")
+        if self.auto_queue not in ("cpu", "gpu"):
+            raise ValueError(f"MOE_STUDIO_AUTO_QUEUE={self.auto_queue!r} must be 'cpu' (the default queue) or 'gpu'")
+        unknown = set(self.worker_queues or ()) - set(self.queues)
+        if unknown or self.worker_queues == ():
+            raise ValueError(f"MOE_STUDIO_WORKER_QUEUES={','.join(self.worker_queues)!r} must name some of the "
+                             f"studio's queues: {', '.join(self.queues)}")
+
+    @property
+    def queues(self) -> tuple[str, str]:
+        """Every queue a run can be sent to: (default / CPU queue, GPU queue)."""
+        return self.queue, self.gpu_queue
+
+    def queue_for_device(self, device: str) -> str:
+        """The queue of a run whose recipe says `execution.device = device`: cuda / cuda:N -> the GPU queue, cpu ->
+        the default queue, auto -> the one `auto_queue` names."""
+        from compressor.device import needs_gpu      # torch-free
+        gpu = needs_gpu(device)
+        if gpu is None:
+            gpu = self.auto_queue == "gpu"
+        return self.gpu_queue if gpu else self.queue
 
     @property
     def claim_retry_countdown_s(self) -> float:
@@ -80,6 +121,9 @@ class WorkerSettings:
         return cls(
             redis_url=env.get("REDIS_URL") or None,
             queue=env.get("MOE_STUDIO_QUEUE") or d.queue,
+            gpu_queue=env.get("MOE_STUDIO_GPU_QUEUE") or d.gpu_queue,
+            auto_queue=env.get("MOE_STUDIO_AUTO_QUEUE") or d.auto_queue,
+            worker_queues=_names(env.get("MOE_STUDIO_WORKER_QUEUES"), env),
             pipeline=env.get("MOE_STUDIO_PIPELINE") or d.pipeline,
             heartbeat_s=_number(env, "MOE_STUDIO_HEARTBEAT_S", d.heartbeat_s),
             stale_after_s=_number(env, "MOE_STUDIO_STALE_AFTER_S", d.stale_after_s),

@@ -52,11 +52,13 @@ def pid_alive(pid: int) -> bool:
 
 
 class WorkerCluster:
-    """`n` worker processes with this process's environment, plus `env` (e.g. a DATABASE_URL only they use)."""
+    """`n` worker processes with this process's environment, plus `env` (e.g. a DATABASE_URL only they use);
+    `queues` names the queues they serve (`-Q`; default: none given, so the default queue)."""
 
-    def __init__(self, n: int = 2, *, env: dict[str, str] | None = None):
+    def __init__(self, n: int = 2, *, env: dict[str, str] | None = None, queues: list[str] | None = None):
         self.nodes = [f"test{i}-{uuid.uuid4().hex[:6]}@localhost" for i in range(n)]
         self.env = env or {}
+        self.queue_args = ["-Q", ",".join(queues)] if queues else []
         self.procs: list[subprocess.Popen] = []
         self.log_dir = db.studio_home() / "logs"
 
@@ -67,7 +69,8 @@ class WorkerCluster:
             with open(self.log_dir / f"{node.split('@')[0]}.log", "ab") as logf:
                 self.procs.append(subprocess.Popen(
                     [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool=prefork", "--concurrency=1",
-                     "--loglevel=INFO", f"--hostname={node}", "--without-gossip", "--without-mingle"],
+                     "--loglevel=INFO", f"--hostname={node}", "--without-gossip", "--without-mingle",
+                     *self.queue_args],
                     cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True))
         try:
             self.wait_ready(60)
