@@ -65,10 +65,10 @@ def build_app() -> gr.Blocks:
                 d = download.build()
         model.wire(m, model_state=model_state)
         explore.wire(e, model_state=model_state, tab_item=t_explore)
-        refresh_in, refresh_out = runs.wire(r)
+        runs.wire(r)
         enqueued, run_id = compress.wire(c, model_state=model_state)
-        enqueued.then(_show_runs, run_id, [tabs, r.run], api_name="show_runs", show_progress="hidden").then(
-            runs.refresh, refresh_in, refresh_out, api_name="runs_after_enqueue", show_progress="hidden")
+        # the new run is selected; the selector's change event draws it (ui.runs: the selection rule)
+        enqueued.then(_show_runs, run_id, [tabs, r.run], api_name="show_runs", show_progress="hidden")
         compare.wire(cmp, model_state=model_state, tab_item=t_compare)
         download.wire(d, tab_item=t_download)
         demo.load(model.open_model, [m.kind, m.path, m.hub, m.files, m.staged],

@@ -42,6 +42,8 @@ CSS = """
 .pill.cancelled {background: #f1f5f9; color: #64748b}
 .gen-box textarea {font-family: ui-monospace, monospace !important; font-size: 13px !important}
 footer {display: none !important}
+#runs-table [role=gridcell][aria-selected=true] {box-shadow: none !important; outline: none !important}
+#runs-table [data-col="0"] {color: #4f46e5; font-weight: 700}
 """
 
 

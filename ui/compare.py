@@ -16,7 +16,7 @@ import pandas as pd
 
 from ui import figures, services
 from ui.common import box, fmt_count, guard, progress_bar
-from ui.runs import ACTIVE, PPL, baseline_metric, lm_eval_pairs, metric
+from ui.run_table import ACTIVE, PPL, baseline_metric, lm_eval_pairs, metric
 
 DEFAULT_PROMPT = "The state of our union is"
 POLL_S = 0.5            # a comparison of small models takes seconds: poll often

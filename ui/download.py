@@ -11,7 +11,7 @@ import yaml
 
 from ui import services
 from ui.common import box, card, fmt_bytes, fmt_count, guard, run_id_of
-from ui.runs import ACTIVE, PPL, baseline_metric, lm_eval_pairs, metric, settings_text
+from ui.run_table import ACTIVE, PPL, baseline_metric, lm_eval_pairs, metric, summary_text
 
 
 @dataclass
@@ -52,7 +52,7 @@ def build() -> DownloadTab:
 @guard(outputs=1, status=None, toast=False)
 def refresh(current):
     runs = services.finished_runs()
-    opts = [(f"run #{r.id}" + (f" · {r.name}" if r.name else "") + f" · {settings_text(r.recipe or {})}", r.id)
+    opts = [(f"run #{r.id}" + (f" · {r.name}" if r.name else "") + f" · {summary_text(r.recipe or {})}", r.id)
             for r in runs]
     ids = [r.id for r in runs]
     return gr.update(choices=opts, value=current if current in ids else (ids[0] if ids else None))
@@ -68,7 +68,7 @@ def describe(run_id):
     art = services.checkpoint_artifact(r.id)
     size = f"{fmt_bytes(art.bytes)} · sha256 {art.sha256[:16]}…" if art else "no artifact recorded"
     metrics = yaml.safe_dump(r.metrics or {}, sort_keys=False).strip()
-    info = (f"<div><b>Run #{r.id}</b> {html.escape(r.name or '')} · {html.escape(settings_text(r.recipe or {}))}"
+    info = (f"<div><b>Run #{r.id}</b> {html.escape(r.name or '')} · {html.escape(summary_text(r.recipe or {}))}"
             f"</div><div style='font-size:13px;color:#475569;margin:4px 0'>checkpoint: {size}</div>"
             + headline_card(r.metrics or {}) +
             f"<details><summary>all metrics</summary><pre style='font-size:12px'>{html.escape(metrics)}</pre>"

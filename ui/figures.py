@@ -114,7 +114,8 @@ def load_balance(experts: pd.DataFrame) -> go.Figure:
 
 
 # -- Runs -------------------------------------------------------------------------------------------------------------
-def pareto(points: list[dict], *, original: dict | None) -> go.Figure:
+def pareto(points: list[dict], *, original: dict | None, title: str = "Finished runs: size against quality"
+           ) -> go.Figure:
     """Active parameters against perplexity for finished runs (`{"run_id", "params_active", "perplexity",
     "label"}`), the original as a star, and the Pareto front (no other point is both smaller and better)."""
     pts = [p for p in points if p.get("params_active") and p.get("perplexity") is not None
@@ -144,7 +145,7 @@ def pareto(points: list[dict], *, original: dict | None) -> go.Figure:
                                  hovertemplate="original<br>active %{x:.3s}<br>perplexity %{y:.2f}<extra></extra>"))
     fig.update_xaxes(title="active parameters per token")
     fig.update_yaxes(title="held-out perplexity (lower is better)")
-    return _layout(fig, title="Finished runs: size against quality", height=380)
+    return _layout(fig, title=title, height=380)
 
 
 def loss_curve(points: list[tuple[int, float]], *, stages: list[int] | None = None, title: str = "") -> go.Figure:

@@ -328,6 +328,34 @@ def run_logs(run_id: int) -> list:
     return repo.get_logs(run_id)
 
 
+def set_run_notes(run_id: int, *, tags, notes: str):
+    """Replace a run's tags (comma-separated text or a list) and notes; the updated row."""
+    return repo.set_run_notes(int(run_id), tags=tags, notes=notes)
+
+
+def name_model(model_id: int | None, source: str, label: str) -> None:
+    """Record the name people know an opened model by (an upload's file name) in the catalogue, so runs of it are
+    listed under that name instead of the cache's sha256 path."""
+    if model_id is not None and label:
+        catalog.upsert_model(source=source, fingerprint=catalog.get_model(model_id).fingerprint,
+                             summary=catalog.get_model(model_id).summary, label=label[:200])
+
+
+def enqueue_edited(recipe: Recipe, *, name: str = "", parent_run_id: int | None = None) -> int:
+    """`enqueue`, recording the run whose recipe was loaded into the form (`parent_run_id`) as the new run's parent
+    (re-run lineage of an edited recipe)."""
+    allowed_source(recipe.model)
+    if parent_run_id is not None:
+        repo.get_run(int(parent_run_id))            # raises RunNotFound for a parent deleted since
+    from workers.service import enqueue_run
+    return enqueue_run(recipe, name=name, parent_run_id=parent_run_id)
+
+
+def model_runs(source: str) -> list:
+    """Every run of the model source `source`, newest first (the cost estimate's history)."""
+    return [r for r in repo.list_runs(limit=500) if (r.recipe or {}).get("model") == source]
+
+
 def finished_runs() -> list:
     """Succeeded runs that still have a checkpoint, newest first."""
     return [r for r in repo.list_runs(status=RunStatus.succeeded.value)

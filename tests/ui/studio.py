@@ -40,7 +40,7 @@ def wait_run(client, run_id: int, *, timeout: float = 240) -> dict:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         table = client.predict(None, api_name="/runs_refresh")[0]
-        rows = {r[0]: dict(zip(table["headers"], r)) for r in table["data"]}
+        rows = {int(r[table["headers"].index("run")]): dict(zip(table["headers"], r)) for r in table["data"]}
         row = rows.get(run_id)
         if row and any(s in row["status"] for s in ("succeeded", "failed", "cancelled")):
             return row

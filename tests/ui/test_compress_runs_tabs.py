@@ -51,7 +51,7 @@ def test_refused_settings_are_explained_in_the_estimate(studio):
     status = c.predict("bad", *compress_args(experts_keep=1), api_name="/enqueue")
     assert "msg-error" in status and "top-k (2)" in status                 # refused before a run exists
     table = c.predict(None, api_name="/runs_refresh")[0]
-    assert "bad" not in [r[1] for r in table["data"]]
+    assert "bad" not in [r[2] for r in table["data"]]
 
 
 def test_enqueue_shows_the_run_then_cancel_rerun_delete(studio):
@@ -62,12 +62,12 @@ def test_enqueue_shows_the_run_then_cancel_rerun_delete(studio):
                                                    calib_seq=64, eval_tokens=512), api_name="/enqueue")
     run_id = int(re.search(r"Run #(\d+) queued", status).group(1))
     table = c.predict(run_id, api_name="/runs_refresh")[0]
-    assert run_id in [r[0] for r in table["data"]]                  # listed at once
+    assert run_id in [r[1] for r in table["data"]]                  # listed at once
     out = c.predict(run_id, api_name="/cancel_run")
     assert "msg-ok" in out
     row = wait_run(c, run_id, timeout=90)
     assert "cancelled" in row["status"]
-    head, _, recipe_text, log = c.predict(run_id, api_name="/run_detail")
+    head, _, recipe_text, log = c.predict(run_id, api_name="/run_detail")[:4]
     assert f"Run #{run_id}" in head and "cancelled" in head
     assert "expert_keep_ratio: 0.5" in recipe_text and "cancel" in log
     status, new_id = c.predict(run_id, api_name="/rerun")
@@ -76,21 +76,22 @@ def test_enqueue_shows_the_run_then_cancel_rerun_delete(studio):
     wait_run(c, new_id, timeout=90)
     question = c.predict(new_id, api_name="/ask_delete")[-1]
     assert f"Delete run #{new_id}" in question
-    status = c.predict(new_id, api_name="/delete_run")
-    assert "deleted" in status
+    c.predict(run_id, api_name="/ask_delete")                        # asked again, now about the other run
+    status = c.predict(api_name="/delete_run")[0]                    # deletes the run the question named
+    assert f"Run #{run_id} deleted" in status
     table = c.predict(None, api_name="/runs_refresh")[0]
-    assert new_id not in [r[0] for r in table["data"]] and run_id in [r[0] for r in table["data"]]
-    gone = c.predict(new_id, api_name="/run_detail")[0]
+    assert run_id not in [r[1] for r in table["data"]] and new_id in [r[1] for r in table["data"]]
+    gone = c.predict(run_id, api_name="/run_detail")[0]
     assert "msg-error" in gone and "does not exist" in gone
 
 
 def test_finished_run_has_metrics_in_the_table(finished_run, studio):
     c = studio.client()
     table = c.predict(finished_run, api_name="/runs_refresh")
-    row = {r[0]: dict(zip(table[0]["headers"], r)) for r in table[0]["data"]}[finished_run]
+    row = {r[1]: dict(zip(table[0]["headers"], r)) for r in table[0]["data"]}[finished_run]
     assert "succeeded" in row["status"] and float(row["perplexity"]) > 1.0
-    assert "keep 0.5" in row["settings"]
-    pareto = table[6]
+    assert row["keep"] == "0.5" and row["model"] == "demo" and "1 stage" in row["settings"]
+    pareto = table[8]
     assert pareto is None or pareto["type"] == "plotly"
 
 
@@ -104,5 +105,5 @@ def test_a_failing_run_shows_its_error(studio):
     run_id = int(re.search(r"Run #(\d+) queued", status).group(1))
     row = wait_run(c, run_id, timeout=120)
     assert "failed" in row["status"]
-    head, _, _, log = c.predict(run_id, api_name="/run_detail")
+    head, _, _, log = c.predict(run_id, api_name="/run_detail")[:4]
     assert "failed" in head and "ERROR:" in log and "Traceback" in log

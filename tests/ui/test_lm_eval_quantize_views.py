@@ -1,7 +1,8 @@
 """What Runs, Compare and Download show of a run's lm-eval figures and quantized checkpoint (pure functions over the
 stored metrics)."""
 from ui.download import headline_card
-from ui.runs import extras_text, lm_eval_pairs
+from ui.run_table import lm_eval_pairs
+from ui.run_view import extras_text
 
 METRICS = {"perplexity": 93.1, "baseline_perplexity": 89.5,
            "evaluation": {"lm_eval": {"backend": "hf", "tasks": {
