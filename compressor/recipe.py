@@ -177,6 +177,11 @@ class ExecutionConfig(_Strict):
 
     streaming: Literal["auto", "on", "off"] = "auto"
     device: str = Field("auto", max_length=16, description="auto | cpu | cuda | cuda:N")
+    spill_mb: int | None = Field(None, ge=0, le=2**30,
+                                 description="layer by layer: activations between layers past this many MB go to "
+                                             "memory-mapped files in the run's folder (compressor.stream.spill); "
+                                             "null = $MOE_STUDIO_SPILL_MB, else a quarter of the memory available; "
+                                             "0 = always")
 
     @model_validator(mode="after")
     def _known_device(self):

@@ -148,7 +148,7 @@ class MoEBlock:
     @torch.no_grad()
     def keep_neurons_(self, keep: torch.Tensor) -> None:
         """Keep neurons `keep` [E, I'] (sorted ids per expert) in every expert: slices gate, up, down and biases."""
-        keep = keep.to(self.device)                                   # index_select wants the weights' device
+        keep = keep if self.device.type == "meta" else keep.to(self.device)   # index_select: the weights' device
         for name, t in self.layout.cut_neurons(self.tensors(), keep, self.n_experts).items():
             set_tensor(self.experts, name, t)
         k = keep.shape[1]
@@ -163,7 +163,7 @@ class MoEBlock:
         block (router rows, router / correction / balancing biases; zero-expert entries kept), and updates every
         cached expert count so all kernels (grouped_mm too) agree."""
         E = self.num_experts
-        keep_ids = keep_ids.to(self.device)
+        keep_ids = keep_ids if self.device.type == "meta" else keep_ids.to(self.device)     # a meta plan keeps CPU ids
         for name, t in self.layout.cut_experts(self.tensors(), keep_ids, self.n_experts).items():
             set_tensor(self.experts, name, t)
         for ix in self.indexed:

@@ -32,17 +32,19 @@ from compressor.stream.sweep import advance_, capture_inputs, final_logits, run_
 
 def stream_analyze(folder: Path | str, batches, *, config: AnalyzeConfig = AnalyzeConfig(),
                    dtype: torch.dtype | None = None, skeleton: Skeleton | None = None, device: str = "cpu",
+                   spill=None,
                    reporter: Reporter | None = None) -> ImportanceReport:
     """Score experts, neurons and layers of the checkpoint in `folder` on `batches`, one layer in memory at a time.
     Batches are as for `analyze` (dicts / (ids, mask) pairs / id tensors). `device` (a resolved torch device name)
-    holds the current layer; activations, embeddings and head stay on the CPU."""
+    holds the current layer; activations, embeddings and head stay on the CPU, past `spill`'s limit on disk
+    (`compressor.stream.spill`)."""
     reporter = reporter or Reporter()
     sk = skeleton or Skeleton.open(folder, dtype=dtype, device=device)
     check_streamable_family(sk.config)
     sk.load_globals_()
     batches = list(batches)
     started = time.perf_counter()
-    acts = capture_inputs(sk, batches)
+    acts = capture_inputs(sk, batches, spill=spill)
     sk.release_globals_()
     L = len(sk.layers)
     kept_inputs: list[list[torch.Tensor]] = []

@@ -25,13 +25,14 @@ from compressor.stream.sweep import advance_, capture_inputs, final_logits, fina
 
 @torch.no_grad()
 def final_hidden(folder: Path | str, batches: list[torch.Tensor], *, dtype: torch.dtype | None = None,
-                 reporter: Reporter | None = None, device: str = "cpu") -> tuple[Skeleton, list[torch.Tensor]]:
+                 reporter: Reporter | None = None, device: str = "cpu", spill=None
+                 ) -> tuple[Skeleton, list[torch.Tensor]]:
     """The skeleton and the last decoder layer's output for every batch [B, L] of ids (globals released again:
     `load_globals_()` before computing logits). Each layer runs on `device`; the hidden states stay on the CPU."""
     sk = Skeleton.open(folder, dtype=dtype, device=device)
     check_streamable_family(sk.config)
     sk.load_globals_()
-    acts = capture_inputs(sk, batches)
+    acts = capture_inputs(sk, batches, spill=spill)
     sk.release_globals_()
     n = len(sk.layers)
     for i in range(n):
@@ -62,7 +63,7 @@ class ReplayLM(nn.Module):
 
 def stream_quality(model_dir: Path | str, baseline_dir: Path | str | None, windows: torch.Tensor, *,
                    batch_size: int = 8, dtype: torch.dtype | None = None,
-                   reporter: Reporter | None = None, device: str = "cpu") -> QualityStats:
+                   reporter: Reporter | None = None, device: str = "cpu", spill=None) -> QualityStats:
     """`compare_quality` of the checkpoint in `model_dir` against the one in `baseline_dir` (or alone), with one
     decoder layer of one model in memory at a time (on `device`)."""
     batches = list(windows.split(batch_size))
@@ -70,7 +71,7 @@ def stream_quality(model_dir: Path | str, baseline_dir: Path | str | None, windo
     dirs = [d for d in (model_dir, baseline_dir) if d is not None]
     share = 0.9 / len(dirs)
     sweeps = [final_hidden(d, batches, dtype=dtype, reporter=reporter.span(k * share, (k + 1) * share),
-                           device=device)
+                           device=device, spill=spill)
               for k, d in enumerate(dirs)]
     lms = []
     for sk, hidden in sweeps:                    # the heads are loaded only once every layer sweep is done

@@ -40,6 +40,9 @@ def run_streamed_recipe(recipe: Recipe, staging: Path, reporter: Reporter, found
     check_streamable(recipe, plan.reason)
     from compressor.device import resolve_device
     device = resolve_device(recipe.execution.device)       # the current layer's device; the rest stays on the CPU
+    from compressor.stream.spill import Spill, spill_limit_bytes
+    # activations past the limit go to staging/spill (files unlinked once mapped; staging goes on any error)
+    spill = Spill(staging / "spill", spill_limit_bytes(recipe.execution.spill_mb))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     local = found.local_dir
@@ -58,7 +61,7 @@ def run_streamed_recipe(recipe: Recipe, staging: Path, reporter: Reporter, found
         skeleton = Skeleton.open(local)
 
         def analyzer(batches, **kw):
-            return stream_analyze(local, batches, device=device, **kw)
+            return stream_analyze(local, batches, device=device, spill=spill, **kw)
 
         importance = load_or_analyze(skeleton.model, calib, config=AnalyzeConfig(want=want, taylor=taylor),
                                      weights_fp=weights_fingerprint(local), analyzer=analyzer,
@@ -69,11 +72,12 @@ def run_streamed_recipe(recipe: Recipe, staging: Path, reporter: Reporter, found
     d = recipe.distill
     block = BlockDistillConfig(steps=d.blockwise_steps, lr=d.blockwise_lr) if d.blockwise_steps else None
     res = stream_slim(local, importance, recipe.slimming, ckpt, batches=calib, block_distill=block,
-                      reporter=reporter.span(.45, .7))
+                      reporter=reporter.span(.45, .7), spill=spill)
     timings["slim"] = time.perf_counter() - ts
     ts = time.perf_counter()
-    quality = (stream_quality(ckpt, local, windows, reporter=reporter.span(0.7, 0.98), device=device)
+    quality = (stream_quality(ckpt, local, windows, reporter=reporter.span(0.7, 0.98), device=device, spill=spill)
                if e.perplexity else None)
+    spill.close()
     sizes = [describe_checkpoint(d) for d in (ckpt, local)]
     report = EvalReport(quality=quality, size=_size(sizes[0]), baseline_size=_size(sizes[1]))
     timings["final_evaluate"] = time.perf_counter() - ts
@@ -82,7 +86,7 @@ def run_streamed_recipe(recipe: Recipe, staging: Path, reporter: Reporter, found
              "scores_cache_hit": bool(importance and importance.meta.get("cache", {}).get("hit")),
              **{k: v for k, v in report.headline().items() if not k.startswith("peak")}}
     metrics = {**report.headline(), "timings": timings, "evaluation": report.to_dict(),
-               "execution": plan.to_dict(), "speed_not_measured": "a layer-by-layer run does not hold the model "
+               "execution": {**plan.to_dict(), "device": device, "spill": spill.stats()}, "speed_not_measured": "a layer-by-layer run does not hold the model "
                                                                    "in memory to time it",
                "source": {"model": recipe.model, "fingerprint": sizes[1]["fingerprint"], "dtype": sizes[1]["dtype"]}}
     (ckpt / "README.md").write_text(model_card(Skeleton.open(ckpt).model, pipeline_card(recipe, metrics, [stage])))

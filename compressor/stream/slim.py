@@ -80,11 +80,12 @@ class StreamSlimResult:
 
 def stream_slim(folder: Path | str, importance, cfg: SlimmingConfig, out_dir: Path | str, *, batches=None,
                 dtype: torch.dtype | None = None, block_distill: BlockDistillConfig | None = None,
-                reporter: Reporter | None = None) -> StreamSlimResult:
+                reporter: Reporter | None = None, spill=None) -> StreamSlimResult:
     """Slim the checkpoint in `folder` by `cfg` with scores `importance` (an ImportanceReport of it) into `out_dir`
     (a Hugging Face folder). `batches` are needed to sparsify with sequential calibration (the default) or after
     structural cuts, and for `block_distill` (layer-local recovery of every cut MoE block,
-    `compressor.stream.blockwise`)."""
+    `compressor.stream.blockwise`). The activations carried along past `spill`'s limit live on disk
+    (`compressor.stream.spill`; default: `spill_limit_bytes()`)."""
     t0 = time.perf_counter()
     reporter = reporter or Reporter()
     folder, out = Path(folder), Path(out_dir)
@@ -108,7 +109,8 @@ def stream_slim(folder: Path | str, importance, cfg: SlimmingConfig, out_dir: Pa
         dense = None
         if scfg.needs_dense_norms:
             inputs, dense = wanda_inputs_for(importance, reports, batches)
-            inputs, scores, outliers = _sparsity_statistics(src, plan, keep, cuts, inputs, scfg, batches, reporter)
+            inputs, scores, outliers = _sparsity_statistics(src, plan, keep, cuts, inputs, scfg, batches, reporter,
+                                                            spill)
         used["sparsity"] = sparsity_label(scfg, dense)
         targets, stats = allocate(scfg, scores=scores, outliers=outliers)
     if out.exists() and any(out.iterdir()):
@@ -120,7 +122,7 @@ def stream_slim(folder: Path | str, importance, cfg: SlimmingConfig, out_dir: Pa
         with ShardWriter(out, model=plan.model) as writer:
             plan.load_globals_()
             writer.write(_global_tensors(plan.model))
-            acts = capture_inputs(plan, list(batches)) if carry else None
+            acts = capture_inputs(plan, list(batches), spill=spill) if carry else None
             plan.release_globals_()
             for j, i in enumerate(keep):
                 tl = time.perf_counter()
@@ -229,7 +231,7 @@ def _cut_into_plan_(src: Skeleton, plan: Skeleton, i: int, j: int, cuts: dict) -
     src.restore_layer_(i)
 
 
-def _sparsity_statistics(src, plan, keep, cuts, inputs, scfg, batches, reporter):
+def _sparsity_statistics(src, plan, keep, cuts, inputs, scfg, batches, reporter, spill=None):
     """Per kept layer j, on the dense cut model: the Wanda statistics `scfg.allocation` reads (DLP layer score,
     `scfg.dlp_statistic`; OWL outlier share); with `inputs` None the input norms are collected by a calibration
     sweep through the cut layers first. Returns (inputs, scores, outliers), each statistic [len(keep)]."""
@@ -240,7 +242,7 @@ def _sparsity_statistics(src, plan, keep, cuts, inputs, scfg, batches, reporter)
     acts = None
     if inputs is None:
         plan.load_globals_()
-        acts = capture_inputs(plan, list(batches))
+        acts = capture_inputs(plan, list(batches), spill=spill)
         plan.release_globals_()
         inputs = {}
     for j, i in enumerate(keep):

@@ -74,6 +74,11 @@ class Activations:
     input_ids: list[torch.Tensor]
     masks: list[torch.Tensor | None]
     layer_kwargs: list[dict[int, dict]] = field(default_factory=list)
+    spill: object = None            # a compressor.stream.spill.Spill: hidden states past its limit live on disk
+
+    def keep(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What to store for a batch's hidden states: the tensor, or its memory-mapped copy past the spill limit."""
+        return hidden if self.spill is None else self.spill.keep(hidden)
 
     def kwargs(self, layer: int, batch: int) -> dict:
         return self.layer_kwargs[batch][layer]
@@ -84,13 +89,18 @@ class Activations:
 
 
 @torch.no_grad()
-def capture_inputs(skeleton, batches) -> Activations:
+def capture_inputs(skeleton, batches, *, spill=None) -> Activations:
     """Embeddings and per-layer forward arguments of every batch: of a Skeleton (its globals must be loaded) or of
-    a causal LM in memory (its `base_model`)."""
+    a causal LM in memory (its `base_model`). With `spill` (`compressor.stream.spill.Spill`; default: the limit of
+    `spill_limit_bytes()`, files in $TMPDIR) the hidden states past its limit are kept on disk, here and whenever
+    `advance_` replaces them."""
+    from compressor.stream.spill import Spill, spill_limit_bytes
+
+    spill = spill if spill is not None else Spill(None, spill_limit_bytes())
     base = skeleton.base_model if isinstance(skeleton, nn.Module) else skeleton.base
     real = base.layers
     store: dict[int, dict] = {}
-    acts = Activations(hidden=[], input_ids=[], masks=[])
+    acts = Activations(hidden=[], input_ids=[], masks=[], spill=spill)
     base.layers = nn.ModuleList([_Recorder(store, i, real[i]) for i in range(len(real))])
     hook = base.layers[0].register_forward_pre_hook(_keep_first_hidden(acts), with_kwargs=True)
     try:
@@ -112,7 +122,7 @@ def capture_inputs(skeleton, batches) -> Activations:
 def _keep_first_hidden(acts: Activations):
     def hook(module, args, kwargs):
         h = args[0] if args else kwargs["hidden_states"]
-        acts.hidden.append(h.detach())
+        acts.hidden.append(acts.keep(h.detach()))
     return hook
 
 
@@ -154,7 +164,7 @@ def advance_(layer: nn.Module, acts: Activations, i: int, *, before_batch=None) 
     for b, h in enumerate(acts.hidden):
         if before_batch is not None:
             before_batch(b)
-        acts.hidden[b] = run_layer(layer, h, acts.kwargs(i, b))
+        acts.hidden[b] = acts.keep(run_layer(layer, h, acts.kwargs(i, b)))
 
 
 @torch.no_grad()
