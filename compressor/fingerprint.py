@@ -24,12 +24,9 @@ PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth")
 
 
 def file_sha256(path: Path) -> str:
-    """Hex sha256 of one file's bytes, read in 4 MiB chunks."""
-    h = hashlib.sha256()
+    """Hex sha256 of one file's bytes (`hashlib.file_digest`)."""
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def weights_fingerprint(model_or_dir: torch.nn.Module | Path | str) -> str:

@@ -113,4 +113,8 @@ def inspect_model(model: nn.Module) -> dict:
         "params_total": params.total,
         "params_active": params.active,
         "dtype": _dtype_name(model),
+        "expert_groups": adapter.num_groups(config),          # routing groups and the groups a token uses: the
+        "topk_group": adapter.topk_group(config),              # feasibility rules read them (compressor/feasibility)
+        "refusals": {k: getattr(adapter.spec, k) for k in ("expert_pruning", "neuron_slimming", "layer_dropping")
+                     if getattr(adapter.spec, k)},
     }

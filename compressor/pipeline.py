@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from compressor.data import calibration_batches, eval_windows
+from compressor.data import HELDOUT_NAME, calibration_batches, calibration_for, eval_windows
 from compressor.distill import TeacherCache, distill_, plan_stages, split_steps
 from compressor.distill.schedule import StageTarget
 from compressor.evaluate import (BaselineReference, apply_kernel_, baseline_reference, choose_experts_kernel,
@@ -43,6 +43,7 @@ from compressor.importance import AnalyzeConfig, load_or_analyze
 from compressor.progress import CancelFn, ProgressFn, Reporter
 from compressor.quantize import check_quantize
 from compressor.recipe import EvaluateConfig, Recipe, SlimmingConfig
+from compressor.result import RESULT_VERSION, EvalSet, RunResult
 from compressor.slimming.apply import analysis_needs, apply_slimming_
 from compressor.slimming.export import model_card, save_checkpoint, verify_reload
 from compressor.slimming.report import LayerDropReport
@@ -59,6 +60,11 @@ class PipelineResult:
     stages: list[dict]                 # one dict per stage (stage, target, params, quality, distil loss, seconds)
     checkpoint_dir: Path
     timings: dict = field(default_factory=dict)   # wall seconds per phase
+
+    @property
+    def result(self) -> RunResult:
+        """The typed result (`compressor.result`): what metrics.json holds, by named fields."""
+        return RunResult.read({**self.metrics, "stages": self.stages})
 
 
 @contextmanager
@@ -92,6 +98,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, on_progress: ProgressFn |
     check_tasks(recipe.evaluate.tasks)
     check_lm_eval(recipe.evaluate.lm_eval)
     check_quantize(recipe.quantize)
+    check_feasible(recipe)
     resolve_device(recipe.execution.device)                   # a device this machine lacks is refused first
     created = not out_dir.exists()
     staging = out_dir / PARTIAL
@@ -134,6 +141,16 @@ class _Job:
     local_dir: Path
     fingerprint: str
     source_dtype: torch.dtype
+
+
+def check_feasible(recipe: Recipe) -> None:
+    """The feasibility rules (`compressor.feasibility`) on the model's config.json, before any weight is read."""
+    from compressor.feasibility import ModelLimits, check_slimming
+    from compressor.sources import resolve_local
+    if recipe.slimming.is_identity:
+        return
+    config = json.loads((resolve_local(recipe.model).local_dir / "config.json").read_text())
+    check_slimming(ModelLimits.from_config(config), recipe.slimming, stages=recipe.stages)
 
 
 def _streamed(recipe: Recipe, staging: Path, reporter: Reporter) -> PipelineResult | None:
@@ -281,7 +298,8 @@ def _finish(job: _Job, staging: Path, stages: list[dict], fin: Reporter) -> Pipe
                          checkpoint_dir=ckpt, baseline_checkpoint_dir=job.local_dir, reporter=fin.span(0.1, 1.0))
     timings = {**t, "total": sum(t.values())}
     dtype = str(job.source_dtype).removeprefix("torch.")
-    metrics = {**final.headline(), "timings": timings, "evaluation": final.to_dict(),
+    metrics = {"result_version": RESULT_VERSION, **final.headline(), "timings": timings,
+               "evaluation": final.to_dict(), "eval_set": EvalSet.of(job.windows, text=HELDOUT_NAME).model_dump(),
                "source": {"model": recipe.model, "fingerprint": job.fingerprint, "dtype": dtype}}
     if quant is not None:
         metrics.update(quantize=quant.to_dict(), unquantized_checkpoint_bytes=quant.checkpoint_bytes_before)
@@ -346,8 +364,7 @@ def _stage_slimming(final: SlimmingConfig, target: StageTarget, model, *, droppe
 
 def _data(recipe: Recipe, tokenizer):
     c, d, e = recipe.calibration, recipe.distill, recipe.evaluate
-    calib = calibration_batches(tokenizer, tokens=c.tokens, seq_len=c.seq_len, batch_size=c.batch_size,
-                                seed=recipe.seed)
+    calib = calibration_for(tokenizer, c, seed=recipe.seed)
     distil = []
     if d.steps:
         n = d.steps * d.grad_accum * d.batch_size

@@ -15,6 +15,18 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from compressor.methods import DISTILL_LOSSES, EXPERT_SCORES, NEURON_SCORES, SPARSITY_ALLOCATIONS, literal
+
+# The choices come from the method registries (compressor/methods.py), so a new method needs no edit here.
+NeuronScore = literal(NEURON_SCORES)
+ExpertScore = literal(EXPERT_SCORES)
+SparsityAllocation = literal(SPARSITY_ALLOCATIONS)
+DistillLoss = literal(DISTILL_LOSSES)
+
+
+def _choices(registry) -> str:
+    return "; ".join(f"{m.name} = {m.formula}" for m in registry.values())
+
 RECIPE_VERSION = 2
 MAX_STEPS = 10_000_000          # optimizer steps, warm-up steps
 MAX_TOKENS = 50_000_000         # calibration / evaluation tokens
@@ -52,19 +64,14 @@ class SlimmingConfig(_Strict):
     """What to cut. Every field at its default leaves the model unchanged."""
 
     expert_keep_ratio: float = Field(1.0, gt=0.0, le=1.0, description="share of neurons kept in every expert")
-    neuron_score: Literal["taylor", "taylor_per_batch", "activation"] = Field(
-        "taylor", description="taylor = |w * sum_b dL_b/dw| per neuron (LLM-Pruner: gradients of all calibration "
-                              "batches summed first); taylor_per_batch = sum_b |w * dL_b/dw|; activation = mean |h| x "
-                              "||down column||")
+    neuron_score: NeuronScore = Field("taylor", description=_choices(NEURON_SCORES))
     experts_keep: int | None = Field(None, ge=1, le=4096, description="experts kept per MoE layer; null = all")
-    expert_score: Literal["reap", "frequency", "man", "ean_sum", "taylor"] = Field(
-        "reap", description="reap = mean g ||f||; man = mean ||f|| (REAP's ean_mean); ean_sum = sum ||f|| over routed "
-                            "tokens (REAP's ean_sum); frequency = share of tokens routed; taylor = |w * dL/dw|")
+    expert_score: ExpertScore = Field("reap", description=_choices(EXPERT_SCORES))
     layers_drop: int = Field(0, ge=0, le=1024, description="decoder layers removed")
     sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="unstructured (Wanda) sparsity of the remaining linear maps")
-    sparsity_allocation: Literal["uniform", "owl", "dlp"] = Field(
-        "owl", description="how sparsity is spread over layers: owl (outlier share, the default until DLP wins on "
-                           "bench/quality.py), dlp (median Wanda score per layer, as in the DLP paper) or uniform")
+    sparsity_allocation: SparsityAllocation = Field(
+        "owl", description="how sparsity is spread over layers (owl is the default until DLP wins on "
+                           "bench/quality.py): " + _choices(SPARSITY_ALLOCATIONS))
     sparsity_dlp_statistic: Literal["median", "mean"] = Field(
         "median", description="DLP's layer score: median (paper) or mean (its repository's unstructured path)")
     sparsity_calibration: Literal["sequential", "dense"] = Field(
@@ -86,9 +93,9 @@ class DistillConfig(_Strict):
                                description="T of p = softmax(z / T); the KD term is multiplied by T^2 (Hinton et al. "
                                            "2015), which TRL's GKD does not do, so at T = 2 `ce_weight` is 4x weaker "
                                            "relative to the KD term than the same weight in TRL")
-    loss: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
-        "forward_kl", description="KD divergence, T^2 * mean over tokens (compressor.distill.losses): forward_kl "
-                                  "KL(p_t || p_s), reverse_kl KL(p_s || p_t), jsd generalised JSD(jsd_beta)")
+    loss: DistillLoss = Field(
+        "forward_kl", description="KD divergence, T^2 * mean over tokens (compressor.distill.losses): "
+                                  + _choices(DISTILL_LOSSES))
     jsd_beta: float = Field(0.5, ge=0.0, le=1.0)
     ce_weight: float = Field(0.0, ge=0.0, le=100.0)
     hidden_mse_weight: float = Field(0.0, ge=0.0, le=100.0)

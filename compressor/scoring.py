@@ -44,7 +44,8 @@ def scoring_inputs(source: str, *, tokens: int, seq_len: int, batch_size: int, t
                    seed: int = 0) -> ScoringInputs:
     """Calibration batches (the recipe's sampling for these settings), analysis config and cache-key parts of
     `source`, without loading weights. Safetensors only (what the studio opens)."""
-    from compressor.data import calibration_batches
+    from compressor.data import calibration_for
+    from compressor.recipe import CalibrationConfig
     from compressor.sources import load_tokenizer, resolve_local
     from compressor.stream.skeleton import Skeleton
 
@@ -53,7 +54,8 @@ def scoring_inputs(source: str, *, tokens: int, seq_len: int, batch_size: int, t
     if tokenizer is None:
         raise ValueError(f"{found.source}: the model folder has no tokenizer files, so calibration text cannot be "
                          "encoded; add tokenizer.json / tokenizer_config.json next to config.json")
-    batches = calibration_batches(tokenizer, tokens=tokens, seq_len=seq_len, batch_size=batch_size, seed=seed)
+    batches = calibration_for(tokenizer, CalibrationConfig(tokens=tokens, seq_len=seq_len, batch_size=batch_size),
+                              seed=seed)
     return ScoringInputs(found=found, tokenizer=tokenizer, batches=batches, config=AnalyzeConfig(taylor=taylor),
                          settings_model=Skeleton.open(found.local_dir).model,
                          weights_fp=stable_weights_fingerprint(found.local_dir))
@@ -62,13 +64,11 @@ def scoring_inputs(source: str, *, tokens: int, seq_len: int, batch_size: int, t
 def cached_scores_dir(inputs: ScoringInputs) -> Path | None:
     """The cache folder of a finished report for these inputs, else None."""
     from compressor.importance import cache_key, data_fingerprint, scores_cache_dir
-    from compressor.importance.cache import model_settings
-    from compressor.importance.scores import SUMMARY_FILE
+    from compressor.importance.cache import find_entry, model_settings
 
     key = cache_key(weights_fp=inputs.weights_fp, data_fp=data_fingerprint(inputs.batches), config=inputs.config,
                     settings=model_settings(inputs.settings_model))
-    target = scores_cache_dir() / key
-    return target if (target / SUMMARY_FILE).is_file() else None
+    return find_entry(scores_cache_dir() / key, inputs.config)
 
 
 def analyze_source(inputs: ScoringInputs, *, streaming: str = "auto", reporter=None):

@@ -70,12 +70,10 @@ def _files(path: Path) -> list[Path]:
                   key=lambda p: p.relative_to(path).as_posix())
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of one file's bytes (`hashlib.file_digest`)."""
     with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def checkpoint_digest(path: Path) -> tuple[int, str]:

@@ -11,11 +11,12 @@ from html import escape
 
 import gradio as gr
 
+from compressor import methods
 from ui import figures, services
 from ui.common import box, guard, progress_bar
 
-EXPERT_SCORES = ["reap", "frequency", "man", "ean_sum", "taylor", "taylor_per_batch"]
-NEURON_SCORES = ["taylor", "taylor_per_batch", "activation"]
+EXPERT_SCORES = list(methods.EXPERT_SCORES)          # the registries (compressor/methods.py, torch-free)
+NEURON_SCORES = list(methods.NEURON_SCORES)
 
 
 @dataclass

@@ -254,15 +254,17 @@ def _entries_in_use() -> list[Path]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+    from storage.artifacts import file_sha256
+    return file_sha256(path)
 
 
 # -- compress -------------------------------------------------------------------------------------------------------
-def estimate_slimming(summary: dict, slimming: dict) -> Estimate:
+def estimate_slimming(summary: dict, slimming: dict, *, stages: int = 1) -> Estimate:
+    """What `slimming` leaves of the model, after the feasibility rules the pipeline applies before any work
+    (`compressor.feasibility`: they raise FeasibilityError naming each problem)."""
+    from compressor.feasibility import ModelLimits, check_slimming
+    from compressor.recipe import SlimmingConfig
+    check_slimming(ModelLimits.from_summary(summary), SlimmingConfig.model_validate(slimming), stages=stages)
     return estimate(ModelShape.from_summary(summary), SlimSettings.from_recipe(slimming))
 
 

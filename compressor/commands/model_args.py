@@ -24,13 +24,12 @@ def model_safety_kwargs(args: argparse.Namespace) -> dict:
 
 def calibration_from_args(tokenizer, args: argparse.Namespace, cal) -> list[dict]:
     """Calibration batches with a model's tokenizer: `--text FILE` or the shipped text, `cal` tokens in windows."""
-    from compressor.data import calibration_batches, text_from_file
+    from compressor.data import calibration_for, text_from_file
     if tokenizer is None:
         raise ValueError(f"{args.model}: the model folder has no tokenizer files, so calibration text cannot be "
                          "tokenised; add tokenizer.json (or tokenizer_config.json + vocab) to the folder")
     text = text_from_file(args.text) if args.text else None
-    return calibration_batches(tokenizer, tokens=cal.tokens, seq_len=cal.seq_len,
-                               batch_size=cal.batch_size, seed=args.seed, text=text)
+    return calibration_for(tokenizer, cal, seed=args.seed, text=text)
 
 
 def add_streaming_argument(parser: argparse.ArgumentParser) -> None:

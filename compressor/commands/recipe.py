@@ -59,6 +59,24 @@ def run(args: argparse.Namespace) -> int:
     except RecipeError as exc:
         sys.stderr.write(f"{args.file}: {exc}\n")
         return 1
+    problems = _model_problems(recipe)
+    if problems:
+        sys.stderr.write(f"{args.file}: {recipe.model} cannot take this slimming: " + "; ".join(problems) + "\n")
+        return 1
     sys.stdout.write(json.dumps(recipe.to_dict(), indent=2) + "\n" if args.json else recipe.to_yaml())
     sys.stderr.write(f"{args.file}: valid recipe (version {recipe.version})\n")
     return 0
+
+
+def _model_problems(recipe) -> list[str]:
+    """The feasibility rules (compressor/feasibility.py) on the recipe's model, when it is the demo or a local
+    folder (an archive or a hub id is checked when the run starts)."""
+    from compressor.feasibility import ModelLimits, slimming_problems
+    from compressor.sources import parse_source, resolve_local
+    if recipe.slimming.is_identity or parse_source(recipe.model).kind not in ("demo", "directory"):
+        return []
+    config = resolve_local(recipe.model).local_dir / "config.json"
+    if not config.is_file():
+        return [f"{config} is missing"]
+    return slimming_problems(ModelLimits.from_config(json.loads(config.read_text())), recipe.slimming,
+                             stages=recipe.stages)

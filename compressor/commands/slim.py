@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from compressor.methods import EXPERT_SCORES, NEURON_SCORES, SPARSITY_ALLOCATIONS, names
 from compressor.progress import Reporter
 from compressor.recipe import CalibrationConfig, SlimmingConfig
 
@@ -27,6 +28,11 @@ _CAL, _SLIM = CalibrationConfig(), SlimmingConfig()
 REPORT_FILE = "slim_report.json"
 
 
+
+def _legends(registry) -> str:
+    """'name = formula; ...' for --help (argparse needs %% for a literal percent sign)."""
+    return "; ".join(f"{m.name} = {m.formula}" for m in registry.values()).replace("%", "%%")
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from compressor.commands.model_args import add_model_safety_arguments, add_streaming_argument
     from compressor.commands.model_args import add_device_argument
@@ -37,20 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder: checkpoint/ + slim_report.json")
     parser.add_argument("--expert-keep-ratio", type=float, default=1.0,
                         help="share of intermediate neurons every expert keeps (SlimMoE), e.g. 0.5 (default 1.0)")
-    parser.add_argument("--neuron-score", choices=("taylor", "taylor_per_batch", "activation"),
-                        default=_SLIM.neuron_score,
-                        help=f"neuron score that ranks neurons: taylor = |w * gradient summed over all batches| "
-                             f"(LLM-Pruner), taylor_per_batch = sum over batches of |w * gradient| "
+    parser.add_argument("--neuron-score", choices=names(NEURON_SCORES), default=_SLIM.neuron_score,
+                        help=f"neuron score that ranks neurons: {_legends(NEURON_SCORES)} "
                              f"(default {_SLIM.neuron_score})")
     parser.add_argument("--experts-keep", type=int, default=None, help="routed experts kept per MoE layer")
-    parser.add_argument("--expert-score", choices=("reap", "frequency", "man", "ean_sum", "taylor"),
-                        default=_SLIM.expert_score,
-                        help=f"expert score that ranks experts; man = mean output norm, ean_sum = summed output norm "
-                             f"(REAP's EAN) (default {_SLIM.expert_score})")
+    parser.add_argument("--expert-score", choices=names(EXPERT_SCORES), default=_SLIM.expert_score,
+                        help=f"expert score that ranks experts: {_legends(EXPERT_SCORES)} "
+                             f"(default {_SLIM.expert_score})")
     parser.add_argument("--layers-drop", type=int, default=0, help="decoder layers removed (lowest block influence)")
     parser.add_argument("--sparsity", type=float, default=0.0, help="unstructured Wanda sparsity, e.g. 0.5")
-    parser.add_argument("--allocation", choices=("uniform", "owl", "dlp"), default=_SLIM.sparsity_allocation,
-                        help=f"how sparsity is spread over layers; dlp ranks layers by their median Wanda score "
+    parser.add_argument("--allocation", choices=names(SPARSITY_ALLOCATIONS), default=_SLIM.sparsity_allocation,
+                        help=f"how sparsity is spread over layers: {_legends(SPARSITY_ALLOCATIONS)} "
                              f"(default {_SLIM.sparsity_allocation})")
     parser.add_argument("--dlp-statistic", choices=("median", "mean"), default=_SLIM.sparsity_dlp_statistic,
                         help=f"DLP's layer score: the median Wanda score (paper) or the mean "

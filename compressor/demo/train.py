@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from compressor.data import encode_text, heldout_subset, load_split, token_windows
+from compressor.distill.schedule import lr_at
 from compressor.demo import demo_model_dir  # noqa: F401  (public API: the shipped checkpoint folder)
 from compressor.demo.card import write_training_card
 from compressor.progress import CancelFn, Eta, ProgressFn, Reporter
@@ -95,15 +96,6 @@ def switch_balance_loss(router_logits: Sequence[torch.Tensor], *, top_k: int) ->
         f = torch.bincount(chosen.flatten(), minlength=n_exp).float() / chosen.numel()
         losses.append(n_exp * (f * probs.mean(dim=0)).sum())
     return torch.stack(losses).mean()
-
-
-def lr_at(step: int, *, steps: int, peak: float, warmup: int, min_ratio: float) -> float:
-    """Learning rate of 0-based `step`: linear warm-up peak * (step+1) / warmup for step < warmup, then cosine
-    peak * (r + (1-r) * (1 + cos(pi * t)) / 2), t = (step - warmup) / (steps - warmup - 1), reaching r * peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, steps - warmup - 1))
-    return peak * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
 @torch.no_grad()
@@ -258,7 +250,7 @@ def _optimise(model, stream: torch.Tensor, steps: int, seed: int, cfg: DemoConfi
     t0, c0 = time.perf_counter(), time.process_time()
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps=steps, peak=cfg.lr, warmup=cfg.warmup_steps, min_ratio=cfg.min_lr_ratio)
+            group["lr"] = lr_at(step, total=steps, peak=cfg.lr, warmup=cfg.warmup_steps, floor=cfg.min_lr_ratio)
         starts = torch.randint(0, stream.numel() - cfg.seq_len + 1, (cfg.batch_size,), generator=gen)
         ids = stream[starts[:, None] + offsets]                              # [B, L]
         out = model(input_ids=ids, output_router_logits=True)

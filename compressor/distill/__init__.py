@@ -2,13 +2,15 @@
 
     from compressor.distill import distill_, plan_stages
     report = distill_(student, teacher=teacher, batches=batches, config=recipe.distill, steps=100)
-"""
-from compressor.distill.losses import (KINDS, TeacherTopK, distill_loss, divergence, hidden_mse, jsd, kl,
-                                       next_token_ce, teacher_topk)
-from compressor.distill.schedule import StageTarget, geometric_ratios, plan_stages, split_steps
-from compressor.distill.teacher import TeacherCache
-from compressor.distill.trainer import DistillReport, bf16_autocast_supported, distill_, lr_at
 
-__all__ = ["KINDS", "TeacherTopK", "distill_loss", "divergence", "hidden_mse", "jsd", "kl", "next_token_ce",
-           "teacher_topk", "StageTarget", "geometric_ratios", "plan_stages", "split_steps", "TeacherCache",
-           "DistillReport", "bf16_autocast_supported", "distill_", "lr_at"]
+The names load on first use (PEP 562): `compressor.distill.schedule` is torch-free and the feasibility rules use it.
+"""
+from compressor.lazy import lazy_exports
+
+__getattr__, __all__ = lazy_exports(__name__, {
+    **dict.fromkeys(["KINDS", "TeacherTopK", "distill_loss", "divergence", "hidden_mse", "jsd", "kl", "next_token_ce",
+                     "teacher_topk"], "losses"),
+    **dict.fromkeys(["StageTarget", "geometric_ratios", "lr_at", "plan_stages", "split_steps"], "schedule"),
+    "TeacherCache": "teacher",
+    **dict.fromkeys(["DistillReport", "bf16_autocast_supported", "distill_"], "trainer"),
+})

@@ -21,13 +21,15 @@ divergences apply; by the data-processing inequality the result is a lower bound
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
+
+from compressor.methods import DISTILL_LOSSES, literal, method, names
 
 import torch
 import torch.nn.functional as F
 
-Kind = Literal["forward_kl", "reverse_kl", "jsd"]
-KINDS: tuple[str, ...] = ("forward_kl", "reverse_kl", "jsd")
+KINDS: tuple[str, ...] = names(DISTILL_LOSSES)        # the registry: compressor/methods.py
+Kind = literal(DISTILL_LOSSES)
 _LOG_FLOOR = -1.0e4
 
 
@@ -93,16 +95,27 @@ def jsd(*, teacher_logp: torch.Tensor, student_logp: torch.Tensor, beta: float) 
     return beta * kl(p_logp=teacher_logp, q_logp=m_logp) + (1.0 - beta) * kl(p_logp=student_logp, q_logp=m_logp)
 
 
+def forward_kl(*, teacher_logp: torch.Tensor, student_logp: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """KL(p_t || p_s) per token (mean-seeking; Hinton et al. 2015). `beta` is unused. [..., V] -> [...]"""
+    return kl(p_logp=teacher_logp, q_logp=student_logp)
+
+
+def reverse_kl(*, teacher_logp: torch.Tensor, student_logp: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """KL(p_s || p_t) per token (mode-seeking; MiniLLM, Gu et al. 2024). `beta` is unused. [..., V] -> [...]"""
+    return kl(p_logp=student_logp, q_logp=teacher_logp)
+
+
+def jsd_loss(*, teacher_logp: torch.Tensor, student_logp: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """Generalised JSD(beta) = beta KL(p_t || m) + (1 - beta) KL(p_s || m), m = beta p_t + (1 - beta) p_s
+    (GKD, Agarwal et al. 2024; `jsd`). [..., V] -> [...]"""
+    return jsd(teacher_logp=teacher_logp, student_logp=student_logp, beta=beta)
+
+
 def divergence(*, teacher_logp: torch.Tensor, student_logp: torch.Tensor, kind: Kind,
                beta: float = 0.5) -> torch.Tensor:
-    """Per-token divergence of `kind` between teacher and student log-probs. [..., V] -> [...]"""
-    if kind == "forward_kl":
-        return kl(p_logp=teacher_logp, q_logp=student_logp)
-    if kind == "reverse_kl":
-        return kl(p_logp=student_logp, q_logp=teacher_logp)
-    if kind == "jsd":
-        return jsd(teacher_logp=teacher_logp, student_logp=student_logp, beta=beta)
-    raise ValueError(f"unknown distillation loss {kind!r}; choose one of {', '.join(KINDS)}")
+    """Per-token divergence of `kind` (an entry of `compressor.methods.DISTILL_LOSSES`) between teacher and
+    student log-probs. [..., V] -> [...]"""
+    return method(DISTILL_LOSSES, kind).load()(teacher_logp=teacher_logp, student_logp=student_logp, beta=beta)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

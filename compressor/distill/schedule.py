@@ -120,3 +120,15 @@ def split_steps(*, total: int, stages: int, final_share: float | None = 0.8) -> 
 def _check_stages(stages: int) -> None:
     if not isinstance(stages, int) or stages < 1:
         raise ValueError(f"stages must be a positive integer, got {stages!r}")
+
+
+def lr_at(step: int, *, total: int, warmup: int, peak: float, floor: float = 0.1) -> float:
+    """Learning rate of 0-based optimizer `step` of `total`: linear warm-up peak * (step + 1) / W for step < W, then
+    cosine peak * (f + (1 - f) * (1 + cos(pi * t)) / 2), t = (step - W) / (total - W - 1), reaching f * peak at the
+    last step (W is capped at total - 1). The one schedule of distillation and of the demo model's training."""
+    warmup = min(warmup, max(total - 1, 0))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup - 1))
+    return peak * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t)))
+

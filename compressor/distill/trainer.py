@@ -9,7 +9,8 @@ where D_T is the configured divergence at temperature T (`losses.distill_loss`).
 first samples the second half of every window from the first half, and the loss counts only the sampled positions.
 The learning rate at optimizer step s (0-based) of S, with W warm-up steps and peak lr:
     lr(s) = lr * (s + 1) / W                                         for s < W
-    lr(s) = lr * (f + (1 - f) * (1 + cos(pi * (s - W) / (S - W))) / 2)   afterwards, f = MIN_LR_FRACTION
+    lr(s) = lr * (f + (1 - f) * (1 + cos(pi * (s - W) / (S - W - 1))) / 2)   afterwards, f = MIN_LR_FRACTION
+(`distill.schedule.lr_at`, the schedule the demo model was trained with too: the last step runs at f * lr).
 
     report = distill_(student, teacher=teacher, batches=batches, config=recipe.distill, steps=100)
 """
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from compressor.distill.losses import distill_loss, hidden_mse, next_token_ce
+from compressor.distill.schedule import lr_at
 from compressor.distill.teacher import TeacherCache
 from compressor.progress import Eta, Reporter
 from compressor.recipe import DistillConfig
@@ -46,21 +48,11 @@ class DistillReport:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        losses = d.pop("losses")
+        losses = d["losses"]                 # every step's loss is kept: the result's loss curve (compressor/result)
         tail = losses[-max(1, len(losses) // 10):] if losses else []
         d.update(first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,
                  final_loss_mean=sum(tail) / len(tail) if tail else None)
         return d
-
-
-def lr_at(step: int, *, total: int, warmup: int, peak: float, floor: float = MIN_LR_FRACTION) -> float:
-    """Warm-up then cosine learning rate at optimizer step `step` of `total` (formula in the module docstring)."""
-    warmup = min(warmup, max(total - 1, 0))
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    span = max(total - warmup, 1)
-    progress = min((step - warmup) / span, 1.0)
-    return peak * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def on_policy_step(step: int, fraction: float) -> bool:

@@ -6,21 +6,12 @@
 The names load on first use (PEP 562), so torch-free submodules such as `compressor.evaluate.local_tasks` can be
 imported by the web page without importing torch.
 """
-import importlib
+from compressor.lazy import lazy_exports
 
-_WHERE = {
+__getattr__, __all__ = lazy_exports(__name__, {
     "KernelChoice": "kernels", "apply_kernel_": "kernels", "choose_experts_kernel": "kernels",
     "safe_default_kernel_": "kernels", "BaselineReference": "quality", "QualityStats": "quality",
     "baseline_reference": "quality", "compare_quality": "quality", "EvalReport": "report", "evaluate": "report",
     "render_table": "report", "SizeStats": "size", "size_metrics": "size", "SpeedStats": "speed",
     "measure_speed": "speed",
-}
-__all__ = list(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'compressor.evaluate' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"compressor.evaluate.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
+})

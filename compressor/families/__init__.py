@@ -7,11 +7,12 @@
 Modules: `layout` (how experts are stored), `block` (MoEBlock: canonical views and cuts), `discover` (finding
 layers, blocks, routers), `fields` (config field names), `spec` (FamilySpec registry), `adapter`
 (FamilyAdapter, resolve_adapter), `catalog` (the installed transformers' MoE families, supported or not).
+The names load on first use (PEP 562): `spec` and `fields` are torch-free and the feasibility rules use them.
 """
-from compressor.families.adapter import FamilyAdapter, UnsupportedModelError, resolve_adapter
-from compressor.families.block import ExpertIndexed, MoEBlock
-from compressor.families.layout import ExpertsLayout
-from compressor.families.spec import FAMILIES, FamilySpec, register_family, spec_for
+from compressor.lazy import lazy_exports
 
-__all__ = ["FAMILIES", "ExpertIndexed", "ExpertsLayout", "FamilyAdapter", "FamilySpec", "MoEBlock",
-           "UnsupportedModelError", "register_family", "resolve_adapter", "spec_for"]
+__getattr__, __all__ = lazy_exports(__name__, {
+    "FamilyAdapter": "adapter", "UnsupportedModelError": "adapter", "resolve_adapter": "adapter",
+    "ExpertIndexed": "block", "MoEBlock": "block", "ExpertsLayout": "layout",
+    "FAMILIES": "spec", "FamilySpec": "spec", "register_family": "spec", "spec_for": "spec",
+})

@@ -148,6 +148,10 @@ class FamilyAdapter:
     def num_groups(self, config) -> int:
         return int(self._get(config, self.group_field) or 1) if self.group_field else 1
 
+    def topk_group(self, config) -> int:
+        """Groups a token's experts are chosen from (DeepSeek-style routing), 1 without groups."""
+        return int(self._get(config, self.topk_group_field) or 1) if self.topk_group_field else 1
+
     def valid_expert_width(self, config, width: int) -> int:
         """Largest width <= `width` that the config can express and every expert kernel can run.
 
@@ -207,23 +211,12 @@ class FamilyAdapter:
         """Refuse expert counts the router cannot use: fewer than top-k, or broken expert groups."""
         if self.spec.expert_pruning:
             raise ValueError(f"{self.family}: expert pruning is not possible: {self.spec.expert_pruning}")
-        k, E = self.top_k(config), self.num_experts(config)
-        if n > E:
-            raise ValueError(f"cannot keep {n} experts: the model has only {E}")
-        if n < k:
-            raise ValueError(f"cannot keep {n} experts: the router picks top-{k}, so keep at least {k}")
-        groups = self.num_groups(config)
-        if groups > 1:
-            if n % groups:
-                raise ValueError(f"{self.family} routes in {groups} expert groups: keep a multiple of {groups} "
-                                 f"experts (e.g. {max(groups * 2, (n // groups) * groups)})")
-            if n // groups < 2:
-                raise ValueError(f"{self.family} scores each group by its top-2 experts: keep at least "
-                                 f"{2 * groups} experts ({groups} groups x 2)")
-            topk_group = int(self._get(config, self.topk_group_field) or 1) if self.topk_group_field else 1
-            if topk_group * (n // groups) < k:
-                raise ValueError(f"{self.family}: {topk_group} selected groups x {n // groups} experts per group "
-                                 f"is fewer than top-{k}")
+        from compressor.feasibility import ModelLimits, expert_count_problems     # the one rule set
+        limits = ModelLimits(family=self.family, num_experts=self.num_experts(config), top_k=self.top_k(config),
+                             width=0, num_layers=0, groups=self.num_groups(config), topk_group=self.topk_group(config))
+        problems = expert_count_problems(limits, n)
+        if problems:
+            raise ValueError(problems[0])
 
     def check_prunable(self, blocks: list[MoEBlock]) -> None:
         """Refuse expert pruning where the router is not understood (no [E, H] router weight, or expert-id

@@ -1,5 +1,7 @@
-"""On-disk score cache: a report is stored under <studio cache>/scores/<key>/, key = fingerprint(weights, data,
-settings), so slicing the same model again at another ratio reuses the scores without a calibration pass.
+"""On-disk score cache: a report is stored under <studio cache>/scores/<key>/<what>/, key = fingerprint(weights,
+data, settings) (what the scores are computed from) and <what> = the kinds computed and whether with Taylor. A request
+is served by any entry under its key that computed at least what it asks for, so slicing the same model again at
+another ratio, a run after Explore's analysis, or `slim` after `analyze` reuses the scores without a calibration pass.
 
     report = load_or_analyze(model, batches, config=AnalyzeConfig(), weights_fp=loaded.fingerprint)
     report.meta["cache"]       # {"key": ..., "hit": True | False, "dir": ...}
@@ -53,9 +55,35 @@ def model_settings(model: nn.Module) -> dict:
 
 
 def cache_key(*, weights_fp: str, data_fp: str, config: AnalyzeConfig, settings: dict) -> str:
-    """key = fingerprint(weights_fp, data_fp, {scores version, analyze config, model settings})."""
-    return fingerprint(weights_fp, data_fp, {"scores_version": SCORES_VERSION, "analyze": config.to_dict(),
-                                             "model": settings})
+    """key = fingerprint(weights_fp, data_fp, {scores version, the analyze settings the scores depend on (OWL's M,
+    the config version; not which kinds were asked for), model settings})."""
+    inputs = {"version": config.version, "outlier_m": config.outlier_m}
+    return fingerprint(weights_fp, data_fp, {"scores_version": SCORES_VERSION, "analyze": inputs, "model": settings})
+
+
+def entry_name(config: AnalyzeConfig) -> str:
+    """The folder of what `config` computes: its kinds, '+taylor' with gradient scores."""
+    return "-".join(config.want) + ("+taylor" if config.taylor else "")
+
+
+def covers(computed: AnalyzeConfig, asked: AnalyzeConfig) -> bool:
+    """True when a report computed by `computed` holds everything `asked` needs."""
+    return set(asked.want) <= set(computed.want) and (computed.taylor or not asked.taylor)
+
+
+def find_entry(folder: Path, asked: AnalyzeConfig) -> Path | None:
+    """An entry under a key's folder whose scores cover `asked` (the exact one first), else None."""
+    if not folder.is_dir():
+        return None
+    exact = folder / entry_name(asked)
+    for d in [exact, *sorted(p for p in folder.iterdir() if p.is_dir() and p != exact)]:
+        try:
+            computed = AnalyzeConfig.from_dict(json.loads((d / SUMMARY_FILE).read_text())["meta"]["config"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if covers(computed, asked):
+            return d
+    return None
 
 
 def load_or_analyze(model: nn.Module, batches: Iterable, *, config: AnalyzeConfig = AnalyzeConfig(),
@@ -78,18 +106,18 @@ def load_or_analyze(model: nn.Module, batches: Iterable, *, config: AnalyzeConfi
     key = cache_key(weights_fp=weights_fp or weights_fingerprint(model), data_fp=data_fp or data_fingerprint(batches),
                     config=config, settings=model_settings(model))
     root = Path(cache_dir) if cache_dir is not None else scores_cache_dir()
-    target = root / key
-    if (target / SUMMARY_FILE).is_file():
+    found = find_entry(root / key, config)
+    if found is not None:
         try:
-            report = ImportanceReport.load(target)
+            report = ImportanceReport.load(found)
         except (ValueError, OSError, KeyError):
-            shutil.rmtree(target, ignore_errors=True)       # unreadable (older version, partial copy): redo
+            shutil.rmtree(found, ignore_errors=True)        # unreadable (older version, partial copy): redo
         else:
-            report.meta["cache"] = {"key": key, "hit": True, "dir": str(target)}
+            report.meta["cache"] = {"key": key, "hit": True, "dir": str(found)}
             return report
     report = analyzer(batches, config=config, reporter=reporter)
-    _store(report, root, key)
-    report.meta["cache"] = {"key": key, "hit": False, "dir": str(target)}
+    _store(report, root / key, entry_name(config))
+    report.meta["cache"] = {"key": key, "hit": False, "dir": str(root / key / entry_name(config))}
     return report
 
 

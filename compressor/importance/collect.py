@@ -50,11 +50,15 @@ def wanda_targets(model: nn.Module, adapter: FamilyAdapter) -> dict[int, list[tu
 class ScoreCollector:
     """Holds the running sums and the hook handles. Build it through `collect_scores`."""
 
-    def __init__(self, model: nn.Module, adapter: FamilyAdapter, *, want=WANT_ALL, outlier_m: float = 5.0):
+    def __init__(self, model: nn.Module, adapter: FamilyAdapter, *, want=WANT_ALL, outlier_m: float = 5.0,
+                 recording: bool | None = None):
         unknown = set(want) - WANT_ALL
         if unknown:
             raise ValueError(f"unknown score kinds {sorted(unknown)}; choose from {sorted(WANT_ALL)}")
         self.model, self.adapter, self.want, self.outlier_m = model, adapter, frozenset(want), outlier_m
+        # True: experts computed once by the scoring implementation where the family allows it (recording.py);
+        # False: the hook that recomputes them; None: True unless MOE_STUDIO_SCORING_EXPERTS=hooks
+        self.recording = recording if recording is not None else scoring_experts_mode() == "record"
         self.blocks: list[MoEBlock] = adapter.moe_blocks(model, required=False)   # [] for a dense one-layer view
         self.num_layers = len(adapter.decoder_layers(model))
         self.top_k = adapter.top_k(model.config)
@@ -97,8 +101,10 @@ class ScoreCollector:
                                      f"({type(blk.experts).__name__}) is not called with the routed token indices "
                                      "and weights, so per-expert and per-neuron scores cannot be collected; "
                                      "score layers only (want=('layers',)) or slim by layer dropping")
-            for l, blk in enumerate(self.blocks):
-                self._handles.append(blk.experts.register_forward_hook(self._experts_hook(l, blk)))
+            from compressor.importance.recording import record_experts
+            for l, blk in enumerate(self.blocks):           # experts computed once where the family allows it
+                recorded = record_experts(self, l, blk) if self.recording else None
+                self._handles.append(recorded or blk.experts.register_forward_hook(self._experts_hook(l, blk)))
         if "layers" in self.want:
             for i, layer in enumerate(self.adapter.decoder_layers(self.model)):
                 self._handles.append(layer.register_forward_pre_hook(self._layer_in_hook(i), with_kwargs=True))
@@ -207,17 +213,16 @@ class ScoreCollector:
 
     @torch.no_grad()
     def _wanda(self) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """(sum_t x_t^2 per map input, DLP's median Wanda score per layer, OWL's outlier share per layer). The layer
+        statistics are `slimming.sparsify.layer_statistics` over `sparsifiable_maps`, the very function and maps
+        `sparsify_` allocates with, so Explore shows what a sparsity run uses."""
+        from compressor.slimming.sparsify import layer_statistics, sparsifiable_maps
+        from compressor.slimming.wanda_inputs import wanda_inputs_from_sums
         inputs = {name: sq.detach().cpu().clone() for name, sq in self.linear_sq.items()}
-        per_layer = {i: [(lin.weight, inputs[name]) for name, lin in maps]
-                     for i, maps in wanda_targets(self.model, self.adapter).items()}
         for blk, sums in zip(self.blocks, self.sums):
-            x_sq, h_sq = sums.x_sq.cpu(), sums.h_sq.cpu()
-            inputs[f"{blk.name}.experts.gate_up"], inputs[f"{blk.name}.experts.down"] = x_sq, h_sq
-            per_layer[blk.layer] += [(w, x) for w, x in ((blk.gate_weight(), x_sq), (blk.up_weight(), x_sq),
-                                                         (blk.down_weight(), h_sq)) if w is not None]
-        dlp, owl = torch.zeros(self.num_layers, dtype=F64), torch.zeros(self.num_layers, dtype=F64)
-        for i, maps in per_layer.items():
-            _, dlp[i], owl[i] = M.wanda_layer_stats(maps=maps, outlier_m=self.outlier_m)    # DLP: the median
+            inputs[f"{blk.name}.experts.gate_up"], inputs[f"{blk.name}.experts.down"] = sums.x_sq.cpu(), sums.h_sq.cpu()
+        dlp, owl, _ = layer_statistics(sparsifiable_maps(self.model), wanda_inputs_from_sums(inputs), self.num_layers,
+                                       owl_m=self.outlier_m, dlp_statistic="median")
         return inputs, dlp, owl
 
 
@@ -237,24 +242,27 @@ class _BlockSums:
 
     def add_tokens_(self, blk: MoEBlock, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> None:
         """x [T, H] non-padding tokens, idx / w [T, k] their experts and router weights: recompute each routed
-        expert on its tokens and add counts, gate / REAP / MAN sums, max |f|, and per-neuron sums."""
-        E, k = blk.num_experts, idx.shape[1]
+        expert on its tokens and add counts, gate / REAP / MAN sums, max |f|, and per-neuron sums. (The scoring
+        experts implementation, `compressor.importance.recording`, adds the outputs it computed anyway instead.)"""
+        tok, eid, gate, per_expert = routed_pairs(idx, w, blk.num_experts)
         self.tokens += x.shape[0]
-        flat = idx.reshape(-1)
-        ok = (flat >= 0) & (flat < E)
-        order = torch.argsort(torch.where(ok, flat, torch.full_like(flat, E)), stable=True)
-        per_expert = torch.bincount(flat[ok], minlength=E).tolist()
-        order = order[: sum(per_expert)]                                          # pairs grouped by expert
-        tok, eid = order // k, flat[order]                                        # [P], [P]
         xs = x[tok]                                                               # [P, H]
-        norms, peaks, start = [], [], 0
+        parts, start = [], 0
         for e, n in enumerate(per_expert):
-            if n == 0:
-                continue
-            xe = xs[start:start + n]                                              # [n, H]
+            if n:
+                xe = xs[start:start + n]                                          # [n, H]
+                h = blk.expert_hidden(xe, e)                                      # [n, I]
+                parts.append((e, xe, h, blk.expert_output(h, e)))
             start += n
-            h = blk.expert_hidden(xe, e)                                          # [n, I]
-            norm, peak = M.output_norm_and_peak(output=blk.expert_output(h, e))   # [n], [n]
+        self.add_outputs_(parts, eid=eid, gate=gate, num_experts=blk.num_experts)
+
+    def add_outputs_(self, parts: list, *, eid: torch.Tensor, gate: torch.Tensor, num_experts: int) -> None:
+        """parts: (e, x_e [n, H], h_e [n, I], f_e(x_e) [n, H]) per expert, for the routed pairs grouped by expert
+        in the order of eid / gate [P] (`routed_pairs`); adds every sum (under no_grad, from detached values)."""
+        E = num_experts
+        norms, peaks = [], []
+        for e, xe, h, out in parts:
+            norm, peak = M.output_norm_and_peak(output=out)                       # [n], [n]
             norms.append(norm)
             peaks.append(peak)
             if self.abs_sum is not None:
@@ -264,8 +272,8 @@ class _BlockSums:
                 self.h_sq[e] += h.float().square().sum(0, dtype=F64)
         if not norms:
             return
-        s = M.routed_expert_sums(expert=eid, gate=w.reshape(-1)[order], out_norm=torch.cat(norms),
-                                 out_peak=torch.cat(peaks), num_experts=E)
+        s = M.routed_expert_sums(expert=eid, gate=gate, out_norm=torch.cat(norms), out_peak=torch.cat(peaks),
+                                 num_experts=E)
         self.counts += s["count"]
         self.gate_sum += s["gate_sum"]
         self.reap_sum += s["reap_sum"]
@@ -285,6 +293,29 @@ class _BlockSums:
                 self.grad_sum[name] += g
             else:
                 self.grad_sum[name] = g.detach().to(torch.float32, copy=True)
+
+
+def scoring_experts_mode() -> str:
+    """$MOE_STUDIO_SCORING_EXPERTS: "record" (default; `compressor.importance.recording`) or "hooks"."""
+    import os
+    mode = os.environ.get("MOE_STUDIO_SCORING_EXPERTS", "").strip() or "record"
+    if mode not in ("record", "hooks"):
+        raise ValueError(f"MOE_STUDIO_SCORING_EXPERTS={mode!r} must be 'record' (experts computed once while "
+                         "scoring) or 'hooks' (recomputed by a hook)")
+    return mode
+
+
+def routed_pairs(idx: torch.Tensor, w: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                              torch.Tensor, list[int]]:
+    """The (token, expert) pairs of idx / w [T, k] grouped by expert (stable: tokens ascending within an expert;
+    entries outside [0, E) dropped): token [P], expert [P], router weight [P], and the pair count per expert [E]."""
+    E, k = num_experts, idx.shape[1]
+    flat = idx.reshape(-1)
+    ok = (flat >= 0) & (flat < E)
+    order = torch.argsort(torch.where(ok, flat, torch.full_like(flat, E)), stable=True)
+    per_expert = torch.bincount(flat[ok], minlength=E).tolist()
+    order = order[: sum(per_expert)]
+    return order // k, flat[order], w.reshape(-1)[order], per_expert
 
 
 def _stack(ts: list[torch.Tensor]) -> torch.Tensor:

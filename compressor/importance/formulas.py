@@ -12,7 +12,7 @@ included), f_e(x) = h_e(x) Wd_e^T (+ b_e) in R^H the expert output before g. Run
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 
@@ -140,98 +140,3 @@ def block_influence(*, cos_sum: torch.Tensor, tokens: torch.Tensor) -> torch.Ten
     tokens = torch.as_tensor(tokens, dtype=F64)
     mean = torch.where(tokens > 0, cos_sum.to(F64) / tokens.clamp_min(1), torch.full_like(tokens, float("nan")))
     return 1.0 - mean
-
-
-def wanda_scores(*, weight: torch.Tensor, input_sq_sum: torch.Tensor) -> torch.Tensor:
-    """Wanda A_ij = |W_ij| * ||X_j||_2 with ||X_j||_2 = sqrt(sum_t x_tj^2) over the map's input tokens.
-
-    weight [..., out, in], input_sq_sum [..., in] (leading axes, e.g. experts, broadcast). Returns float64 A."""
-    norm = input_sq_sum.to(F64).clamp_min(0).sqrt()
-    return weight.detach().abs().to(F64) * norm.unsqueeze(-2)
-
-
-def wanda_layer_stats(*, maps: Iterable[tuple[torch.Tensor, torch.Tensor]], outlier_m: float = 5.0
-                      ) -> tuple[float, float, float]:
-    """Layer-level Wanda statistics over all entries of the layer's linear maps A_l = concat(A of every map).
-
-    mean(A_l)        = sum of A over all maps / number of entries (experts included: each expert's gate/up/down
-                     slice is a map whose X holds only the tokens routed to that expert). DLP's score in the DLP
-                     repository's unstructured path (ironartisan/DLP `lib/prune.py::get_dlp_ratios`).
-    median(A_l)      = `torch.median` of the concatenation (the lower middle value for an even count) of A rounded
-                     to float32, computed exactly by `lower_median` one 2-D slice at a time. DLP's score in the
-                     paper and the repository's `--strategy` default.
-    OWL outlier ratio D_l = |{a in A_l : a > M * mean(A_l)}| / |A_l|, M = `outlier_m` (5 in OWL).
-    `maps` yields (weight [..., out, in], input_sq_sum [..., in]); it is read several times, so pass a list. A is
-    built one 2-D slice (one expert) at a time, on the weight's device. Returns (mean, median, D_l); NaNs without
-    maps.
-
-        mean, median, share = wanda_layer_stats(maps=[(w, sq)], outlier_m=5.0)
-    """
-    maps = list(maps)
-    total, count = 0.0, 0
-    for w, sq in _slices(maps):
-        total += float(wanda_scores(weight=w, input_sq_sum=sq).sum())
-        count += w.numel()
-    if count == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = total / count
-    above = sum(int((wanda_scores(weight=w, input_sq_sum=sq) > outlier_m * mean).sum()) for w, sq in _slices(maps))
-    median = lower_median(chunks=lambda: (wanda_scores(weight=w, input_sq_sum=sq) for w, sq in _slices(maps)))
-    return mean, median, above / count
-
-
-_HALF = 1 << 16
-
-
-def lower_median(*, chunks: Callable[[], Iterable[torch.Tensor]]) -> float:
-    """`torch.median(torch.cat([c.float().flatten() for c in chunks()]))`, exactly, with one chunk in memory at a time.
-
-    For an even count this is the lower of the two middle values (k = (n - 1) // 2 in sorted order, 0-based), as
-    `torch.median` returns it. Every value must be >= 0 (Wanda scores are). Radix select over the float32 bit
-    patterns, which for x >= 0 order like the values: pass 1 counts the high 16 bits of every value in a 65536-bin
-    histogram and finds the bin holding rank k; pass 2 counts the low 16 bits of the values in that bin. `chunks`
-    is called once per pass and must give the same values each time. Returns NaN when there are no values.
-
-        lower_median(chunks=lambda: [torch.tensor([3.0, 1.0]), torch.tensor([2.0, 5.0])])     # 2.0
-    """
-    hist, n = torch.zeros(_HALF, dtype=torch.int64), 0
-    for c in chunks():
-        bits = _float_bits(c)
-        hist += torch.bincount(bits >> 16, minlength=_HALF).cpu()
-        n += bits.numel()
-    if n == 0:
-        return float("nan")
-    k = (n - 1) // 2
-    high, k = _bin_of_rank(hist, k)
-    hist.zero_()
-    for c in chunks():
-        bits = _float_bits(c)
-        hist += torch.bincount(bits[(bits >> 16) == high] & (_HALF - 1), minlength=_HALF).cpu()
-    low, _ = _bin_of_rank(hist, k)
-    return torch.tensor([(high << 16) | low], dtype=torch.int32).view(torch.float32).item()
-
-
-def _float_bits(c: torch.Tensor) -> torch.Tensor:
-    """Non-negative values -> their float32 bit patterns as int64 [n] (-0.0 counted as +0.0)."""
-    v = c.detach().reshape(-1).float() + 0.0            # IEEE: -0.0 + 0.0 = +0.0
-    bits = v.view(torch.int32).long()
-    if bool((bits < 0).any()) or bool(torch.isnan(v).any()):
-        raise ValueError("lower_median needs values >= 0 and no NaN (Wanda scores are |W| * ||X||)")
-    return bits
-
-
-def _bin_of_rank(hist: torch.Tensor, k: int) -> tuple[int, int]:
-    """(bin holding the value of 0-based rank k, rank of that value within the bin)."""
-    cum = hist.cumsum(0)
-    b = int(torch.searchsorted(cum, torch.tensor(k), right=True))
-    return b, k - (int(cum[b - 1]) if b > 0 else 0)
-
-
-def _slices(maps):
-    """(weight [..., out, in], sq [..., in]) -> 2-D pairs (weight [out, in], sq [in]) on the weight's device."""
-    for w, sq in maps:
-        sq = sq.to(w.device)
-        if w.dim() == 2:
-            yield w, sq
-        else:
-            yield from zip(w.reshape(-1, *w.shape[-2:]), sq.reshape(-1, sq.shape[-1]))

@@ -22,12 +22,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from compressor.importance import formulas as M
+from compressor.methods import EXPERT_SCORES, NEURON_SCORES, method, names
 
-SCORES_VERSION = 2
+SCORES_VERSION = 3
+# Version 3: the layers' dlp / owl come from `slimming.sparsify.layer_statistics` (float32 Wanda scores, the path
+# sparsify_ allocates with), were float64 scores of a second implementation.
 # Version 2: "taylor" is |w * sum_b g_b| (LLM-Pruner), was sum_b |w * g_b| (now "taylor_per_batch"); the layers' `dlp`
 # is the median Wanda score of the layer, was the mean. Version-1 folders and cache entries are not read.
-EXPERT_SCORE_NAMES = ("reap", "man", "ean_sum", "frequency", "weighted_frequency", "taylor", "taylor_per_batch")
-NEURON_SCORE_NAMES = ("activation", "taylor", "taylor_per_batch")
+EXPERT_SCORE_NAMES = names(EXPERT_SCORES)         # the registries: compressor/methods.py
+NEURON_SCORE_NAMES = names(NEURON_SCORES)
 TENSOR_FILE = "scores.safetensors"
 SUMMARY_FILE = "summary.json"
 TABLE_FORMATS = ("csv", "parquet")
@@ -98,10 +101,8 @@ class ExpertScores:
         return _per_token(self.taylor_per_batch_sum, self.taylor_tokens)
 
     def score(self, name: str) -> torch.Tensor:
-        """The [L, E] score called `name`, one of `EXPERT_SCORE_NAMES`."""
-        if name not in EXPERT_SCORE_NAMES:
-            raise ValueError(f"unknown expert score {name!r}; choose one of {', '.join(EXPERT_SCORE_NAMES)}")
-        value = getattr(self, name)
+        """The [L, E] score called `name`, an entry of `compressor.methods.EXPERT_SCORES`."""
+        value = method(EXPERT_SCORES, name).load()(self)
         if value is None:
             raise ValueError("no Taylor scores in this report: analyze with taylor=True (CLI: --taylor)")
         return value
@@ -147,10 +148,8 @@ class NeuronScores:
         return _per_token(self.taylor_per_batch_sum, self.taylor_tokens)
 
     def score(self, name: str) -> torch.Tensor:
-        """The [L, E, I] score called `name`, one of `NEURON_SCORE_NAMES`."""
-        if name not in NEURON_SCORE_NAMES:
-            raise ValueError(f"unknown neuron score {name!r}; choose one of {', '.join(NEURON_SCORE_NAMES)}")
-        value = getattr(self, name)
+        """The [L, E, I] score called `name`, an entry of `compressor.methods.NEURON_SCORES`."""
+        value = method(NEURON_SCORES, name).load()(self)
         if value is None:
             raise ValueError("no Taylor scores in this report: analyze with taylor=True (CLI: --taylor)")
         return value
@@ -161,7 +160,7 @@ class LayerScores:
     """Per decoder layer (all of them), [N] float64.
 
     cos_sum = sum_t cos(h_in_t, h_out_t), tokens = tokens seen; dlp = median Wanda score A over the layer's linear
-    maps (experts included; DLP's layer score, see `compressor.importance.formulas.wanda_layer_stats`); owl = share of
+    maps (experts included; DLP's layer score, see `compressor.slimming.sparsify.layer_statistics`); owl = share of
     A entries above outlier_m * mean(A). `wanda_inputs` maps each scored linear map to sum_t x_t^2 per input feature
     (Wanda's ||X_j||^2): nn.Linear modules by their module name ([in]), and for each MoE block
     '<block>.experts.gate_up' ([E, H], tokens routed to e) and '<block>.experts.down' ([E, I], the intermediate h of

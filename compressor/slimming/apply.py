@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from compressor.inspect import ParamCount, count_params
+from compressor.methods import EXPERT_SCORES, NEURON_SCORES
 from compressor.progress import Reporter
 from compressor.recipe import SlimmingConfig
 from compressor.slimming.config import ExpertPruneConfig, LayerDropConfig, NeuronSlimConfig, SparsifyConfig
@@ -148,7 +149,7 @@ def analysis_needs(cfg: SlimmingConfig) -> tuple[tuple[str, ...], bool]:
 
     neurons if expert_keep_ratio < 1; experts if experts_keep is set; layers if layers_drop > 0; Wanda input norms
     only when nothing structural is cut (otherwise `apply_slimming_` recollects them on the cut model). Taylor only
-    when the chosen neuron or expert score is a Taylor score ("taylor", "taylor_per_batch") and that cut is made.
+    when the chosen neuron or expert score needs one (`Method.taylor` in compressor/methods.py) and that cut is made.
 
         analysis_needs(SlimmingConfig(expert_keep_ratio=0.5)) == (("neurons",), True)
     """
@@ -161,6 +162,6 @@ def analysis_needs(cfg: SlimmingConfig) -> tuple[tuple[str, ...], bool]:
         want.append("layers")
     if cfg.sparsity > 0 and not want:
         want.append("wanda")
-    taylor = ("neurons" in want and cfg.neuron_score.startswith("taylor")) or \
-        ("experts" in want and cfg.expert_score.startswith("taylor"))
+    taylor = ("neurons" in want and NEURON_SCORES[cfg.neuron_score].taylor) or \
+        ("experts" in want and EXPERT_SCORES[cfg.expert_score].taylor)
     return tuple(want), taylor

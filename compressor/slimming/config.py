@@ -12,8 +12,10 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+from compressor.methods import SPARSITY_ALLOCATIONS, names
+
 SLIMMING_CONFIG_VERSION = 1
-ALLOCATIONS = ("uniform", "owl", "dlp")
+ALLOCATIONS = names(SPARSITY_ALLOCATIONS)        # the registry: compressor/methods.py
 DLP_STATISTICS = ("median", "mean")       # DLP's layer score: the paper / --strategy default, the unstructured path's
 CALIBRATIONS = ("sequential", "dense")    # where layer l's Wanda norms come from: the model pruned below l, or dense
 

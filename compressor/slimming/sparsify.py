@@ -32,12 +32,12 @@ import torch
 from torch import nn
 
 from compressor.families import resolve_adapter
-from compressor.importance.formulas import lower_median
 from compressor.inspect import count_params
+from compressor.methods import SPARSITY_ALLOCATIONS, method
 from compressor.progress import Reporter
 from compressor.slimming.config import DLP_STATISTICS, SparsifyConfig
 from compressor.slimming.report import LayerSparsity, SparsifyReport
-from compressor.slimming.wanda import (dlp_sparsities, outlier_share, owl_sparsities, prune_rows_,
+from compressor.slimming.wanda import (dlp_sparsities, lower_median, outlier_share, owl_sparsities, prune_rows_,
                                        uniform_sparsities, wanda_scores)
 
 
@@ -96,7 +96,7 @@ def layer_statistics(maps: list[LinearMap], wanda_inputs: Mapping[str, torch.Ten
 
     s_l = median(A_l) for `dlp_statistic` "median" (DLP paper / repository default; `torch.median` of the
     concatenation, the lower middle value for an even count, found exactly by a two-pass radix select over the
-    float32 bit patterns, `compressor.importance.formulas.lower_median`, no concatenation held), mean(A_l) for "mean"
+    float32 bit patterns, `compressor.slimming.wanda.lower_median`, no concatenation held), mean(A_l) for "mean"
     (float32 row sums, float64 across rows), zeros for None. D_l = share of A_l above owl_m * mean(A_l), computed
     only when `owl_m` is given (zeros otherwise). Called with one layer's maps it gives that layer's row exactly as
     a call over all maps does (the layer-by-layer engine relies on it).
@@ -146,20 +146,34 @@ def _layer_scores(maps: list[LinearMap], wanda_inputs: Mapping[str, torch.Tensor
 
 def allocate(cfg: SparsifyConfig, *, scores: torch.Tensor, outliers: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sparsity per layer, the statistic it came from) for `cfg.allocation`. `scores` holds the DLP layer scores
-    s_l (`layer_statistics`' first output: medians or means as `cfg.dlp_statistic` says), `outliers` OWL's D_l."""
-    if cfg.allocation == "owl":
-        return owl_sparsities(outlier_shares=outliers, sparsity=cfg.sparsity, lam=cfg.owl_lambda), outliers
-    if cfg.allocation == "dlp":
-        return dlp_sparsities(layer_scores=scores, sparsity=cfg.sparsity, alpha=cfg.dlp_alpha), scores
+    """(sparsity per layer, the statistic it came from) for `cfg.allocation`, an entry of
+    `compressor.methods.SPARSITY_ALLOCATIONS`. `scores` holds the DLP layer scores s_l (`layer_statistics`' first
+    output: medians or means as `cfg.dlp_statistic` says), `outliers` OWL's D_l."""
+    return method(SPARSITY_ALLOCATIONS, cfg.allocation).load()(cfg, scores=scores, outliers=outliers)
+
+
+def allocate_uniform(cfg: SparsifyConfig, *, scores: torch.Tensor, outliers: torch.Tensor):
+    """sparsity_l = S for every layer (`slimming.wanda.uniform_sparsities`)."""
     return uniform_sparsities(layers=len(scores), sparsity=cfg.sparsity), torch.zeros_like(scores)
+
+
+def allocate_owl(cfg: SparsifyConfig, *, scores: torch.Tensor, outliers: torch.Tensor):
+    """OWL (Yin et al. 2024): keep_l from the outlier share D_l spread by lambda (`slimming.wanda.owl_sparsities`)."""
+    return owl_sparsities(outlier_shares=outliers, sparsity=cfg.sparsity, lam=cfg.owl_lambda), outliers
+
+
+def allocate_dlp(cfg: SparsifyConfig, *, scores: torch.Tensor, outliers: torch.Tensor):
+    """DLP (Chen et al. 2025): r_l = 1 - s_l / sum(s) spread by alpha (`slimming.wanda.dlp_sparsities`)."""
+    return dlp_sparsities(layer_scores=scores, sparsity=cfg.sparsity, alpha=cfg.dlp_alpha), scores
 
 
 def statistics_for(cfg: SparsifyConfig, maps: list[LinearMap], wanda_inputs: Mapping[str, torch.Tensor], layers: int
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`layer_statistics` computing only what `cfg.allocation` reads: (DLP scores, OWL outlier shares, weights)."""
-    return layer_statistics(maps, wanda_inputs, layers, owl_m=cfg.owl_m if cfg.allocation == "owl" else None,
-                            dlp_statistic=cfg.dlp_statistic if cfg.allocation == "dlp" else None)
+    """`layer_statistics` computing only what `cfg.allocation` reads (its registry entry's `reads`): (DLP scores,
+    OWL outlier shares, weights)."""
+    reads = method(SPARSITY_ALLOCATIONS, cfg.allocation).reads
+    return layer_statistics(maps, wanda_inputs, layers, owl_m=cfg.owl_m if reads == "outliers" else None,
+                            dlp_statistic=cfg.dlp_statistic if reads == "scores" else None)
 
 
 @torch.no_grad()

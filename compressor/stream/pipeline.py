@@ -14,11 +14,12 @@ import json
 import time
 from pathlib import Path
 
-from compressor.data import calibration_batches, eval_windows
+from compressor.data import HELDOUT_NAME, calibration_for, eval_windows
 from compressor.evaluate.report import EvalReport
 from compressor.evaluate.size import SizeStats
 from compressor.importance import AnalyzeConfig, load_or_analyze
 from compressor.progress import Reporter
+from compressor.result import RESULT_VERSION, EvalSet
 from compressor.recipe import Recipe
 from compressor.slimming.apply import analysis_needs
 from compressor.stream.blockwise import BlockDistillConfig
@@ -51,8 +52,7 @@ def run_streamed_recipe(recipe: Recipe, staging: Path, reporter: Reporter, found
         raise ValueError(f"{recipe.model} ships no tokenizer files; the pipeline needs one for calibration and "
                          "evaluation data")
     c, e = recipe.calibration, recipe.evaluate
-    calib = calibration_batches(tokenizer, tokens=c.tokens, seq_len=c.seq_len, batch_size=c.batch_size,
-                                seed=recipe.seed)
+    calib = calibration_for(tokenizer, c, seed=recipe.seed)
     windows = eval_windows(tokenizer, tokens=e.tokens, seq_len=e.seq_len)
     want, taylor = analysis_needs(recipe.slimming)
     importance = None
@@ -85,7 +85,8 @@ def run_streamed_recipe(recipe: Recipe, staging: Path, reporter: Reporter, found
     stage = {"stage": "stage 1/1 (layer by layer)", "index": 1, "slimming": res.to_dict(),
              "scores_cache_hit": bool(importance and importance.meta.get("cache", {}).get("hit")),
              **{k: v for k, v in report.headline().items() if not k.startswith("peak")}}
-    metrics = {**report.headline(), "timings": timings, "evaluation": report.to_dict(),
+    metrics = {"result_version": RESULT_VERSION, **report.headline(), "timings": timings,
+               "evaluation": report.to_dict(), "eval_set": EvalSet.of(windows, text=HELDOUT_NAME).model_dump(),
                "execution": {**plan.to_dict(), "device": device, "spill": spill.stats()}, "speed_not_measured": "a layer-by-layer run does not hold the model "
                                                                    "in memory to time it",
                "source": {"model": recipe.model, "fingerprint": sizes[1]["fingerprint"], "dtype": sizes[1]["dtype"]}}

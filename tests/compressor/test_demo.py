@@ -10,7 +10,8 @@ import torch
 
 from compressor.demo import ASSETS_DIR, demo_model_dir
 from compressor.demo import train as demo_train
-from compressor.demo.train import DemoConfig, lr_at, switch_balance_loss
+from compressor.demo.train import DemoConfig, switch_balance_loss
+from compressor.distill.schedule import lr_at
 
 TINY = DemoConfig(vocab_size=320, hidden_size=32, layers=2, heads=2, kv_heads=1, head_dim=16, experts=4, top_k=2,
                   expert_width=32, seq_len=32, batch_size=8, lr=1e-2, warmup_steps=2, train_chars=60_000,
@@ -80,7 +81,7 @@ def test_switch_loss_gradient_pushes_probability_away_from_the_busy_experts():
 
 
 def test_lr_schedule_warms_up_then_follows_a_cosine_to_the_floor():
-    kw = dict(steps=110, peak=1.0, warmup=10, min_ratio=0.1)
+    kw = dict(total=110, peak=1.0, warmup=10, floor=0.1)
     assert [lr_at(s, **kw) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
     assert lr_at(10, **kw) == pytest.approx(1.0)
     assert lr_at(10 + 99 // 2, **kw) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 49 / 99)))

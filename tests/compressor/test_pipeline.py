@@ -158,3 +158,13 @@ def test_a_previous_stage_cached_teacher_with_a_first_stage_of_no_steps(env, mod
     assert result.stages[2]["distill"]["steps"] == 1
     card = (result.checkpoint_dir / "README.md").read_text()
     assert '"dtype": "bfloat16"' in card and '"dtype": "float32"' not in card
+
+
+def test_the_stored_result_has_its_evaluation_set_and_every_distillation_step(cli_run):
+    from compressor.result import RunResult
+    out, _, _ = cli_run
+    result = RunResult.read(json.loads((out / "metrics.json").read_text()))
+    assert result.version == 1 and result.eval_set.tokens == 256 and result.eval_set.seq_len == 32
+    assert len(result.loss_curve()) == 4 and result.stage_starts() == [0, 1]      # 1 + 3 steps, every one kept
+    assert result.final.perplexity > 0 and result.baseline.perplexity > 0 and result.speed.same_kernel
+    assert result.base_model.dtype == "bfloat16" and result.comparable_with(result) is None

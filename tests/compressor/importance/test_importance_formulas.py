@@ -89,38 +89,3 @@ def test_block_influence_identity_zero_flip_two():
     assert M.block_influence(cos_sum=same, tokens=torch.tensor(5.0)).item() == pytest.approx(0.0, abs=1e-12)
     assert M.block_influence(cos_sum=flip, tokens=torch.tensor(5.0)).item() == pytest.approx(2.0, abs=1e-12)
     assert math.isnan(M.block_influence(cos_sum=torch.tensor(0.0), tokens=torch.tensor(0.0)).item())
-
-
-def test_wanda_scores_and_layer_stats_by_hand():
-    w = torch.tensor([[1.0, -2.0], [3.0, 0.0]])
-    sq = torch.tensor([4.0, 9.0])                              # ||X|| = [2, 3]
-    a = M.wanda_scores(weight=w, input_sq_sum=sq)
-    assert a.tolist() == [[2.0, 6.0], [6.0, 0.0]]
-    # second map: per-expert leading axis [E=2, out=1, in=1]
-    w2 = torch.tensor([[[1.0]], [[-1.0]]])
-    sq2 = torch.tensor([[16.0], [0.0]])                        # A = 4 and 0
-    mean, median, outliers = M.wanda_layer_stats(maps=[(w, sq), (w2, sq2)], outlier_m=1.5)
-    assert mean == pytest.approx((2 + 6 + 6 + 0 + 4 + 0) / 6)  # 3
-    assert median == 2.0                                       # sorted [0, 0, 2, 4, 6, 6]: the lower middle value
-    assert outliers == pytest.approx(2 / 6)                    # entries > 4.5: the two 6s
-    assert all(math.isnan(v) for v in M.wanda_layer_stats(maps=[]))
-
-
-def test_lower_median_by_hand():
-    assert M.lower_median(chunks=lambda: [torch.tensor([3.0, 1.0]), torch.tensor([2.0, 5.0])]) == 2.0   # even: lower
-    assert M.lower_median(chunks=lambda: [torch.tensor([[9.0, 0.5]]), torch.tensor([0.25])]) == 0.5     # odd
-    assert M.lower_median(chunks=lambda: [torch.tensor([-0.0, 0.0, 7.0])]) == 0.0                       # -0 is 0
-    assert math.isnan(M.lower_median(chunks=lambda: [torch.zeros(0)]))
-    with pytest.raises(ValueError, match=">= 0"):
-        M.lower_median(chunks=lambda: [torch.tensor([1.0, -1.0])])
-
-
-@pytest.mark.parametrize("sizes", [(1,), (2, 3), (1000, 1, 4097), (64, 64)])
-def test_lower_median_equals_torch_median_of_the_concatenation(sizes):
-    g = torch.Generator().manual_seed(sum(sizes))
-    # values spread over 12 orders of magnitude, with ties and zeros, so both radix passes matter
-    chunks = [(torch.rand(n, generator=g) * 10.0 ** torch.randint(-6, 6, (n,), generator=g)).float()
-              for n in sizes] + [torch.zeros(3), torch.full((5,), 0.125)]
-    want = torch.median(torch.cat(chunks)).item()
-    assert M.lower_median(chunks=lambda: iter(chunks)) == want
-    assert M.lower_median(chunks=lambda: (c.double() for c in chunks)) == want   # float64 in: median in float32

@@ -92,6 +92,26 @@ def test_cache_hit_returns_identical_tensors_without_running_the_model(tmp_path)
     assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 4
 
 
+def test_an_entry_that_computed_more_serves_a_request_for_less(tmp_path):
+    """One key per (weights, data, settings): Explore's full analysis serves a run that needs only neuron scores,
+    and `slim` after `analyze` reuses the scores; a request for more (Taylor) computes and stores its own entry."""
+    model = tiny_moe("qwen3_moe")
+    forwards = []
+    model.register_forward_hook(lambda *a: forwards.append(1))
+    full = load_or_analyze(model, _batches(), config=AnalyzeConfig(taylor=False), cache_dir=tmp_path)
+    part = load_or_analyze(model, _batches(), config=AnalyzeConfig(want=("neurons",), taylor=False),
+                           cache_dir=tmp_path)
+    assert part.meta["cache"]["hit"] and part.meta["cache"]["key"] == full.meta["cache"]["key"] and len(forwards) == 1
+    assert torch.equal(part.neurons.activation, full.neurons.activation)
+    more = load_or_analyze(model, _batches(), config=AnalyzeConfig(want=("neurons",), taylor=True), cache_dir=tmp_path)
+    assert not more.meta["cache"]["hit"] and more.neurons.taylor is not None
+    again = load_or_analyze(model, _batches(), config=AnalyzeConfig(want=("experts",), taylor=False),
+                            cache_dir=tmp_path)
+    assert again.meta["cache"]["hit"] and again.meta["cache"]["dir"] == full.meta["cache"]["dir"]
+    entries = sorted(p.name for p in (tmp_path / full.meta["cache"]["key"]).iterdir())
+    assert entries == ["experts-layers-neurons-wanda", "neurons+taylor"]
+
+
 def test_cache_location_and_data_fingerprint(tmp_path, monkeypatch):
     monkeypatch.setenv("MOE_STUDIO_CACHE", str(tmp_path))
     assert scores_cache_dir() == tmp_path / "scores"

@@ -147,3 +147,16 @@ def test_slim_cli_passes_the_sparsity_calibration_and_dlp_statistic(model_dir, t
 def test_slim_cli_reports_bad_settings_without_a_traceback(model_dir, tmp_path, capsys):
     assert main(["slim", str(model_dir), "--expert-keep-ratio", "1.5", "--out", str(tmp_path)]) == 1
     assert "--expert-keep-ratio" in capsys.readouterr().err
+
+
+def test_slim_after_analyze_reuses_its_scores(model_dir, tmp_path, capsys):
+    """`analyze` computes every kind (with --taylor), so `slim` on the same model and calibration finds them under the
+    same cache key instead of running its own calibration pass."""
+    cal = ["--tokens", "128", "--seq-len", "32", "--batch-size", "2", "--text", str(model_dir / "calib.txt"),
+           "--cache-dir", str(tmp_path / "cache")]
+    assert main(["analyze", str(model_dir), "--out", str(tmp_path / "scores"), "--taylor", *cal]) == 0
+    capsys.readouterr()
+    assert main(["slim", str(model_dir), "--expert-keep-ratio", "0.5", "--experts-keep", "4", "--out",
+                 str(tmp_path / "out"), *cal]) == 0
+    report = json.loads((tmp_path / "out" / "slim_report.json").read_text())
+    assert report["scores"]["cache"]["hit"] is True
