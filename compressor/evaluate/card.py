@@ -7,6 +7,7 @@ each stage, and the wall time per phase.
 from __future__ import annotations
 
 from compressor.recipe import Recipe
+from compressor.result import RunResult
 
 _HEADLINE = (("perplexity", "baseline_perplexity", "held-out perplexity"),
              ("top1_agreement", None, "next-token top-1 agreement with the original"),
@@ -27,6 +28,15 @@ def _num(v) -> str:
     if isinstance(v, int):
         return f"{v:,}"
     return str(v)
+
+
+def _speed_spread(sp, which: str) -> str:
+    """'prefill 1.29x (rounds 1.10-1.41)', with 'within the machine's noise' when the range holds 1.0."""
+    ratio, rng = getattr(sp, f"{which}_speedup"), getattr(sp, f"{which}_speedup_range")
+    if ratio is None:
+        return f"{which} not compared"
+    text = f"{which} {ratio:.2f}x" + (f" (rounds {rng[0]:.2f}-{rng[1]:.2f})" if rng else "")
+    return text + (", within the machine's noise" if sp.within_noise(which) else "")
 
 
 def _distill_loss_line(recipe: Recipe) -> str:
@@ -64,12 +74,12 @@ def pipeline_card(recipe: Recipe, metrics: dict, stages: list[dict]) -> str:
                       f"({q['params_quantized']:,} parameters); embeddings, LM head, routers and norms kept. "
                       f"Checkpoint {q['checkpoint_bytes_before']:,} -> {q['checkpoint_bytes_after']:,} bytes. Load "
                       f"with stock `from_pretrained` (torchao installed); experts run `{q['experts_implementation']}`."]
-    speed = (metrics.get("evaluation") or {}).get("speed") or {}
-    if speed:
-        st = speed.get("settings", {})
-        lines += ["", f"Speed measured on {st.get('device')} with {st.get('threads')} threads, kernels "
-                      f"{st.get('kernels')}, {'interleaved with' if st.get('interleaved') else 'after'} the "
-                      "original's measurement."]
+    sp = RunResult.read(metrics).speed
+    if sp is not None:
+        st = ((metrics.get("evaluation") or {}).get("speed") or {}).get("settings", {})
+        lines += ["", f"Speed measured on {st.get('device')} with {st.get('threads')} threads, both models in "
+                      f"{sp.kernel}, {'interleaved with' if sp.interleaved else 'after'} the original's measurement; "
+                      + "; ".join(_speed_spread(sp, k) for k in ("prefill", "decode")) + "."]
     if stages:
         lines += ["", "### Stages", "", "| stage | expert width | experts | perplexity | top-1 agreement | "
                   "distil loss (first -> last) |", "|---|---:|---:|---:|---:|---|"]

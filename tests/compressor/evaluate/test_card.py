@@ -12,3 +12,12 @@ def test_card_states_the_t_squared_factor_and_what_ce_weight_means_in_trl_terms(
 
 def test_card_without_distillation_has_no_loss_line():
     assert "Distillation loss" not in pipeline_card(Recipe.model_validate({"distill": {"steps": 0}}), {}, [])
+
+
+def test_card_names_the_one_kernel_and_says_when_the_speed_up_is_noise():
+    speed = {"prefill_speedup": 1.29, "prefill_speedup_range": [1.1, 1.41], "decode_speedup": 1.02,
+             "decode_speedup_range": [0.95, 1.08], "settings": {"kernel": "eager/float32", "interleaved": True,
+                                                                 "device": "cpu", "threads": 2}}
+    card = pipeline_card(Recipe.model_validate({}), {"evaluation": {"speed": speed}}, [])
+    assert "both models in eager/float32, interleaved with" in card
+    assert "prefill 1.29x (rounds 1.10-1.41); decode 1.02x (rounds 0.95-1.08), within the machine's noise" in card
