@@ -3,7 +3,10 @@
 Hooks (all statistics float64, padding kept out through the mask set before each forward):
 - on every MoE block's `experts` module: routing (counts, router weights), REAP / MAN sums, and per-neuron |h| sums,
   by recomputing each routed expert with `MoEBlock.expert_hidden` / `expert_output` under no_grad. The hook sees
-  `args = (hidden [T, H], top_k_index [T, k], top_k_weights [T, k])` with T = batch x seq in batch-major order;
+  `args = (hidden [T, H], top_k_index [T, k], top_k_weights [T, k])` with T = batch x seq in batch-major order.
+  Where the experts module dispatches through transformers' `ExpertsInterface`, the scoring experts implementation
+  (`compressor.importance.recording`) takes the hook's place: it computes the experts once and records the same
+  sums on the way (MOE_STUDIO_SCORING_EXPERTS=hooks keeps the hook everywhere);
 - on every decoder layer: cos(h_in, h_out) per token, for block influence;
 - on every nn.Linear inside a decoder layer except routers: sum of x^2 per input feature (Wanda ||X_j||^2).
 After each batch's backward pass, `accumulate_taylor_` adds the expert gradients g_b into a float32 running sum
