@@ -30,7 +30,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from ui import compare, compress, download, explore, model, runs  # noqa: E402
+from ui import compare, compare_runs, compress, download, explore, model, runs  # noqa: E402
 from ui.common import CSS, TITLE, theme  # noqa: E402
 
 HEADER = (f"<div style='margin:2px 0 6px'><div style='font-size:24px;font-weight:700;white-space:nowrap'>{TITLE}"
@@ -61,6 +61,7 @@ def build_app() -> gr.Blocks:
                 r = runs.build()
             with gr.Tab("5 · Compare", id="compare") as t_compare:
                 cmp = compare.build()
+                cmp_runs = compare_runs.build()
             with gr.Tab("6 · Download", id="download") as t_download:
                 d = download.build()
         model.wire(m, model_state=model_state)
@@ -69,7 +70,12 @@ def build_app() -> gr.Blocks:
         enqueued, run_id = compress.wire(c, model_state=model_state)
         # the new run is selected; the selector's change event draws it (ui.runs: the selection rule)
         enqueued.then(_show_runs, run_id, [tabs, r.run], api_name="show_runs", show_progress="hidden")
+        # Runs' "Open in Compress": the picked run's recipe in the sliders, then the Compress tab
+        r.open_btn.click(compress.open_run, [r.run, model_state], [*c.controls, c.status, c.parent, c.lineage],
+                         api_name="open_in_compress").then(lambda: gr.Tabs(selected="compress"), None, tabs,
+                                                           api_name="show_compress", show_progress="hidden")
         compare.wire(cmp, model_state=model_state, tab_item=t_compare)
+        compare_runs.wire(cmp_runs, tab_item=t_compare)
         download.wire(d, tab_item=t_download)
         demo.load(model.open_model, [m.kind, m.path, m.hub, m.files, m.staged],
                   [m.status, m.summary, model_state, m.staged], api_name="startup_model")

@@ -10,8 +10,8 @@ import gradio as gr
 
 from compressor.recipe import Recipe
 from compressor.evaluate.local_tasks import LOCAL_TASKS
-from ui import services
-from ui.common import box, card, fmt_bytes, fmt_count, guard
+from ui import recipe_form, services
+from ui.common import box, card, fmt_bytes, fmt_count, guard, run_id_of
 
 DEFAULTS = Recipe()
 
@@ -45,6 +45,12 @@ class CompressTab:
     yaml: gr.Code
     status: gr.HTML
     enqueue_btn: gr.Button
+    cost: gr.HTML
+    recipe_text: gr.Code
+    recipe_file: gr.File
+    load_btn: gr.Button
+    parent: gr.State
+    lineage: gr.HTML
     controls: list = field(default_factory=list)
 
 
@@ -102,13 +108,21 @@ def build() -> CompressTab:
             estimate = gr.HTML(box("Open a model to see the estimate.", "info"), elem_id="estimate")
             name = gr.Textbox(label="run name (optional)", placeholder="e.g. half-width, 3 stages")
             enqueue_btn = gr.Button("Enqueue", variant="primary", size="lg")
+            cost = gr.HTML("", elem_id="cost")
+            lineage = gr.HTML("", elem_id="lineage")
             status = gr.HTML("", elem_classes="status-box")
             yaml = gr.Code("", language="yaml", label="recipe (YAML: copy it, or save it for the CLI)",
-                           interactive=False, buttons=["copy", "download"], max_lines=30)
+                           interactive=False, buttons=["copy", "download"], max_lines=30, elem_id="compress-yaml")
+            with gr.Accordion("Load a recipe (paste or upload YAML)", open=False, elem_id="load-recipe"):
+                recipe_text = gr.Code("", language="yaml", label="recipe YAML", interactive=True, lines=6,
+                                      max_lines=20, elem_id="recipe-paste")
+                recipe_file = gr.File(label="or a .yaml file", file_types=[".yaml", ".yml"], height=90,
+                                      elem_id="recipe-upload")
+                load_btn = gr.Button("Load into the form", elem_id="recipe-load")
     tab = CompressTab(keep_ratio, neuron_score, experts_keep, expert_score, layers_drop, sparsity, allocation,
                       stages, steps, final_share, temperature, loss, lr, ce_weight, calib_tokens, calib_seq,
                       eval_tokens, perplexity, speed, seed, lm_eval_tasks, quantize, name, estimate, yaml, status,
-                      enqueue_btn)
+                      enqueue_btn, cost, recipe_text, recipe_file, load_btn, gr.State(None), lineage)
     tab.controls = [keep_ratio, neuron_score, experts_keep, expert_score, layers_drop, sparsity, allocation, stages,
                     steps, final_share, temperature, loss, lr, ce_weight, calib_tokens, calib_seq, eval_tokens,
                     perplexity, speed, seed, lm_eval_tasks, quantize]
@@ -183,9 +197,10 @@ def on_model(model: dict, *values):
             gr.update(maximum=max(s["num_layers"] - 1, 1), value=0))
 
 
-def enqueue(model: dict, name: str, *values):
+def enqueue(model: dict, name: str, parent, *values):
     """Store and queue the run; (status, run id). The run id is None when nothing was queued, so the app only
-    switches to Runs after a success."""
+    switches to Runs after a success. `parent`: the run whose recipe was loaded into the form (Open in Compress),
+    recorded as the new run's parent."""
     try:
         if not model:
             raise ValueError("open a model first (tab 1)")
@@ -195,7 +210,7 @@ def enqueue(model: dict, name: str, *values):
         refusal = services.streamed_refusal(model["summary"], recipe)
         if refusal:
             raise ValueError(refusal)                                # it would fail in the worker: say so now
-        run_id = services.enqueue(recipe, name=(name or "").strip()[:200])
+        run_id = services.enqueue_edited(recipe, name=(name or "").strip()[:200], parent_run_id=parent)
     except Exception as exc:  # noqa: BLE001 - shown in the page; guard() logs unexpected ones
         return _failed(exc)
     return box(f"Run #{run_id} queued. It is listed in Runs.", "ok"), run_id
@@ -206,6 +221,49 @@ def _failed(exc: Exception):
     raise exc
 
 
+def _loaded(model: dict | None, recipe, source: str) -> list:
+    """Control values for `recipe`, and a status naming what the form could not hold and a model mismatch."""
+    values = recipe_form.form_values(recipe, (model or {}).get("summary"))
+    notes = [f"Loaded {source} into the form."]
+    if model:
+        rebuilt = services.recipe_from(model["source"], form(model, *values))
+        dropped = recipe_form.not_in_form(recipe, rebuilt)
+        if dropped:
+            notes.append("Not in the form, so reset to the defaults: " + "; ".join(dropped[:8]) + ".")
+        if recipe.model != model["source"]:
+            notes.append(f"It was made for {recipe.model[:120]}; Enqueue runs it on the model open in tab 1 "
+                         f"({model.get('label')}).")
+    return [*values, box(" ".join(notes), "info")]
+
+
+@guard(outputs=25, status=22)
+def open_run(run_id, model: dict | None):
+    """Runs' "Open in Compress": the run's recipe in the sliders; the run becomes the parent of what is enqueued
+    next. (22 control values, status, parent, lineage)."""
+    rid = run_id_of(run_id)
+    recipe = Recipe.parse(services.get_run(rid).recipe)
+    return (*_loaded(model, recipe, f"the recipe of run #{rid}"), rid,
+            box(f"Editing the recipe of run #{rid}: Enqueue records #{rid} as the new run's parent.", "info"))
+
+
+@guard(outputs=25, status=22)
+def load_recipe(model: dict | None, text: str, file):
+    """A pasted or uploaded recipe YAML into the sliders (no parent run)."""
+    path = file if isinstance(file, str) or file is None else getattr(file, "name", None)
+    recipe = recipe_form.parse_yaml(text, path)
+    return (*_loaded(model, recipe, "the recipe YAML"), None, "")
+
+
+@guard(outputs=1, status=None, toast=False)
+def cost(model: dict | None, *values):
+    """The expected wall time of the form's recipe on this machine, from earlier runs of the open model."""
+    if not model:
+        return ""
+    recipe = services.recipe_from(model["source"], form(model, *values)).to_dict()
+    return (f"<div style='font-size:13px;color:#475569'>"
+            f"{escape(recipe_form.cost_text(recipe, services.model_runs(model['source'])))}</div>")
+
+
 def wire(tab: CompressTab, *, model_state: gr.State) -> tuple[gr.events.Dependency, gr.State]:
     """Wire the tab; returns the Enqueue event and the queued run id (None after a failure) for the app to chain."""
     inputs = [model_state, *tab.controls]
@@ -214,7 +272,11 @@ def wire(tab: CompressTab, *, model_state: gr.State) -> tuple[gr.events.Dependen
     model_state.change(on_model, model_state, [tab.experts_keep, tab.layers_drop], api_name="compress_model",
                        show_progress="hidden").then(preview, inputs, [tab.estimate, tab.yaml],
                                                     api_name="compress_preview", show_progress="hidden")
+    gr.on([c.change for c in tab.controls] + [model_state.change], cost, inputs, tab.cost, api_name="cost",
+          show_progress="hidden", trigger_mode="always_last")
+    loaded = [*tab.controls, tab.status, tab.parent, tab.lineage]
+    tab.load_btn.click(load_recipe, [model_state, tab.recipe_text, tab.recipe_file], loaded, api_name="load_recipe")
     run_id = gr.State(None)
-    event = tab.enqueue_btn.click(enqueue, [model_state, tab.name, *tab.controls], [tab.status, run_id],
+    event = tab.enqueue_btn.click(enqueue, [model_state, tab.name, tab.parent, *tab.controls], [tab.status, run_id],
                                   api_name="enqueue")
     return event, run_id

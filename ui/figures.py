@@ -192,3 +192,46 @@ def metrics_bars(rows: list[dict], *, names: tuple[str, str]) -> go.Figure:
     fig.add_vline(x=1.0, line_dash="dot", line_color=MUTED)
     fig.update_xaxes(title=f"{names[1]} / {names[0]}")
     return _layout(fig, title="Metrics side by side (ratio)", height=max(220, 60 + 28 * len(rows)))
+
+
+def smooth(values: list[float], weight: float) -> list[float]:
+    """Exponential moving average, TensorBoard's rule: s_t = weight * s_(t-1) + (1 - weight) * v_t, s_0 = v_0,
+    debiased (divided by 1 - weight^(t+1)) so the start is not pulled towards zero; weight 0 returns the values."""
+    if weight <= 0:
+        return list(values)
+    out, s = [], 0.0
+    for t, v in enumerate(values):
+        s = weight * s + (1 - weight) * v
+        out.append(s / (1 - weight ** (t + 1)))
+    return out
+
+
+PALETTE = ["#4f46e5", "#059669", "#dc2626", "#d97706", "#0891b2", "#7c3aed", "#db2777", "#65a30d"]
+
+
+def loss_curves(curves: dict[str, tuple[list[tuple[int, float]], list[int]]], *, smoothing: float = 0.0,
+                log_y: bool = False) -> go.Figure:
+    """Several runs' distillation losses against the global step, overlaid: {name: (points, stage starts)}. Each
+    stage's segment is smoothed on its own (`smooth`), so a stage start is not blurred; a dotted line in the run's
+    colour marks each stage start; `log_y` draws the loss on a log axis."""
+    if not any(points for points, _ in curves.values()):
+        return message_figure("no loss recorded for these runs")
+    fig = go.Figure()
+    for i, (name, (points, starts)) in enumerate(curves.items()):
+        color = PALETTE[i % len(PALETTE)]
+        segments: dict[int, list[tuple[int, float]]] = {}
+        for step, value in points:                     # segment k = the points after the k-th stage start
+            segments.setdefault(sum(step >= b for b in starts), []).append((step, value))
+        xs, ys = [], []
+        for _, seg in sorted(segments.items()):
+            xs += [s for s, _ in seg] + [None]
+            ys += smooth([v for _, v in seg], smoothing) + [None]
+        fig.add_trace(go.Scatter(x=xs[:-1], y=ys[:-1], mode="lines+markers", name=name, marker={"size": 3},
+                                 line={"color": color}, connectgaps=False,
+                                 hovertemplate=name + "<br>step %{x}<br>loss %{y:.4f}<extra></extra>"))
+        for s in starts:
+            fig.add_vline(x=s, line_dash="dot", line_color=color, opacity=0.6)
+    fig.update_xaxes(title="step (all stages)")
+    fig.update_yaxes(title="loss" + (" (log)" if log_y else ""), type="log" if log_y else "linear")
+    title = "Distillation loss" + (f" · smoothed {smoothing:.2f}" if smoothing else "")
+    return _layout(fig, title=title, height=360, legend={"font": {"size": 11}})

@@ -135,11 +135,28 @@ def _delete_gradio_uploads(paths: list[str]) -> None:
             parent.rmdir()
 
 
+def upload_label(files, summary: dict) -> str:
+    """The name of an upload for people: the archive's file name without its suffix ("mixtral-tiny.zip" ->
+    "mixtral-tiny"), or, for a folder's loose files, "<family> upload"; never the cache's sha256 name."""
+    names = [Path(f if isinstance(f, str) else getattr(f, "name", None) or f.get("path") or "").name
+             for f in files or []]
+    names = [n for n in names if n]
+    if len(names) == 1:
+        lower = names[0].lower()
+        suffix = next((s for s in (".tar.gz", ".tgz", ".tar", ".zip") if lower.endswith(s)), "")
+        return names[0][:len(names[0]) - len(suffix)] or names[0]
+    return f"{summary.get('family', 'model')} upload"
+
+
 @guard(outputs=4, status=0)
 def open_model(kind: str, path: str, hub: str, files, staged: dict | None = None):
-    """Open the chosen model: (status, summary card, model state, staged uploads)."""
+    """Open the chosen model: (status, summary card, model state, staged uploads). An upload is recorded under its
+    file name (`upload_label`), so Runs and Compare list it by that name."""
     staged = dict(staged or {})
     opened = services.open_model(_source_text(kind, path, hub, files, staged))
+    if KINDS.get(kind, kind) == "upload":
+        opened.label = upload_label(files, opened.summary)[:200]
+        services.name_model(opened.model_id, opened.source, opened.label)
     state = {"source": opened.source, "label": opened.label, "summary": opened.summary,
              "model_id": opened.model_id, "fingerprint": opened.fingerprint}
     s = opened.summary

@@ -59,7 +59,8 @@ def display_frame(rows: list[RunRow], runs_by_id: dict, selected: int | None) ->
     """The table as the page shows it; the selected run's row is marked ▶ (the mark follows the run, not a row
     position, so it stays right after a delete, a sort or a filter)."""
     runs = list(runs_by_id.values())
-    data = [["▶" if r.run == selected else "", r.run, r.name, pill(r.status),
+    data = [["▶" if r.run == selected else "", r.run, r.name + (f" ← #{r.parent}" if r.parent else ""),
+             pill(r.status),
              progress_cell(r, waiting_text(runs_by_id[r.run], runs)), r.model,
              f"{r.keep_ratio:g}" if r.keep_ratio is not None else "", r.settings,
              f"{r.perplexity:.2f}" if r.perplexity is not None else "", fmt_count(r.active_params),
@@ -152,7 +153,7 @@ def head_html(r, runs) -> str:
     eta_text = f" · ETA {fmt_duration(eta)} for the whole run" if eta is not None else ""
     speed = f" · {r.tokens_per_s:.0f} tok/s" if r.status == "running" and r.tokens_per_s else ""
     name = f" · {html.escape(r.name)}" if r.name else ""
-    lineage = (f"<span style='font-size:13px;color:#475569'>re-run of #{r.parent_run_id}</span>"
+    lineage = (f"<span style='font-size:13px;color:#475569'>parent run #{r.parent_run_id}</span>"
                if r.parent_run_id else "")
     out = (f"<div data-run='{r.id}' style='display:flex;gap:12px;align-items:center;margin:6px 0;flex-wrap:wrap'>"
            f"<b>Run #{r.id}{name}</b>{pill(r.status)}{lineage}<div style='flex:1;min-width:120px'>"

@@ -73,7 +73,7 @@ def build() -> RunsTab:
         status_filter = gr.CheckboxGroup(STATUSES, value=[], label="status (none = all)", scale=3, min_width=300,
                                          elem_id="runs-status-filter")
         model_filter = gr.Dropdown([], value=[], multiselect=True, label="model", scale=2, min_width=160,
-                                   elem_id="runs-model-filter")
+                                   elem_id="runs-model-filter", allow_custom_value=True)
         tag_filter = gr.Textbox("", label="tags (all of, comma-separated)", scale=2, min_width=140,
                                 elem_id="runs-tag-filter")
         text_filter = gr.Textbox("", label="search name, notes, settings", scale=2, min_width=140,
@@ -82,7 +82,7 @@ def build() -> RunsTab:
                            elem_id="runs-sort")
         descending = gr.Checkbox(True, label="descending", scale=1, min_width=110, elem_id="runs-desc")
         csv_btn = gr.Button("Export CSV", scale=1, min_width=110)
-    csv_file = gr.File(label="runs.csv", visible=False, height=60)
+    csv_file = gr.File(label="runs.csv", visible=False, height=60, elem_id="runs-csv")
     table = gr.Dataframe(None, headers=COLUMNS, datatype=DATATYPES, interactive=False, wrap=True, max_height=380,
                          column_widths=WIDTHS, elem_id="runs-table")
     timer = gr.Timer(2.0)

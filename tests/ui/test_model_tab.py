@@ -137,3 +137,28 @@ def test_zip_bomb_upload_is_refused_before_it_is_extracted(studio, tmp_path):
     assert not [p for p in extracted if p.stat().st_size >= 64 << 20]
     assert _gradio_copies(studio, "zeros-model.zip") == []
     assert "qwen3_moe" in open_demo(studio.client())
+
+
+def test_an_uploaded_archive_is_labelled_by_its_name_in_the_model_tab_and_in_runs(studio, tmp_path):
+    """Issue 15: an upload lives in the cache under its sha256, but the studio names it after the archive."""
+    import re
+
+    from compressor.demo import demo_model_dir
+    from tests.ui.studio import compress_args, wait_run
+    archive = tmp_path / "my-tiny-moe.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in demo_model_dir().iterdir():
+            if f.is_file():
+                zf.write(f, f"my-tiny-moe/{f.name}")
+    c = studio.client()
+    status, card = _open_upload(c, archive)
+    assert "Opened my-tiny-moe:" in status and "<b>my-tiny-moe</b>" in card
+    queued = c.predict("upload run", *compress_args(keep_ratio=0.5, steps=0, stages=1, calib_tokens=512,
+                                                    calib_seq=64, eval_tokens=512), api_name="/enqueue")
+    run_id = int(re.search(r"Run #(\d+) queued", queued).group(1))
+    c.predict(run_id, api_name="/cancel_run")
+    wait_run(c, run_id, timeout=120)
+    table = c.predict(None, api_name="/runs_refresh")[0]
+    row = {r[1]: dict(zip(table["headers"], r)) for r in table["data"]}[run_id]
+    assert row["model"] == "my-tiny-moe"
+    assert not re.search(r"[0-9a-f]{64}", " ".join(str(v) for v in row.values()))

@@ -41,7 +41,7 @@ def test_actions_act_on_the_picked_run_while_the_refresh_runs(studio, page, fini
     pg = page
     pg.goto(studio.url)
     pg.get_by_role("tab", name="4 · Runs").click()
-    pg.wait_for_function(f"() => document.querySelector('#runs-table').innerText.includes('waiting')")
+    pg.wait_for_function("() => document.querySelector('#runs-table').innerText.includes('waiting')")
     assert pg.locator("#run-cancel").inner_text().strip() == "Cancel"        # nothing picked: names no run
 
     # what the user picks stays picked, whichever way it was picked
@@ -71,7 +71,7 @@ def test_actions_act_on_the_picked_run_while_the_refresh_runs(studio, page, fini
     wait_selected(pg, new)
     _wait_ticks(pg)
     assert is_selected(pg, new), pg.locator('#run-head').inner_text()
-    assert "re-run of #%d" % finished_run in pg.locator("#run-head").inner_text()
+    assert f"parent run #{finished_run}" in pg.locator("#run-head").inner_text()
 
     # Delete asks about the picked run, deletes that one; then nothing is selected and nothing is marked
     pick(pg, waiting)
