@@ -1,7 +1,7 @@
 """Runs database and artifact directory.
 
     storage.db         engine and sessions from DATABASE_URL (SQLite file by default), Alembic migrations at start
-    storage.models     typed ORM: Model, Analysis, Run, StageMetric, Artifact, RunLog
+    storage.models     typed ORM: Model, Run, Artifact, RunLog
     storage.repo       run verbs: create_run, mark_started, update_progress, request_cancel, reap_stale_runs, ...
     storage.catalog    models and cached analyses
     storage.artifacts  one folder per run id; checkpoint digest; download zip

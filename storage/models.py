@@ -1,9 +1,7 @@
 """ORM models (SQLAlchemy 2, typed): the runs table is the source of truth for every job.
 
     models        a model source the studio has seen: where it came from, its fingerprint, the inspect summary
-    analyses      cached importance scores, tied to a model and to the fingerprint of the calibration data
     runs          one compression job: recipe JSON, status, live progress, times, worker, error + traceback
-    stage_metrics numeric per-stage results of a finished run (one row per stage and metric name)
     artifacts     files a run produced (the checkpoint): path relative to the artifact root, bytes, sha256
     run_logs      the run's log: lifecycle events and progress messages, kept after cancel or failure
 
@@ -16,8 +14,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
-                        UniqueConstraint)
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -74,22 +71,6 @@ class Model(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Analysis(Base):
-    __tablename__ = "analyses"
-    __table_args__ = (UniqueConstraint("model_id", "data_fingerprint", "settings_hash", name="uq_analyses_key"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
-    data_fingerprint: Mapped[str] = mapped_column(String(64))
-    settings: Mapped[dict] = mapped_column(default=dict)
-    settings_hash: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default=RunStatus.queued.value)
-    path: Mapped[str | None] = mapped_column(String(1024))  # relative to the artifact root
-    error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    finished_at: Mapped[datetime | None]
-
-
 class Run(Base):
     __tablename__ = "runs"
     # AUTOINCREMENT on SQLite: an id is never reused, so an artifact directory named by id never meets a stranger.
@@ -125,10 +106,7 @@ class Run(Base):
     parent_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     tags: Mapped[list] = mapped_column(default=list, server_default="[]")
     notes: Mapped[str] = mapped_column(Text, default="", server_default="")
-    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
 
-    stage_metrics: Mapped[list["StageMetric"]] = relationship(
-        back_populates="run", cascade="all, delete-orphan", passive_deletes=True, order_by="StageMetric.id")
     artifacts: Mapped[list["Artifact"]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True, order_by="Artifact.id")
     logs: Mapped[list["RunLog"]] = relationship(
@@ -137,20 +115,6 @@ class Run(Base):
     @property
     def is_finished(self) -> bool:
         return self.status in RunStatus.finished()
-
-
-class StageMetric(Base):
-    __tablename__ = "stage_metrics"
-    __table_args__ = (UniqueConstraint("run_id", "stage_index", "name", name="uq_stage_metrics_key"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    stage_index: Mapped[int] = mapped_column(Integer)
-    stage: Mapped[str] = mapped_column(String(64))
-    name: Mapped[str] = mapped_column(String(128))
-    value: Mapped[float] = mapped_column(Float)
-
-    run: Mapped[Run] = relationship(back_populates="stage_metrics")
 
 
 class Artifact(Base):

@@ -27,7 +27,7 @@ from sqlalchemy import case, delete, select, update
 
 from .clock import db_now
 from .db import session_scope
-from .models import Artifact, Run, RunLog, RunStatus, StageMetric
+from .models import Artifact, Run, RunLog, RunStatus
 
 RUNNING, QUEUED = RunStatus.running.value, RunStatus.queued.value
 WAITING = "waiting for the broker"
@@ -56,11 +56,10 @@ def _fail_running(session, run_id: int, error: str, where=True) -> bool:
 
 
 # -- create / read --------------------------------------------------------------------------------------------
-def create_run(recipe: dict, *, name: str = "", parent_run_id: int | None = None,
-               model_id: int | None = None) -> int:
+def create_run(recipe: dict, *, name: str = "", parent_run_id: int | None = None) -> int:
     """Insert a queued run holding `recipe` (already validated by the caller) and return its id."""
     with session_scope() as s:
-        run = Run(recipe=recipe, name=name, parent_run_id=parent_run_id, model_id=model_id,
+        run = Run(recipe=recipe, name=name, parent_run_id=parent_run_id,
                   status=QUEUED, progress=0.0, stage="", step=0, total_steps=0, message="queued",
                   attempts=0, cancel_requested=False, created_at=db_now(), send_count=0, tags=[], notes="")
         s.add(run)
@@ -156,12 +155,6 @@ def get_logs(run_id: int) -> list[RunLog]:
         return list(s.scalars(select(RunLog).where(RunLog.run_id == run_id).order_by(RunLog.id)))
 
 
-def get_stage_metrics(run_id: int) -> list[StageMetric]:
-    with session_scope() as s:
-        q = select(StageMetric).where(StageMetric.run_id == run_id).order_by(StageMetric.stage_index, StageMetric.id)
-        return list(s.scalars(q))
-
-
 def get_artifacts(run_id: int) -> list[Artifact]:
     with session_scope() as s:
         return list(s.scalars(select(Artifact).where(Artifact.run_id == run_id).order_by(Artifact.id)))
@@ -219,18 +212,15 @@ def is_cancel_requested(run_id: int) -> bool:
 
 
 def mark_succeeded(run_id: int, token: str, *, metrics: dict, stages: list[dict],
-                   stage_metrics: list[tuple[int, str, str, float]],
                    artifacts: list[tuple[str, str, int, str]]) -> bool:
-    """Record the results and the verdict in one transaction.
-    `stage_metrics`: (stage_index, stage, name, value); `artifacts`: (kind, path, bytes, sha256)."""
+    """Record the results (`metrics` is the result contract of compressor/result.py, `stages` its per-stage
+    part) and the verdict in one transaction. `artifacts`: (kind, path, bytes, sha256)."""
     with session_scope() as s:
         res = s.execute(update(Run).where(_ours(run_id, token)).values(
             status=RunStatus.succeeded.value, progress=1.0, finished_at=db_now(), metrics=metrics, stages=stages,
             message="succeeded", eta_s=0.0))
         if res.rowcount != 1:
             return False
-        s.add_all(StageMetric(run_id=run_id, stage_index=i, stage=st[:64], name=n[:128], value=v)
-                  for i, st, n, v in stage_metrics)
         s.add_all(Artifact(run_id=run_id, kind=k, path=p, bytes=b, sha256=h) for k, p, b, h in artifacts)
         _log(s, run_id, "succeeded")
         return True

@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -90,28 +89,6 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=default))
 
 
-def flatten_numbers(d: dict, prefix: str = "") -> list[tuple[str, float]]:
-    """Finite numeric leaves of a nested dict as ("a.b", value); bools and text are skipped."""
-    out = []
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out += flatten_numbers(value, name + ".")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            out.append((name, float(value)))
-    return out
-
-
-def stage_metric_rows(stages: list[dict]) -> list[tuple[int, str, str, float]]:
-    """(stage_index, stage name, metric, value) for every numeric entry of every stage dict."""
-    rows = []
-    for i, stage in enumerate(stages):
-        name = str(stage.get("stage") or stage.get("name") or f"stage_{i}")
-        rows += [(i, name, metric, value) for metric, value in flatten_numbers(stage)
-                 if metric not in ("stage", "name", "index")]
-    return rows
-
-
 def _remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
@@ -128,7 +105,6 @@ def _record_success(run_id: int, token: str, recipe: Recipe, out_dir: Path, resu
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     size, digest = artifacts.checkpoint_digest(checkpoint)
     return repo.mark_succeeded(run_id, token, metrics=metrics, stages=stages,
-                               stage_metrics=stage_metric_rows(stages),
                                artifacts=[("checkpoint", artifacts.relative(checkpoint), size, digest)])
 
 

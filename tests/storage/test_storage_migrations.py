@@ -15,14 +15,14 @@ from storage import db
 from storage.models import Base
 
 REPO = Path(__file__).resolve().parents[2]
-TABLES = {"models", "analyses", "runs", "stage_metrics", "artifacts", "run_logs", "alembic_version"}
+TABLES = {"models", "runs", "artifacts", "run_logs", "alembic_version"}
 
 
 def test_migrations_create_the_orm_schema_at_head(db_url):
     engine = db.init_db(db_url)
     assert set(inspect(engine).get_table_names()) == TABLES
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0004"
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []
 
@@ -39,7 +39,7 @@ def test_processes_starting_together_migrate_once(db_url):
     # Fresh database: drop what the fixture made, then let two processes race to migrate it.
     engine = db.init_db(db_url)
     with engine.begin() as conn:
-        for table in ["run_logs", "artifacts", "stage_metrics", "runs", "analyses", "models", "alembic_version"]:
+        for table in ["run_logs", "artifacts", "runs", "models", "alembic_version"]:
             conn.execute(text(f"DROP TABLE {table}"))
     db.dispose_all()
     code = ("import sys; from storage import db, repo; db.init_db(sys.argv[1]); "
@@ -86,3 +86,25 @@ def test_0003_gives_existing_runs_no_tags_and_empty_notes_and_models_no_label(db
     assert (run.name, run.tags, run.notes) == ("old", [], "")
     assert catalog.labels_by_source() == {}
     assert repo.set_run_notes(run.id, tags="a, b,a", notes="first try").tags == ["a", "b"]
+
+
+def test_0004_drops_the_dead_tables_and_keeps_every_run(db_url):
+    engine = db.init_db(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(db.MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0003")
+        assert {"analyses", "stage_metrics"} <= set(inspect(conn).get_table_names())
+        conn.execute(text("INSERT INTO models (source, fingerprint, summary, created_at) VALUES ('demo', 'f', '{}', "
+                          "CURRENT_TIMESTAMP)"))
+        conn.execute(text("INSERT INTO runs (name, recipe, status, progress, stage, step, total_steps, message, "
+                          "created_at, attempts, cancel_requested, send_count, tags, notes, model_id) VALUES ('old', "
+                          "'{}', 'succeeded', 1, '', 0, 0, 'done', CURRENT_TIMESTAMP, 1, false, 1, '[]', 'n', "
+                          "(SELECT id FROM models))"))
+    db.migrate(engine, "head")
+    assert set(inspect(engine).get_table_names()) == TABLES
+    assert "model_id" not in {c["name"] for c in inspect(engine).get_columns("runs")}
+    from storage import repo
+    [run] = repo.list_runs()
+    assert (run.name, run.status, run.notes) == ("old", "succeeded", "n")

@@ -67,15 +67,12 @@ def test_progress_and_success_are_written_only_by_the_claim_holder(db_url):
     assert repo.heartbeat(run_id, token) and not repo.heartbeat(run_id, "other")
 
     ok = repo.mark_succeeded(run_id, token, metrics={"ppl": 12.5}, stages=[{"stage": "s1", "ppl": 13.0}],
-                             stage_metrics=[(0, "s1", "ppl", 13.0), (0, "s1", "kl", 0.1)],
                              artifacts=[("checkpoint", f"{run_id}/checkpoint", 1234, "ab" * 32)])
-    assert ok and not repo.mark_succeeded(run_id, token, metrics={}, stages=[], stage_metrics=[], artifacts=[])
+    assert ok and not repo.mark_succeeded(run_id, token, metrics={}, stages=[], artifacts=[])
     run = repo.get_run(run_id)
     assert (run.status, run.progress, run.metrics, run.stages) == ("succeeded", 1.0, {"ppl": 12.5},
                                                                    [{"stage": "s1", "ppl": 13.0}])
     assert run.finished_at >= run.started_at
-    assert [(m.stage, m.name, m.value) for m in repo.get_stage_metrics(run_id)] == [("s1", "ppl", 13.0),
-                                                                                   ("s1", "kl", 0.1)]
     assert [(a.kind, a.bytes, a.sha256) for a in repo.get_artifacts(run_id)] == [("checkpoint", 1234, "ab" * 32)]
     assert [line.message for line in repo.get_logs(run_id)] == ["queued", "started on w1@host (pid 4242)",
                                                                "distill started", "succeeded"]
@@ -129,7 +126,7 @@ def test_reaper_fails_only_stale_running_runs_and_the_old_claim_loses(db_url):
     assert [repo.get_run(i).status for i in (fresh, queued)] == ["running", "queued"]
     # the worker, if it was only frozen, finds the run is not its own any more
     assert not repo.update_progress(stale, stale_token, progress=0.5, stage="x")
-    assert not repo.mark_succeeded(stale, stale_token, metrics={}, stages=[], stage_metrics=[], artifacts=[])
+    assert not repo.mark_succeeded(stale, stale_token, metrics={}, stages=[], artifacts=[])
     assert repo.reap_stale_runs(stale_after_s=30) == []
 
 
@@ -150,11 +147,11 @@ def test_runs_of_a_stopped_worker_go_back_to_the_queue(db_url):
 
 def test_delete_removes_metrics_artifacts_and_log(db_url):
     run_id, token = _claimed()
-    repo.mark_succeeded(run_id, token, metrics={}, stages=[], stage_metrics=[(0, "s", "m", 1.0)],
+    repo.mark_succeeded(run_id, token, metrics={}, stages=[],
                         artifacts=[("checkpoint", f"{run_id}/checkpoint", 1, "0" * 64)])
     child = repo.create_run({"model": "demo"}, parent_run_id=run_id)
     assert repo.delete_run(run_id) and not repo.delete_run(run_id)
-    assert repo.get_stage_metrics(run_id) == [] and repo.get_artifacts(run_id) == [] and repo.get_logs(run_id) == []
+    assert repo.get_artifacts(run_id) == [] and repo.get_logs(run_id) == []
     assert repo.get_run(child).parent_run_id is None
 
 

@@ -105,7 +105,7 @@ def _finished_run(folder) -> int:
     run_id = repo.create_run({"model": "demo"}, name="compare me")
     token = repo.mark_started(run_id, worker="test", pid=1)
     shutil.copytree(folder, artifacts.run_dir(run_id) / "checkpoint")
-    assert repo.mark_succeeded(run_id, token, metrics={}, stages=[], stage_metrics=[], artifacts=[])
+    assert repo.mark_succeeded(run_id, token, metrics={}, stages=[], artifacts=[])
     return run_id
 
 

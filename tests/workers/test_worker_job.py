@@ -13,7 +13,7 @@ from compressor.progress import ProgressEvent
 from storage import artifacts, db, repo
 from tests.workers.cluster import TEST_PIPELINE
 from tests.workers.faults import database_outage
-from workers.job import ClaimUnavailable, claim_run, execute_run, flatten_numbers, stage_metric_rows
+from workers.job import ClaimUnavailable, claim_run, execute_run
 from workers.monitor import RunMonitor
 from workers.settings import WorkerSettings
 
@@ -80,13 +80,6 @@ def test_a_stored_recipe_that_no_longer_validates_fails_naming_the_field(db_url)
     run_id = repo.create_run({"model": "demo", "stages": 0})  # written by hand, bypassing enqueue_run
     assert execute_run(run_id, worker="w", settings=SETTINGS) == "failed"
     assert repo.get_run(run_id).error.startswith("RecipeError: invalid recipe: stages:")
-
-
-def test_stage_metrics_are_the_finite_numbers_of_each_stage():
-    assert flatten_numbers({"a": 1, "b": {"c": 2.5, "d": "x"}, "e": True, "f": float("nan")}) == [("a", 1.0),
-                                                                                                ("b.c", 2.5)]
-    rows = stage_metric_rows([{"stage": "slim", "params": 10}, {"name": "distill", "loss": 0.5}, {"ppl": 3}])
-    assert rows == [(0, "slim", "params", 10.0), (1, "distill", "loss", 0.5), (2, "stage_2", "ppl", 3.0)]
 
 
 @pytest.mark.parametrize("spec", ["compressor.pipeline.run_recipe", ""])
