@@ -8,6 +8,7 @@ from html import escape
 
 import gradio as gr
 
+from compressor import methods
 from compressor.recipe import Recipe
 from compressor.evaluate.local_tasks import LOCAL_TASKS
 from ui import recipe_form, services
@@ -64,17 +65,17 @@ def build() -> CompressTab:
                 gr.Markdown("**Experts** · SlimMoE neuron slimming and expert pruning", padding=True)
                 keep_ratio = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="expert keep ratio (share of neurons "
                                        "kept in every expert)", elem_id="keep-ratio")
-                neuron_score = gr.Radio(["taylor", "taylor_per_batch", "activation"], value=d.slimming.neuron_score,
+                neuron_score = gr.Radio(list(methods.NEURON_SCORES), value=d.slimming.neuron_score,
                                         label="neuron score")
                 experts_keep = gr.Slider(1, 8, value=8, step=1, label="experts kept per layer (all = no pruning)")
-                expert_score = gr.Dropdown(["reap", "frequency", "man", "ean_sum", "taylor"],
+                expert_score = gr.Dropdown(list(methods.EXPERT_SCORES),
                                            value=d.slimming.expert_score,
                                            label="expert score (which experts to keep)")
             with gr.Group():
                 gr.Markdown("**Layers and sparsity**", padding=True)
                 layers_drop = gr.Slider(0, 3, value=0, step=1, label="layers dropped (lowest block influence)")
                 sparsity = gr.Slider(0.0, 0.9, value=0.0, step=0.05, label="unstructured sparsity (Wanda)")
-                allocation = gr.Radio(["uniform", "owl", "dlp"], value=d.slimming.sparsity_allocation,
+                allocation = gr.Radio(list(methods.SPARSITY_ALLOCATIONS), value=d.slimming.sparsity_allocation,
                                       label="sparsity allocation over layers")
             with gr.Group():
                 gr.Markdown("**Schedule and distillation**", padding=True)
@@ -84,7 +85,7 @@ def build() -> CompressTab:
                                         label="last stage's share of the steps (the earlier stages split the rest)")
                 temperature = gr.Slider(0.5, 8.0, value=d.distill.temperature, step=0.5, label="temperature")
                 with gr.Row():
-                    loss = gr.Dropdown(["forward_kl", "reverse_kl", "jsd"], value=d.distill.loss, label="loss")
+                    loss = gr.Dropdown(list(methods.DISTILL_LOSSES), value=d.distill.loss, label="loss")
                     lr = gr.Number(d.distill.lr, label="learning rate", minimum=1e-7, maximum=1.0)
                 ce_weight = gr.Slider(0.0, 2.0, value=d.distill.ce_weight, step=0.1,
                                       label="next-token cross-entropy weight")
@@ -151,8 +152,8 @@ def form(model: dict, keep_ratio, neuron_score, experts_keep, expert_score, laye
     }
 
 
-def estimate_card(model: dict, slimming: dict, quantize: dict | None = None) -> str:
-    est = services.estimate_slimming(model["summary"], slimming)
+def estimate_card(model: dict, slimming: dict, quantize: dict | None = None, *, stages: int = 1) -> str:
+    est = services.estimate_slimming(model["summary"], slimming, stages=stages)
     t0, t1, a0, a1 = est.params_total_before, est.params_total_after, est.params_active_before, est.params_active_after
     cells = [
         ("params total", fmt_count(t1), f"from {fmt_count(t0)} ({t1 / t0:.0%})"),
@@ -179,7 +180,7 @@ def preview(model: dict, *values):
         return box("Open a model to see the estimate.", "info"), ""
     f = form(model, *values)
     recipe = services.recipe_from(model["source"], f)
-    card_html = estimate_card(model, f["slimming"], f["quantize"])
+    card_html = estimate_card(model, f["slimming"], f["quantize"], stages=f["stages"])
     refusal = services.streamed_refusal(model["summary"], recipe)
     if refusal:
         card_html = box(refusal, "error") + card_html
@@ -206,7 +207,7 @@ def enqueue(model: dict, name: str, parent, *values):
             raise ValueError("open a model first (tab 1)")
         f = form(model, *values)
         recipe = services.recipe_from(model["source"], f)
-        services.estimate_slimming(model["summary"], f["slimming"])   # refuses what the slimming would refuse
+        services.estimate_slimming(model["summary"], f["slimming"], stages=f["stages"])   # what the run would refuse
         refusal = services.streamed_refusal(model["summary"], recipe)
         if refusal:
             raise ValueError(refusal)                                # it would fail in the worker: say so now

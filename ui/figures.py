@@ -11,9 +11,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from compressor import methods
+
 ACCENT, MUTED, GOOD, BAD = "#4f46e5", "#94a3b8", "#059669", "#dc2626"
-SCORE_LABELS = {"frequency": "routing frequency", "reap": "REAP", "man": "MAN (mean output norm)",
-                "taylor": "Taylor", "activation": "activation x ||down column||", "weighted_frequency": "router mass"}
+# Legends from the method registries (compressor/methods.py): experts first, neurons where the names differ.
+SCORE_LABELS = {**{m.name: m.label for m in methods.NEURON_SCORES.values()},
+                **{m.name: m.label for m in methods.EXPERT_SCORES.values()}}
 
 
 def _layout(fig: go.Figure, *, title: str, height: int = 420, **kw) -> go.Figure:
