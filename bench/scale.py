@@ -8,7 +8,10 @@ resident memory is its own:
   write    the synthetic checkpoint (bf16, one shard per layer)
   idle     the same interpreter with the project imported and the model's meta-device skeleton built
   forward  a plain streamed forward of the calibration tokens (load, run, free each layer; no hooks)
-  analyze  `stream_analyze` with expert and neuron scores (REAP, frequency, activation; no Taylor)
+  analyze  `stream_analyze` with expert and neuron scores (REAP, frequency, activation; no Taylor), the experts
+           computed once by the scoring experts implementation (compressor.importance.recording)
+  analyze_hooks  the same with MOE_STUDIO_SCORING_EXPERTS=hooks: a hook recomputes every routed expert (the
+           implementation before the scoring experts), for the side-by-side ratio
   slim     `stream_slim` with expert_keep_ratio 0.5 (activation scores) and experts_keep 96 (REAP)
   eval     `stream_quality` of the slimmed model against the original on held-out windows (both swept)
 Reported: peak resident memory above idle as a multiple of one decoder layer (goal: at most 3x one layer plus the
@@ -29,7 +32,7 @@ from pathlib import Path
 
 from bench.common import fmt, log, parse_args, setup_threads, start, table, write_result
 
-PHASES = ("write", "idle", "forward", "analyze", "slim", "eval")
+PHASES = ("write", "idle", "forward", "analyze", "analyze_hooks", "slim", "eval")
 
 
 def _extra(p):
@@ -59,6 +62,7 @@ def run_size(layers: int, args) -> dict:
     log(f"{layers} layers: writing")
     r["write"] = _phase("write", ckpt, args, layers=layers)
     for name, kw in (("idle", {}), ("forward", {}), ("analyze", {"scores": scores}),
+                     ("analyze_hooks", {"scores": work / "scores-hooks"}),
                      ("slim", {"scores": scores, "out": slim}), ("eval", {"out": slim, "batch": 1})):
         log(f"{layers} layers: {name}")
         r[name] = _phase(name, ckpt, args, **kw)
@@ -80,11 +84,12 @@ def report(results: list[dict], args) -> list[str]:
                         + [f"{_gb(r[p]['peak_rss'])} ({over[p]:.2f}x)" for p in ("forward", "analyze", "slim",
                                                                                  "eval")])
         fwd_s = sum(r["forward"]["layer_seconds"])
-        fwd_all, ana_all = fwd_s + r["forward"]["head_seconds"], sum(r["analyze"]["layer_seconds"]) + \
-            r["analyze"]["head_seconds"]
-        tok = r["forward"]["tokens"]
-        rows_speed.append([L, tok, fmt(tok / fwd_all, 4), fmt(tok / ana_all, 4), f"{fwd_all / ana_all:.2f}x",
-                           f"{fwd_s / sum(r['analyze']['layer_seconds']):.2f}x"])
+        fwd_all, tok = fwd_s + r["forward"]["head_seconds"], r["forward"]["tokens"]
+        for phase, label in (("analyze", "recorded (experts once)"), ("analyze_hooks", "hooks (experts twice)")):
+            ana_s = sum(r[phase]["layer_seconds"])
+            ana_all = ana_s + r[phase]["head_seconds"]
+            rows_speed.append([L, tok, label, fmt(tok / fwd_all, 4), fmt(tok / ana_all, 4),
+                               f"{fwd_all / ana_all:.2f}x", f"{fwd_s / ana_s:.2f}x"])
         rows_wall.append([L, fmt(r["write"]["seconds"]), fmt(fwd_s / L), fmt(r["analyze"]["loop_seconds"] / L),
                           fmt(sum(r["slim"]["layer_seconds"]) / L), fmt(r["eval"]["seconds"] / L),
                           fmt(sum(r[p]["seconds"] for p in ("forward", "analyze", "slim", "eval")))])
@@ -99,10 +104,13 @@ def report(results: list[dict], args) -> list[str]:
         "## Peak resident memory (GB; in brackets: above the idle interpreter, in decoder layers)\n\n" + table(
             ["layers", "checkpoint GB", "one layer GB", "idle GB", "forward", "analyze", "slim", "eval"], rows_mem),
         "## Scoring throughput against a plain streamed forward (same run, same tokens; loading included)\n\n" + table(
-            ["layers", "tokens", "forward tok/s", "analyze tok/s", "ratio", "ratio, decoder layers only"],
-            rows_speed) + "\n\nBoth passes load every layer from disk and end in norm + lm_head over every token "
+            ["layers", "tokens", "scoring", "forward tok/s", "analyze tok/s", "ratio", "ratio, decoder layers only"],
+            rows_speed) + "\n\nEvery pass loads every layer from disk and ends in norm + lm_head over every token "
             "(the in-memory analyze runs the whole model's forward, head included); the last column leaves the head "
-            "out, so it shows what the score hooks cost inside the layers.",
+            "out, so it shows what scoring costs inside the layers. 'recorded' is the scoring experts implementation "
+            "(compressor.importance.recording: the routed experts computed once, their statistics recorded on the "
+            "way); 'hooks' is the same run with MOE_STUDIO_SCORING_EXPERTS=hooks (the layer's own experts forward, "
+            "then a hook recomputing every routed expert), measured in the same run on the same checkpoint.",
         "## Wall time (s); per layer for each phase\n\n" + table(
             ["layers", "write (whole)", "forward / layer", "analyze / layer", "slim / layer", "eval / layer",
              "all four phases"], rows_wall) + f"\n\nGrowth with depth: {growth}.",

@@ -1,11 +1,12 @@
 """One phase of `bench.scale` in its own process, so its peak resident memory is its own (printed as JSON).
 
-    python -m bench.scale_phase write|idle|forward|analyze|slim|eval FOLDER [--out DIR] [--layers N] ...
+    python -m bench.scale_phase write|idle|forward|analyze|analyze_hooks|slim|eval FOLDER [--out DIR] [--layers N] ...
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -25,7 +26,7 @@ def _batches(n_tokens: int, seq_len: int, batch: int, vocab: int, seed: int) -> 
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("phase", choices=("write", "idle", "forward", "analyze", "slim", "eval"))
+    p.add_argument("phase", choices=("write", "idle", "forward", "analyze", "analyze_hooks", "slim", "eval"))
     p.add_argument("folder", type=Path)
     p.add_argument("--out", type=Path)
     p.add_argument("--layers", type=int, default=2)
@@ -69,7 +70,9 @@ def main() -> int:
                 for r in range(h.shape[0]):
                     final_logits(sk, h[r:r + 1])
         out.update(tokens=tokens, layer_seconds=per_layer, head_seconds=time.perf_counter() - th)
-    elif a.phase == "analyze":
+    elif a.phase in ("analyze", "analyze_hooks"):       # hooks: the experts recomputed by a hook, as before
+        if a.phase == "analyze_hooks":
+            os.environ["MOE_STUDIO_SCORING_EXPERTS"] = "hooks"
         from compressor.importance.analyze import AnalyzeConfig
         from compressor.stream.analyze import stream_analyze
         report = stream_analyze(a.folder, batches, config=AnalyzeConfig(taylor=False, want=("experts", "neurons")))

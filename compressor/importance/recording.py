@@ -10,7 +10,9 @@ one more implementation there, `moe_studio_scoring`, which computes the eager fo
                                                     expert into zeros: the eager loop's order of additions)
 
 with `MoEBlock.expert_hidden` / `expert_output` (the views the hook recomputes with), and hands the same x_e, h_e,
-f_e and g of the non-padding pairs to the collector's sums (`_BlockSums.add_outputs_`). The statistics are those
+f_e and g of the non-padding pairs to the collector's sums (`_BlockSums.add_outputs_`). When the model ran the
+`grouped_mm` implementation, the up and down projections are instead two grouped matmuls over all pairs (the calls of
+transformers' `grouped_mm_experts_forward`, keeping h and f), so scoring costs what the model's own forward costs. The statistics are those
 of the hook up to float rounding (the hook's matmuls see only the non-padding rows); the output is differentiable,
 so the Taylor pass back-propagates through it.
 
@@ -59,8 +61,8 @@ def _register() -> None:
 class _Recorder:
     """Computes one block's routed experts (eager order) and adds the non-padding pairs to the collector's sums."""
 
-    def __init__(self, collector, l: int, blk: MoEBlock, *, record: bool = True):
-        self.collector, self.l, self.blk, self.record = collector, l, blk, record
+    def __init__(self, collector, l: int, blk: MoEBlock, *, record: bool = True, grouped: bool = False):
+        self.collector, self.l, self.blk, self.record, self.grouped = collector, l, blk, record, grouped
 
     def __call__(self, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
         from compressor.importance.collect import routed_pairs
@@ -72,12 +74,18 @@ class _Recorder:
         tok, eid, gate, per_expert = routed_pairs(idx, w, blk.num_experts)       # [P] each, grouped by expert
         out = torch.zeros_like(x)
         xs, parts, start = x[tok], [], 0
+        if self.grouped:
+            h_all, f_all = _grouped_experts(blk.experts, xs, eid, per_expert)   # [P, I], [P, H]
+            out.index_add_(0, tok, (f_all * gate[:, None]).to(out.dtype))
         for e, n in enumerate(per_expert):
             if n:
                 rows = slice(start, start + n)
-                h = blk.expert_hidden(xs[rows], e)                                # [n, I]
-                f = blk.expert_output(h, e)                                       # [n, H]
-                out.index_add_(0, tok[rows], (f * gate[rows, None]).to(out.dtype))
+                if self.grouped:
+                    h, f = h_all[rows], f_all[rows]
+                else:
+                    h = blk.expert_hidden(xs[rows], e)                            # [n, I]
+                    f = blk.expert_output(h, e)                                   # [n, H]
+                    out.index_add_(0, tok[rows], (f * gate[rows, None]).to(out.dtype))
                 parts.append((e, rows, h, f))
             start += n
         if self.record:
@@ -106,6 +114,20 @@ class _Recorder:
         sums.add_outputs_(stats, eid=eid, gate=gate, num_experts=self.blk.num_experts)
 
 
+def _grouped_experts(ex: nn.Module, xs: torch.Tensor, eid: torch.Tensor, per_expert: list[int]):
+    """h = act(up projections) and f = down projection of every pair, pairs grouped by expert (xs [P, H], eid [P]),
+    as transformers' `grouped_mm_experts_forward` computes them (its `_grouped_linear` and the module's gate)."""
+    from transformers.integrations.moe import _grouped_linear
+
+    offsets = torch.cumsum(torch.tensor(per_expert, device=xs.device), 0, dtype=torch.int32)
+    up = ex.gate_up_proj if ex.has_gate else ex.up_proj
+    up_bias = (ex.gate_up_proj_bias if ex.has_gate else ex.up_proj_bias)[eid] if ex.has_bias else None
+    proj = _grouped_linear(xs, up, offsets, bias=up_bias, is_transposed=ex.is_transposed)
+    h = ex._apply_gate(proj) if ex.has_gate else ex.act_fn(proj)
+    down_bias = ex.down_proj_bias[eid] if ex.has_bias else None
+    return h, _grouped_linear(h, ex.down_proj, offsets, bias=down_bias, is_transposed=ex.is_transposed)
+
+
 class _Handle:
     def __init__(self, experts: nn.Module, config):
         self.experts, self.config = experts, config
@@ -131,7 +153,7 @@ def dispatches_through_interface(blk: MoEBlock) -> bool:
 
 
 @torch.no_grad()
-def _probe_matches_eager(blk: MoEBlock) -> bool:
+def _probe_matches_eager(blk: MoEBlock, grouped: bool = False) -> bool:
     """Run the module's eager forward and this implementation on 16 random tokens with random routing; True when
     they agree to float rounding."""
     ex, cfg = blk.experts, blk.experts.config
@@ -149,7 +171,10 @@ def _probe_matches_eager(blk: MoEBlock) -> bool:
     finally:
         cfg._experts_implementation = previous
     want = want[0] if isinstance(want, (tuple, list)) else want
-    got = _Recorder(None, 0, blk, record=False)(x, idx, w)
+    try:
+        got = _Recorder(None, 0, blk, record=False, grouped=grouped)(x, idx, w)
+    except Exception:                    # noqa: BLE001 - e.g. a layout without the grouped attributes
+        return False
     tol = 1e-5 if x.dtype == torch.float32 else 2e-2
     return torch.is_tensor(want) and want.shape == got.shape and torch.allclose(got, want, rtol=tol, atol=tol)
 
@@ -159,15 +184,22 @@ def record_experts(collector, l: int, blk: MoEBlock):
     switches it back, or None when the block keeps the collector's hook."""
     if blk.device.type == "meta" or not dispatches_through_interface(blk):
         return None
-    key = (type(blk.experts), repr(blk.layout), blk.device.type, blk.down_weight().dtype)
+    cfg = blk.experts.config
+    grouped = _CONFIGS[id(cfg)][1] if id(cfg) in _CONFIGS else cfg._experts_implementation
+    grouped = grouped == "grouped_mm" and blk.layout.form == "fused"
+    key = (type(blk.experts), repr(blk.layout), blk.device.type, blk.down_weight().dtype, grouped)
     if key not in _VERDICTS:
-        _VERDICTS[key] = _probe_matches_eager(blk)
+        _VERDICTS[key] = _probe_matches_eager(blk, grouped)
+    if not _VERDICTS[key] and grouped:                  # the per-expert loop may still match
+        grouped = False
+        key = key[:-1] + (False,)
+        if key not in _VERDICTS:
+            _VERDICTS[key] = _probe_matches_eager(blk, False)
     if not _VERDICTS[key]:
         return None
     _register()
-    cfg = blk.experts.config
     with _LOCK:
-        _RECORDERS[id(blk.experts)] = _Recorder(collector, l, blk)
+        _RECORDERS[id(blk.experts)] = _Recorder(collector, l, blk, grouped=grouped)
         entry = _CONFIGS.setdefault(id(cfg), [cfg, cfg._experts_implementation, 0])
         entry[2] += 1
         cfg._experts_implementation = SCORING_IMPLEMENTATION

@@ -54,6 +54,18 @@ def test_every_tiny_family_records_and_gives_the_eager_output(family):
     torch.testing.assert_close(got, want[0] if isinstance(want, tuple) else want, rtol=1e-6, atol=1e-7)
 
 
+def test_a_grouped_mm_model_records_with_two_grouped_matmuls():
+    from compressor.importance.recording import _RECORDERS
+    model = tiny_moe("qwen3_moe")
+    model.set_experts_implementation("grouped_mm")
+    adapter = resolve_adapter(model)
+    with collect_scores(model, adapter, want=("experts",)):
+        assert all(_RECORDERS[id(b.experts)].grouped for b in adapter.moe_blocks(model))
+    model.set_experts_implementation("eager")
+    with collect_scores(model, adapter, want=("experts",)):
+        assert not any(_RECORDERS[id(b.experts)].grouped for b in adapter.moe_blocks(model))
+
+
 def test_the_previous_implementation_comes_back_also_after_an_error():
     model = tiny_moe("qwen3_moe")
     model.set_experts_implementation("eager")
@@ -99,7 +111,7 @@ def test_a_block_the_probe_rejects_keeps_the_hook(monkeypatch):
     import compressor.importance.recording as R
     model = tiny_moe("mixtral")
     monkeypatch.setattr(R, "_VERDICTS", {})
-    monkeypatch.setattr(R, "_probe_matches_eager", lambda blk: False)
+    monkeypatch.setattr(R, "_probe_matches_eager", lambda blk, grouped=False: False)
     adapter = resolve_adapter(model)
     col = ScoreCollector(model, adapter, want=("experts",))
     assert record_experts(col, 0, adapter.moe_blocks(model)[0]) is None
