@@ -60,8 +60,11 @@ def build_app() -> gr.Blocks:
             with gr.Tab("4 · Runs", id="runs"):
                 r = runs.build()
             with gr.Tab("5 · Compare", id="compare") as t_compare:
-                cmp = compare.build()
-                cmp_runs = compare_runs.build()
+                with gr.Tabs():
+                    with gr.Tab("Two models: generations", id="compare-models"):
+                        cmp = compare.build()
+                    with gr.Tab("Finished runs: metrics, recipes, losses", id="compare-runs") as t_compare_runs:
+                        cmp_runs = compare_runs.build()
             with gr.Tab("6 · Download", id="download") as t_download:
                 d = download.build()
         model.wire(m, model_state=model_state)
@@ -75,7 +78,7 @@ def build_app() -> gr.Blocks:
                          api_name="open_in_compress").then(lambda: gr.Tabs(selected="compress"), None, tabs,
                                                            api_name="show_compress", show_progress="hidden")
         compare.wire(cmp, model_state=model_state, tab_item=t_compare)
-        compare_runs.wire(cmp_runs, tab_item=t_compare)
+        compare_runs.wire(cmp_runs, tab_items=[t_compare, t_compare_runs])
         download.wire(d, tab_item=t_download)
         demo.load(model.open_model, [m.kind, m.path, m.hub, m.files, m.staged],
                   [m.status, m.summary, model_state, m.staged], api_name="startup_model")

@@ -36,7 +36,8 @@ CSS = """
 .pbar > div {height: 100%; background: linear-gradient(90deg, #6366f1, #4f46e5); transition: width .4s}
 .pbar.done > div {background: #059669} .pbar.failed > div {background: #dc2626}
 .pbar.cancelled > div {background: #94a3b8}
-.pill {display: inline-block; padding: 1px 9px; border-radius: 999px; font-size: 12px; font-weight: 600}
+.pill {display: inline-block; padding: 1px 9px; border-radius: 999px; font-size: 12px; font-weight: 600;
+       white-space: nowrap}
 .pill.queued {background: #f1f5f9; color: #475569} .pill.running {background: #e0e7ff; color: #3730a3}
 .pill.succeeded {background: #d1fae5; color: #065f46} .pill.failed {background: #fee2e2; color: #991b1b}
 .pill.cancelled {background: #f1f5f9; color: #64748b}

@@ -52,11 +52,11 @@ def build() -> CompareRunsTab:
     status = gr.HTML("", elem_classes="status-box", elem_id="cmp-runs-status")
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=320):
-            metrics = gr.Dataframe(None, interactive=False, wrap=True, label="metrics (original = the base model)",
-                                   elem_id="cmp-runs-metrics")
+            metrics = gr.Dataframe(pd.DataFrame(columns=["metric", "original"]), interactive=False, wrap=True,
+                                   label="metrics (original = the base model)", elem_id="cmp-runs-metrics")
         with gr.Column(scale=1, min_width=320):
-            diff = gr.Dataframe(None, interactive=False, wrap=True, label="recipe: the fields that differ",
-                                elem_id="cmp-runs-diff")
+            diff = gr.Dataframe(pd.DataFrame(columns=["field"]), interactive=False, wrap=True,
+                                label="recipe: the fields that differ", elem_id="cmp-runs-diff")
     with gr.Row(equal_height=True):
         smoothing = gr.Slider(0.0, 0.95, value=0.0, step=0.05, label="smoothing (exponential moving average)",
                               scale=3)
@@ -159,8 +159,9 @@ def redraw_loss(run_ids, smoothing, log_y):
     return loss_figure(runs, smoothing=smoothing, log_y=log_y)
 
 
-def wire(tab: CompareRunsTab, *, tab_item: gr.Tab) -> None:
-    tab_item.select(refresh_choices, None, tab.runs, api_name="compare_runs_choices", show_progress="hidden")
+def wire(tab: CompareRunsTab, *, tab_items: list[gr.Tab]) -> None:
+    gr.on([t.select for t in tab_items], refresh_choices, None, tab.runs, api_name="compare_runs_choices",
+          show_progress="hidden")
     tab.go.click(compare_runs, [tab.runs, tab.smoothing, tab.log_y], [tab.status, tab.metrics, tab.diff, tab.loss],
                  api_name="compare_runs")
     gr.on([tab.smoothing.release, tab.log_y.input], redraw_loss, [tab.runs, tab.smoothing, tab.log_y], tab.loss,

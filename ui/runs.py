@@ -28,7 +28,7 @@ VIEW = {"concurrency_limit": 1, "concurrency_id": "runs-view"}
 
 @dataclass
 class RunsTab:
-    status_filter: gr.CheckboxGroup
+    status_filter: gr.Dropdown
     model_filter: gr.Dropdown
     tag_filter: gr.Textbox
     text_filter: gr.Textbox
@@ -69,19 +69,18 @@ class RunsTab:
 def build() -> RunsTab:
     gr.Markdown("### Runs\nRefreshed every 2 seconds; what you pick stays picked. Sort and filter with the controls, "
                 "click a row (or use the list) to act on a run.")
-    with gr.Row(equal_height=True, elem_id="runs-filters"):
-        status_filter = gr.CheckboxGroup(STATUSES, value=[], label="status (none = all)", scale=3, min_width=300,
-                                         elem_id="runs-status-filter")
-        model_filter = gr.Dropdown([], value=[], multiselect=True, label="model", scale=2, min_width=160,
+    with gr.Row(equal_height=False, elem_id="runs-filters"):
+        status_filter = gr.Dropdown(STATUSES, value=[], multiselect=True, label="status (none = all)", scale=2,
+                                    min_width=170, elem_id="runs-status-filter")
+        model_filter = gr.Dropdown([], value=[], multiselect=True, label="model", scale=2, min_width=150,
                                    elem_id="runs-model-filter", allow_custom_value=True)
-        tag_filter = gr.Textbox("", label="tags (all of, comma-separated)", scale=2, min_width=140,
-                                elem_id="runs-tag-filter")
-        text_filter = gr.Textbox("", label="search name, notes, settings", scale=2, min_width=140,
-                                 elem_id="runs-text-filter")
+        tag_filter = gr.Textbox("", label="tags (all of; a, b)", scale=2, min_width=130, elem_id="runs-tag-filter")
+        text_filter = gr.Textbox("", label="search name, notes", scale=2, min_width=130, elem_id="runs-text-filter")
         sort = gr.Dropdown(list(SORT_KEYS), value="run", label="sort by", scale=1, min_width=120,
                            elem_id="runs-sort")
-        descending = gr.Checkbox(True, label="descending", scale=1, min_width=110, elem_id="runs-desc")
-        csv_btn = gr.Button("Export CSV", scale=1, min_width=110)
+        with gr.Column(scale=1, min_width=120):
+            descending = gr.Checkbox(True, label="descending", elem_id="runs-desc")
+            csv_btn = gr.Button("Export CSV", size="sm", elem_id="runs-csv-btn")
     csv_file = gr.File(label="runs.csv", visible=False, height=60, elem_id="runs-csv")
     table = gr.Dataframe(None, headers=COLUMNS, datatype=DATATYPES, interactive=False, wrap=True, max_height=380,
                          column_widths=WIDTHS, elem_id="runs-table")
@@ -99,10 +98,10 @@ def build() -> RunsTab:
         keep_btn = gr.Button("Keep it", scale=0, min_width=120)
     status = gr.HTML("", elem_classes="status-box", elem_id="runs-status")
     head = gr.HTML("", elem_id="run-head")
-    with gr.Row(equal_height=True):
-        tags = gr.Textbox(label="tags (comma-separated)", scale=2, elem_id="run-tags")
-        notes = gr.Textbox(label="notes", scale=5, lines=1, max_lines=4, elem_id="run-notes")
-        save_btn = gr.Button("Save tags and notes", scale=1, min_width=150, elem_id="run-save")
+    with gr.Row(equal_height=False):
+        tags = gr.Textbox("", label="tags (comma-separated)", scale=2, elem_id="run-tags")
+        notes = gr.Textbox("", label="notes", scale=5, lines=1, max_lines=4, elem_id="run-notes")
+        save_btn = gr.Button("Save tags and notes", scale=1, min_width=150, elem_id="run-save", size="sm")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=360):
             loss = gr.Plot(figures.message_figure("pick a run"), show_label=False)

@@ -67,3 +67,13 @@ def wait_selected(pg, run_id: int | None, timeout_ms: int = 20_000) -> None:
 def is_selected(pg, run_id: int | None) -> bool:
     """Whether the selector, the head, the ▶ mark and the action buttons all name `run_id` now."""
     return pg.evaluate(_SELECTED_JS, [run_id, _tag(run_id)])
+
+
+def wait_row(pg, name: str, timeout_ms: int = 30_000) -> int:
+    """Until a drawn row of the runs table has `name` in its name cell; that row's run id."""
+    handle = pg.wait_for_function(
+        """(name) => { const row = [...document.querySelectorAll('#runs-table [role=row].virtual-row')]
+            .find(r => (r.querySelector('[data-col="2"]')?.innerText || '').includes(name));
+            return row ? parseInt(row.querySelector('[data-col="1"]').innerText) : null; }""",
+        arg=name, timeout=timeout_ms)
+    return int(handle.json_value())

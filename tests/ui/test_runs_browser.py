@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from tests.ui.browser import click_row, is_selected, pick, table_runs, wait_selected
+from tests.ui.browser import click_row, is_selected, pick, table_runs, wait_row, wait_selected
 from tests.ui.studio import TINY, compress_args, open_demo, wait_run
 from tests.ui.test_browser import CHROMIUM, browser_page, page  # noqa: F401 - fixtures (CHROMIUM: skip rule)
 
@@ -41,7 +41,7 @@ def test_actions_act_on_the_picked_run_while_the_refresh_runs(studio, page, fini
     pg = page
     pg.goto(studio.url)
     pg.get_by_role("tab", name="4 · Runs").click()
-    pg.wait_for_function("() => document.querySelector('#runs-table').innerText.includes('waiting')")
+    assert wait_row(pg, "waiting") == waiting
     assert pg.locator("#run-cancel").inner_text().strip() == "Cancel"        # nothing picked: names no run
 
     # what the user picks stays picked, whichever way it was picked
@@ -92,9 +92,7 @@ def test_actions_act_on_the_picked_run_while_the_refresh_runs(studio, page, fini
     pg.get_by_role("tab", name="3 · Compress").click()
     pg.get_by_label("run name (optional)").fill("from compress")
     pg.get_by_role("button", name="Enqueue").click()
-    pg.locator("#runs-table").wait_for()
-    pg.wait_for_function("() => document.querySelector('#runs-table').innerText.includes('from compress')")
-    made = max(rid for _, rid in table_runs(pg))
+    made = wait_row(pg, "from compress")
     wait_selected(pg, made)
     _wait_ticks(pg)
     assert is_selected(pg, made), pg.locator('#run-head').inner_text()

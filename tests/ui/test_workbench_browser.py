@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from tests.ui.browser import click_row, pick, table_runs, wait_selected
+from tests.ui.browser import click_row, pick, table_runs, wait_row, wait_selected
 from tests.ui.studio import TINY
 from tests.ui.test_browser import CHROMIUM, browser_page, page  # noqa: F401 - fixtures (CHROMIUM: skip rule)
 from tests.ui.workbench import OTHER, workbench  # noqa: F401 - fixture
@@ -31,7 +31,7 @@ def _choose(pg, elem_id: str, option: str) -> None:
 def test_sort_filter_and_tags_in_the_page(studio, page, workbench):
     pg, wb = page, workbench
     _runs_tab(pg, studio.url)
-    pg.locator("#runs-status-filter").get_by_label("succeeded").check()
+    _choose(pg, "runs-status-filter", "succeeded")
     _choose(pg, "runs-sort", "perplexity")
     pg.locator("#runs-desc input").uncheck()
     pg.wait_for_function("""() => { const v = [...document.querySelectorAll(
@@ -81,6 +81,7 @@ def test_compare_n_runs_with_the_recipe_diff(studio, page, workbench):
     pg, wb = page, workbench
     pg.goto(studio.url)
     pg.get_by_role("tab", name="5 · Compare").click()
+    pg.get_by_role("tab", name="Finished runs: metrics, recipes, losses").click()
     for run_id in (wb.narrow, wb.wide):
         pg.locator("#cmp-runs input").click()
         pg.get_by_role("option", name=re.compile(rf"^#{run_id} ")).click()
@@ -117,8 +118,7 @@ def test_open_in_compress_round_trip(studio, page, workbench):
     assert pg.get_by_label("number input for distillation steps (all stages)").input_value() == str(TINY["steps"])
     pg.get_by_label("run name (optional)").fill("edited wide")
     pg.get_by_role("button", name="Enqueue").click()
-    pg.wait_for_function("() => document.querySelector('#runs-table').innerText.includes('edited wide')")
-    made = max(rid for _, rid in table_runs(pg))
+    made = wait_row(pg, "edited wide")
     wait_selected(pg, made)
     assert f"parent run #{wb.wide}" in pg.locator("#run-head").inner_text()
     assert f"← #{wb.wide}" in pg.locator("#runs-table").inner_text()
