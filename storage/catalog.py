@@ -20,9 +20,11 @@ def upsert_model(*, source: str, fingerprint: str, summary: dict, label: str | N
             model = Model(source=source, fingerprint=fingerprint, summary=summary, label=label)
             s.add(model)
         else:
-            model.source, model.summary = source, summary
             if label:
                 model.label = label
+            elif model.source != source:      # the same weights under another source (the demo's files uploaded as
+                model.label = None            # "x.zip", then the demo opened): a label names a source, not weights
+            model.source, model.summary = source, summary
         s.flush()
         return model.id
 

@@ -14,9 +14,10 @@ from html import escape
 import gradio as gr
 import pandas as pd
 
+from compressor.result import RunResult
 from ui import figures, services
 from ui.common import box, fmt_count, guard, progress_bar
-from ui.run_table import ACTIVE, PPL, baseline_metric, lm_eval_pairs, metric
+from ui.run_table import ACTIVE, PPL, baseline_metric, lm_eval_pairs, metric, why_not_comparable
 
 DEFAULT_PROMPT = "The state of our union is"
 POLL_S = 0.5            # a comparison of small models takes seconds: poll often
@@ -95,12 +96,17 @@ def refresh_choices(model: dict | None, a: str, b: str):
             gr.update(choices=opts, value=b_value))
 
 
-def _metrics_of(choice: str, model: dict | None) -> dict:
+def _metrics_of(choice: str, model: dict | None, other: RunResult | None = None) -> dict:
+    """The figures of one side. The original's come from a finished run of this model whose evaluation set matches
+    the other side's run (`RunResult.comparable_with`), so both columns are measured on the same text."""
     if choice == services.ORIGINAL:
         out = {"params_active": (model or {}).get("summary", {}).get("params_active"),
                "params_total": (model or {}).get("summary", {}).get("params_total")}
         for r in services.finished_runs():          # the original's evaluation, as stored by a run
             ppl = baseline_metric(r.metrics, *PPL)
+            mine = RunResult.read(r.metrics)
+            if other is not None and other.eval_set and mine.eval_set and mine.comparable_with(other) is not None:
+                continue                            # measured on another evaluation set than the other side
             if ppl is not None and (r.recipe or {}).get("model") == (model or {}).get("source"):
                 out["perplexity"] = ppl
                 out.update({f"lm-eval {t}": base for t, _, base in lm_eval_pairs(r.metrics) if base is not None})
@@ -108,11 +114,11 @@ def _metrics_of(choice: str, model: dict | None) -> dict:
         return out
     run = services.get_run(int(choice.split(":")[1]))
     return {"perplexity": metric(run.metrics, *PPL), "params_active": metric(run.metrics, *ACTIVE),
-            "params_total": metric(run.metrics, "params_total", "total_params"),
-            "top1_agreement": metric(run.metrics, "top1_agreement", "agreement"),
-            "kl_to_baseline": metric(run.metrics, "kl", "kl_to_baseline"),
-            "prefill_speedup": metric(run.metrics, "prefill_speedup", "speedup_prefill"),
-            "decode_speedup": metric(run.metrics, "decode_speedup", "speedup_decode"),
+            "params_total": metric(run.metrics, "params_total"),
+            "top1_agreement": metric(run.metrics, "top1_agreement"),
+            "kl_to_baseline": metric(run.metrics, "kl_to_baseline"),      # read by name: no longer filtered out
+            "prefill_speedup": metric(run.metrics, "prefill_speedup"),
+            "decode_speedup": metric(run.metrics, "decode_speedup"),
             "checkpoint_bytes": metric(run.metrics, "checkpoint_bytes"),
             **{f"lm-eval {t}": acc for t, acc, _ in lm_eval_pairs(run.metrics)}}
 
@@ -123,8 +129,20 @@ def _fmt(name: str, v) -> str:
     return fmt_count(v) if name.startswith("params") else f"{v:.4g}"
 
 
+def _run_of(choice: str):
+    return None if choice == services.ORIGINAL else services.get_run(int(choice.split(":")[1]))
+
+
 def metrics_frame(a: str, b: str, model: dict | None) -> pd.DataFrame:
-    ma, mb = _metrics_of(a, model), _metrics_of(b, model)
+    """metric | A | B | B / A. Two runs measured on different evaluation sets or base models get one row saying why
+    instead of figures that look comparable and are not."""
+    run_a, run_b = _run_of(a), _run_of(b)
+    if run_a is not None and run_b is not None:
+        why = why_not_comparable(run_a, run_b)
+        if why:
+            return pd.DataFrame([["not comparable", why, "", ""]], columns=["metric", "A", "B", "B / A"])
+    ra, rb = (RunResult.read(r.metrics) if r is not None else None for r in (run_a, run_b))
+    ma, mb = _metrics_of(a, model, rb), _metrics_of(b, model, ra)
     rows = []
     for k in dict.fromkeys([*ma, *mb]):
         va, vb = ma.get(k), mb.get(k)

@@ -16,7 +16,8 @@ import pandas as pd
 from storage import catalog
 from ui import figures, services
 from ui.common import box, fmt_bytes, fmt_count, fmt_duration, guard, run_id_of
-from ui.run_table import ACTIVE, PPL, SIZE, baseline_metric, flat, lm_eval_pairs, metric, model_label, wall_seconds
+from ui.run_table import (ACTIVE, PPL, SIZE, baseline_metric, flat, lm_eval_pairs, metric, model_label, wall_seconds,
+                          why_not_comparable)
 from ui.run_view import loss_points
 
 # (row name, metric names, how to show a value)
@@ -82,6 +83,10 @@ def check_same_model(runs) -> None:
         labels = catalog.labels_by_source()
         names = ", ".join(f"#{r.id} {model_label((r.recipe or {}).get('model'), labels)}" for r in runs)
         raise ValueError(f"these runs are of different base models ({names}); compare runs of one model")
+    for r in runs[1:]:
+        why = why_not_comparable(runs[0], r)
+        if why:
+            raise ValueError(f"runs #{runs[0].id} and #{r.id} cannot be compared: {why}")
 
 
 def metrics_frame(runs) -> pd.DataFrame:

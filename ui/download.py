@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import gradio as gr
 import yaml
 
+from compressor.result import RunResult
 from ui import services
 from ui.common import box, card, fmt_bytes, fmt_count, guard, run_id_of
 from ui.run_table import ACTIVE, PPL, baseline_metric, lm_eval_pairs, metric, summary_text
@@ -89,9 +90,13 @@ def headline_card(m: dict) -> str:
     if active is not None:
         cells.append(("params active", fmt_count(active),
                       f"{active / base_active:.0%} of the original" if base_active else "per token"))
-    speed = metric(m, "prefill_speedup")
-    if speed is not None:
-        cells.append(("prefill speed-up", f"{speed:.2f}x", "measured"))
+    sp = RunResult.read(m).speed
+    for which in ("prefill", "decode"):
+        ratio = getattr(sp, f"{which}_speedup", None) if sp else None
+        if ratio is not None:                       # the one kernel both ran in, and whether it beats the noise
+            note = f"both in {sp.kernel}" if sp.same_kernel else (sp.kernel or "kernels differ")
+            cells.append((f"{which} speed-up", f"{ratio:.2f}x",
+                          note + (", within the machine's noise" if sp.within_noise(which) else "")))
     q = m.get("quantize")
     if q:
         cells.append((f"{q['scheme']} checkpoint", fmt_bytes(q["checkpoint_bytes_after"]),

@@ -17,10 +17,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-PPL = ("perplexity", "ppl")
-ACTIVE = ("params_active", "active_params", "active")
+from compressor.result import HELDOUT_TEXT, RunResult, Speed
+
+PPL = ("perplexity",)
+ACTIVE = ("params_active",)
 SIZE = ("checkpoint_bytes",)
-_BASE_WORDS = ("baseline", "original", "before")
 _HASHED = re.compile(r"^[0-9a-f]{64}(\.(zip|tar\.gz|tgz|tar))?$")
 
 
@@ -40,30 +41,43 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _field(part, name: str):
+    if name not in type(part).model_fields:
+        raise KeyError(f"{name!r} is not a field of the result contract's {type(part).__name__} "
+                       f"(compressor/result.py): {', '.join(type(part).model_fields)}")
+    v = getattr(part, name)
+    return float(v) if _number(v) else None
+
+
 def metric(metrics: dict | None, *names: str):
-    """The first numeric metric whose flattened key ends with one of `names`, the model's (never the baseline's)."""
-    d = flat(metrics)
+    """The compressed model's figure `name` (a field of `compressor.result.Figures`, or of `Speed` for speed
+    figures), read through the result contract: the first of `names` the run measured, else None."""
+    r = RunResult.read(metrics)
     for name in names:
-        for key in sorted(d, key=len):
-            if (key == name or key.endswith("." + name)) and _number(d[key]) \
-                    and not any(w in key for w in _BASE_WORDS):
-                return float(d[key])
+        v = _field(r.speed or Speed(), name) if name in Speed.model_fields else _field(r.final, name)
+        if v is not None:
+            return v
     return None
 
 
 def baseline_metric(metrics: dict | None, *names: str):
-    """The same metric of the original model, when the evaluation stored it (keys under baseline/original)."""
-    for key, v in flat(metrics).items():
-        if any(w in key for w in _BASE_WORDS) and _number(v) and any(
-                key.split(".")[-1] in (n, f"{n}_before", f"baseline_{n}") for n in names):
-            return float(v)
+    """The same figure of the original model, as the run's evaluation stored it (`RunResult.baseline`; speed as
+    Speed.baseline_*)."""
+    r = RunResult.read(metrics)
+    for name in names:
+        if name in Speed.model_fields:
+            v = _field(r.speed or Speed(), f"baseline_{name}") if f"baseline_{name}" in Speed.model_fields else None
+        else:
+            v = _field(r.baseline, name)
+        if v is not None:
+            return v
     return None
 
 
 def lm_eval_pairs(metrics: dict | None) -> list[tuple[str, float | None, float | None]]:
     """(task, this model's acc, the original's acc) of every lm-eval task the run measured."""
-    tasks = ((metrics or {}).get("evaluation") or {}).get("lm_eval", {}).get("tasks", {})
-    return [(t, r.get("model", {}).get("acc"), r.get("baseline", {}).get("acc")) for t, r in tasks.items()]
+    r = RunResult.read(metrics)
+    return [(t, acc, r.baseline.lm_eval.get(t)) for t, acc in r.final.lm_eval.items()]
 
 
 # -- one row per run -------------------------------------------------------------------------------------------------
@@ -186,22 +200,53 @@ def csv_text(rows: list[RunRow]) -> str:
     return buf.getvalue()
 
 
+def why_not_comparable(a, b) -> str | None:
+    """None when runs `a` and `b` (storage rows) may be compared, else why not: `RunResult.comparable_with` when both
+    recorded their evaluation set; for results written before the contract recorded it, the recipes' model and
+    evaluation settings (tokens x seq_len of the shipped held-out text) decide."""
+    ra, rb = RunResult.read(a.metrics), RunResult.read(b.metrics)
+    if ra.eval_set is not None and rb.eval_set is not None:
+        return ra.comparable_with(rb)
+    pa, pb = a.recipe or {}, b.recipe or {}
+    if pa.get("model") != pb.get("model"):
+        return f"different base models ({pa.get('model')} and {pb.get('model')})"
+    ea, eb = pa.get("evaluate") or {}, pb.get("evaluate") or {}
+    if (ea.get("tokens"), ea.get("seq_len")) != (eb.get("tokens"), eb.get("seq_len")):
+        return (f"different evaluation sets ({ea.get('tokens')} tokens x {ea.get('seq_len')} and "
+                f"{eb.get('tokens')} tokens x {eb.get('seq_len')})")
+    return None
+
+
 # -- Pareto: one front per base model and evaluation set -------------------------------------------------------------
-def eval_key(recipe: dict) -> str:
+def eval_key(recipe: dict, metrics: dict | None = None) -> tuple[str, str]:
+    """(label, identity) of a run's evaluation set: "eval <tokens> x <seq_len>" (plus the text when it is not the
+    shipped held-out split), and the windows' fingerprint the result contract recorded (the label for results
+    written before it)."""
+    ev = RunResult.read(metrics).eval_set
+    if ev is not None:
+        label = f"eval {ev.tokens} x {ev.seq_len}" + ("" if ev.text == HELDOUT_TEXT else f" of {ev.text}")
+        return label, ev.fingerprint
     e = recipe.get("evaluate") or {}
-    return f"eval {e.get('tokens', '?')} x {e.get('seq_len', '?')}"
+    label = f"eval {e.get('tokens', '?')} x {e.get('seq_len', '?')}"
+    return label, label
 
 
 def pareto_groups(runs, labels: dict[str, str] | None = None) -> dict[str, tuple[list[dict], dict | None]]:
     """{"<model> · eval <tokens> x <seq_len>": (points, original)} of the succeeded runs, newest group first. Runs of
-    one base model evaluated on the same held-out set share a group and its original (the baseline stored by the
-    group's newest run); runs of another model, or evaluated on other text, never share its front."""
+    one base model evaluated on the same held-out windows (the result's evaluation-set fingerprint) share a group and
+    its original (the baseline stored by the group's newest run); runs of another model, or evaluated on other
+    windows, never share its front (two sets with one label are told apart by their fingerprint)."""
+    done = [r for r in runs if r.status == "succeeded"]
+    ident = {r.id: (model_label((r.recipe or {}).get("model"), labels), *eval_key(r.recipe or {}, r.metrics))
+             for r in done}
+    prints: dict[tuple[str, str], set[str]] = {}
+    for model, label, fp in ident.values():
+        prints.setdefault((model, label), set()).add(fp)
     groups: dict[str, tuple[list[dict], dict | None]] = {}
-    for r in runs:
-        if r.status != "succeeded":
-            continue
+    for r in done:
+        model, label, fp = ident[r.id]
+        key = f"{model} · {label}" + (f" · {fp[:8]}" if len(prints[(model, label)]) > 1 else "")
         recipe = r.recipe or {}
-        key = f"{model_label(recipe.get('model'), labels)} · {eval_key(recipe)}"
         points, original = groups.setdefault(key, ([], None))
         points.append({"run_id": r.id, "params_active": metric(r.metrics, *ACTIVE),
                        "perplexity": metric(r.metrics, *PPL), "label": settings_text(recipe)})

@@ -14,12 +14,12 @@ import json
 import time
 from pathlib import Path
 
-from compressor.data import HELDOUT_NAME, calibration_for, eval_windows
+from compressor.data import calibration_for, eval_windows
 from compressor.evaluate.report import EvalReport
 from compressor.evaluate.size import SizeStats
 from compressor.importance import AnalyzeConfig, load_or_analyze
 from compressor.progress import Reporter
-from compressor.result import RESULT_VERSION, EvalSet
+from compressor.result import HELDOUT_TEXT, RESULT_VERSION, EvalSet
 from compressor.recipe import Recipe
 from compressor.slimming.apply import analysis_needs
 from compressor.stream.blockwise import BlockDistillConfig
@@ -86,7 +86,7 @@ def run_streamed_recipe(recipe: Recipe, staging: Path, reporter: Reporter, found
              "scores_cache_hit": bool(importance and importance.meta.get("cache", {}).get("hit")),
              **{k: v for k, v in report.headline().items() if not k.startswith("peak")}}
     metrics = {"result_version": RESULT_VERSION, **report.headline(), "timings": timings,
-               "evaluation": report.to_dict(), "eval_set": EvalSet.of(windows, text=HELDOUT_NAME).model_dump(),
+               "evaluation": report.to_dict(), "eval_set": EvalSet.of(windows, text=HELDOUT_TEXT).model_dump(),
                "execution": {**plan.to_dict(), "device": device, "spill": spill.stats()}, "speed_not_measured": "a layer-by-layer run does not hold the model "
                                                                    "in memory to time it",
                "source": {"model": recipe.model, "fingerprint": sizes[1]["fingerprint"], "dtype": sizes[1]["dtype"]}}

@@ -10,3 +10,14 @@ def test_models_are_keyed_by_fingerprint(db_url):
     assert a == b
     model = catalog.get_model(a)
     assert (model.source, model.summary) == ("/models/demo", {"experts": 8, "top_k": 2})
+
+
+def test_a_label_names_a_source_not_the_weights(db_url):
+    """The demo's files uploaded as my-tiny-moe.zip, then the demo opened: the demo is not listed as my-tiny-moe."""
+    catalog.upsert_model(source="/cache/uploads/ab.zip", fingerprint="same", summary={}, label="my-tiny-moe")
+    assert catalog.labels_by_source() == {"/cache/uploads/ab.zip": "my-tiny-moe"}
+    catalog.upsert_model(source="demo", fingerprint="same", summary={})
+    assert catalog.labels_by_source() == {}
+    catalog.upsert_model(source="/cache/uploads/ab.zip", fingerprint="same", summary={}, label="my-tiny-moe")
+    catalog.upsert_model(source="/cache/uploads/ab.zip", fingerprint="same", summary={})    # reopened from the cache
+    assert catalog.labels_by_source() == {"/cache/uploads/ab.zip": "my-tiny-moe"}

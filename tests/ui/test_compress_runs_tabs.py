@@ -45,11 +45,11 @@ def test_refused_settings_are_explained_in_the_estimate(studio):
     c = studio.client()
     open_demo(c)
     html, _, _ = _estimate(c, experts_keep=1)
-    assert "msg-error" in html and "top-k (2)" in html
+    assert "msg-error" in html and "the router picks top-2, so keep at least 2" in html   # compressor/feasibility.py
     html, _, _ = _estimate(c, calib_tokens=100, calib_seq=256)
     assert "msg-error" in html and "calibration.tokens" in html
     status = c.predict("bad", *compress_args(experts_keep=1), api_name="/enqueue")
-    assert "msg-error" in status and "top-k (2)" in status                 # refused before a run exists
+    assert "msg-error" in status and "so keep at least 2" in status        # refused before a run exists
     table = c.predict(None, api_name="/runs_refresh")[0]
     assert "bad" not in [r[2] for r in table["data"]]
 

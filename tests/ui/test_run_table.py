@@ -20,7 +20,7 @@ def _run(i, *, status="succeeded", model="demo", keep=0.5, ppl=None, active=None
     if ppl is not None:
         metrics = {"perplexity": ppl, "params_active": active, "checkpoint_bytes": size}
         if base:
-            metrics["baseline"] = {"perplexity": base[0], "params_active": base[1]}
+            metrics.update(baseline_perplexity=base[0], baseline_params_active=base[1])   # as metrics.json has them
     recipe = {"model": model, "slimming": {"expert_keep_ratio": keep}, "stages": 1,
               "distill": {"steps": steps, "batch_size": 4, "seq_len": 64},
               "calibration": {"tokens": 512}, "evaluate": {"tokens": eval_tokens, "seq_len": 64}}
@@ -98,3 +98,30 @@ def test_whole_run_eta_from_progress_or_from_the_expected_time():
     assert whole_run_eta(running, 500.0) == pytest.approx(470.0)
     assert whole_run_eta(_run(21, status="queued", progress=0.0), 60.0) == 60.0
     assert whole_run_eta(RUNS[0], 60.0) is None and whole_run_eta(_run(22, status="queued"), None) is None
+
+
+def test_figures_are_read_by_name_through_the_result_contract():
+    from ui.run_table import baseline_metric, metric
+    m = {"perplexity": 95.0, "baseline_perplexity": 92.0, "kl_to_baseline": 0.05, "top1_agreement": 0.8,
+         "evaluation": {"speed": {"prefill_speedup": 1.3, "baseline_decode_tokens_per_s": 40.0,
+                                  "decode_tokens_per_s": 44.0}}}
+    assert metric(m, "kl_to_baseline") == 0.05                 # a key holding "baseline" is this model's KL
+    assert metric(m, "perplexity") == 95.0 and baseline_metric(m, "perplexity") == 92.0
+    assert metric(m, "prefill_speedup") == 1.3 and baseline_metric(m, "decode_tokens_per_s") == 40.0
+    assert metric({}, "perplexity") is None
+    with pytest.raises(KeyError, match="'ppl' is not a field of the result contract"):
+        metric(m, "ppl")
+
+
+def test_runs_are_compared_only_on_one_model_and_evaluation_set():
+    from ui.run_table import why_not_comparable
+    ev = {"text": "sotu held-out split", "tokens": 512, "seq_len": 64, "fingerprint": "f1"}
+
+    def run(model="demo", eval_set=ev, tokens=512):
+        metrics = {"source": {"model": model}, **({"eval_set": eval_set} if eval_set else {})}
+        return SimpleNamespace(metrics=metrics, recipe={"model": model, "evaluate": {"tokens": tokens, "seq_len": 64}})
+    assert why_not_comparable(run(), run()) is None
+    assert "different evaluation sets" in why_not_comparable(run(), run(eval_set={**ev, "fingerprint": "f2"}))
+    assert "different base models" in why_not_comparable(run(), run(model="other"))
+    assert why_not_comparable(run(eval_set=None), run(eval_set=None)) is None      # older results: the recipes decide
+    assert "16384 tokens" in why_not_comparable(run(eval_set=None), run(eval_set=None, tokens=16384))
