@@ -10,7 +10,7 @@ Both are 4-way multiple choice scored by lm-eval's log-likelihood (`acc`; `acc_n
                          sentence-final words of similar length (LAMBADA-like)
 
 Items are drawn with `random.Random(seed)` over the held-out paragraphs, so the files are a pure function of the
-shipped text; `tests/compressor/evaluate/test_local_tasks.py` rebuilds them and compares with the shipped copies.
+shipped text; `tests/compressor/evaluate/test_harness.py` rebuilds them and compares with the shipped copies.
 
     rows = completion_items(load_split("test"), n=400)        # [{"context", "choices", "label"}]
     write_local_tasks(TASK_DIR)                                  # rewrites the shipped JSONL files
