@@ -12,7 +12,8 @@ import yaml
 
 from ui import figures, services
 from ui.common import fmt_bytes, fmt_count, fmt_duration, progress_bar, run_id_of
-from ui.run_table import RunRow, expected_seconds, flat, lm_eval_pairs, whole_run_eta
+from compressor.result import RunResult
+from ui.run_table import RunRow, expected_seconds, lm_eval_pairs, whole_run_eta
 
 COLUMNS = ["", "run", "name", "status", "progress", "model", "keep", "settings", "perplexity", "active", "size",
            "time", "tags"]
@@ -81,24 +82,19 @@ def run_estimates(runs) -> dict[int, float | None]:
 
 # -- loss --------------------------------------------------------------------------------------------------------
 def loss_points(run) -> tuple[list[tuple[int, float]], list[int]]:
-    """(points, stage starts): distillation loss against the step counted over all stages, and the global step at
-    which each stage after the first starts. In order of preference: a per-step curve stored in the stage rows
-    (`loss_curve` / `losses`), the values the Runs timer saw while the run was going, or each stage's first and
-    last loss (`distill.first_loss` / `last_loss`)."""
+    """(points, stage starts): distillation loss against the step counted over all stages (1-based), and the global
+    step at which each stage after the first starts, read through the result contract (`RunResult.stages`). In
+    order of preference: every step's loss (results of version 1 on), the values the Runs timer saw while the run
+    was going, or each stage's first and last loss (older results)."""
     stored, ends, starts, offset = [], [], [], 0
-    for stage in run.stages or []:
-        d = flat(stage)
-        curve = next((v for k, v in d.items() if k.split(".")[-1] in ("losses", "loss_curve")
-                      and isinstance(v, list)), None)
-        steps = int(d.get("distill.steps") or (len(curve) if curve else 0))
+    for stage in RunResult.read({"stages": run.stages or []}).stages:
+        steps = stage.distill_steps or len(stage.losses)
         if offset and steps:
             starts.append(offset + 1)
-        if curve:
-            stored += [(offset + i + 1, float(v)) for i, v in enumerate(curve)
-                       if isinstance(v, (int, float)) and math.isfinite(v)]
-        for step, key in ((offset + 1, "distill.first_loss"), (offset + steps, "distill.last_loss")):
-            if steps and isinstance(d.get(key), (int, float)):
-                ends.append((step, float(d[key])))
+        if stage.losses and len(stage.losses) == steps:
+            stored += [(offset + i + 1, v) for i, v in enumerate(stage.losses) if math.isfinite(v)]
+        elif len(stage.losses) == 2:                      # an older result: first and last loss of the stage
+            ends += [(offset + 1, stage.losses[0]), (offset + steps, stage.losses[1])]
         offset += steps
     if stored:
         return stored, starts

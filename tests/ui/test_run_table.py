@@ -125,3 +125,13 @@ def test_runs_are_compared_only_on_one_model_and_evaluation_set():
     assert "different base models" in why_not_comparable(run(), run(model="other"))
     assert why_not_comparable(run(eval_set=None), run(eval_set=None)) is None      # older results: the recipes decide
     assert "16384 tokens" in why_not_comparable(run(eval_set=None), run(eval_set=None, tokens=16384))
+
+
+def test_the_loss_curve_keeps_every_step_and_marks_the_stage_starts():
+    from ui.run_view import loss_points
+    new = SimpleNamespace(id=901, stages=[{"index": 1, "distill": {"steps": 2, "losses": [3.0, 2.5]}},
+                                          {"index": 2, "distill": {"steps": 3, "losses": [2.9, 2.4, 2.2]}}])
+    assert loss_points(new) == ([(1, 3.0), (2, 2.5), (3, 2.9), (4, 2.4), (5, 2.2)], [3])
+    old = SimpleNamespace(id=902, stages=[{"index": 1, "distill": {"steps": 10, "first_loss": 3.0, "last_loss": 2.0}},
+                                          {"index": 2, "distill": {"steps": 5, "first_loss": 2.5, "last_loss": 1.9}}])
+    assert loss_points(old) == ([(1, 3.0), (10, 2.0), (11, 2.5), (15, 1.9)], [11])
