@@ -30,7 +30,8 @@ CSS = """
 .card .cell {background: var(--block-background-fill); border: 1px solid var(--border-color-primary);
              border-radius: 10px; padding: 10px 12px}
 .card .k {font-size: 12px; color: var(--body-text-color-subdued); text-transform: uppercase; letter-spacing: .04em}
-.card .v {font-size: 20px; font-weight: 600; margin-top: 2px}
+.card .v {font-size: 20px; font-weight: 600; margin-top: 2px; overflow-wrap: anywhere}
+.model-title code {word-break: break-all}
 .card .s {font-size: 12px; color: var(--body-text-color-subdued)}
 .pbar {background: #e5e7eb; border-radius: 6px; height: 14px; overflow: hidden; min-width: 90px}
 .pbar > div {height: 100%; background: linear-gradient(90deg, #6366f1, #4f46e5); transition: width .4s}
@@ -43,7 +44,9 @@ CSS = """
 .pill.cancelled {background: #f1f5f9; color: #64748b}
 .gen-box textarea {font-family: ui-monospace, monospace !important; font-size: 13px !important}
 footer {display: none !important}
-#runs-table [role=gridcell][aria-selected=true] {box-shadow: none !important; outline: none !important}
+#runs-table .cell-selected, #runs-table .cell-selected * {box-shadow: none !important; outline: none !important}
+#runs-table .cell-selected::before, #runs-table .cell-selected::after {display: none !important}
+#runs-table .selection-button {display: none !important}
 #runs-table [data-col="0"] {color: #4f46e5; font-weight: 700}
 """
 

@@ -77,7 +77,7 @@ def summary_card(opened: dict) -> str:
         ("hidden", str(s.get("hidden_size", "?")), f"vocab {fmt_count(s.get('vocab_size'))}"),
         ("fingerprint", opened.get("fingerprint", "")[:12], "of the weights"),
     ]
-    title = f"<div style='font-size:15px;margin:4px 0 2px'><b>{html.escape(str(opened['label']))}</b> · <code>" \
+    title = f"<div class='model-title' style='font-size:15px;margin:4px 0 2px'><b>{html.escape(str(opened['label']))}</b> · <code>" \
             f"{html.escape(str(opened['source']))}</code></div>"
     return title + card(cells)
 

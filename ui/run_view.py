@@ -18,7 +18,7 @@ from ui.run_table import RunRow, expected_seconds, lm_eval_pairs, whole_run_eta
 COLUMNS = ["", "run", "name", "status", "progress", "model", "keep", "settings", "perplexity", "active", "size",
            "time", "tags"]
 DATATYPES = ["str", "number", "str", "html", "html", "str", "str", "str", "str", "str", "str", "str", "str"]
-WIDTHS = ["3%", "4%", "10%", "9%", "12%", "8%", "5%", "14%", "8%", "6%", "6%", "8%", "7%"]
+WIDTHS = ["3%", "4%", "10%", "9%", "11%", "8%", "5%", "12%", "9%", "6%", "7%", "8%", "8%"]
 STARTING = "starting worker"
 # live loss seen by polling, for runs without a stored curve (per web process; bounded by the runs it saw)
 _LOSS_TRACE: dict[int, list[tuple[int, float]]] = {}

@@ -7,7 +7,7 @@ import re
 
 from tests.ui.browser import click_row, pick, table_runs, wait_row, wait_selected
 from tests.ui.studio import TINY
-from tests.ui.test_browser import CHROMIUM, browser_page, page  # noqa: F401 - fixtures (CHROMIUM: skip rule)
+from tests.ui.test_browser import CHROMIUM, _shot, browser_page, page  # noqa: F401 - fixtures (CHROMIUM: skip rule)
 from tests.ui.workbench import OTHER, workbench  # noqa: F401 - fixture
 
 
@@ -75,6 +75,9 @@ def test_one_pareto_front_per_base_model_in_the_page(studio, page, workbench):
         pg.locator("#pareto .gtitle", has_text=key).wait_for()
         shown = _pareto_runs(pg)
         assert inside <= shown and not (outside & shown), (key, shown)
+    click_row(pg, wb.wide)                                   # the README's picture of Runs: the demo's front
+    wait_selected(pg, wb.wide)
+    _shot(pg, "4-runs-table")
 
 
 def test_compare_n_runs_with_the_recipe_diff(studio, page, workbench):
@@ -93,6 +96,7 @@ def test_compare_n_runs_with_the_recipe_diff(studio, page, workbench):
     assert "perplexity" in pg.locator("#cmp-runs-metrics").inner_text()
     names = pg.evaluate("() => document.querySelector('#cmp-runs-loss .js-plotly-plot').data.map(d => d.name)")
     assert names == [f"#{wb.narrow} · fixture run", f"#{wb.wide} · wide"]
+    _shot(pg, "5-compare-runs")
     pg.get_by_label("log loss axis").check()
     pg.wait_for_function("""() => document.querySelector('#cmp-runs-loss .js-plotly-plot')
         ?.layout?.yaxis?.type === 'log'""")
