@@ -61,3 +61,16 @@ def test_smoothing_and_overlaid_loss_curves_with_stage_starts():
     assert list(two.x) == [1, 2] and fig.layout.yaxis.type == "log"
     assert [s.x0 for s in fig.layout.shapes] == [3]
     assert "no loss" in figures.loss_curves({"#1": ([], [])}).layout.annotations[0].text
+
+
+def test_a_runs_loss_points_count_steps_over_stages_and_mark_where_each_stage_starts():
+    from ui.run_view import loss_points
+    stages = [{"stage": "stage 1/2", "distill": {"steps": 3, "losses": [3.0, 2.0, 1.5]}},
+              {"stage": "stage 2/2", "distill": {"steps": 2, "losses": [2.5, 1.0]}}]
+    points, starts = loss_points(_run(1, stages=stages))
+    assert points == [(1, 3.0), (2, 2.0), (3, 1.5), (4, 2.5), (5, 1.0)] and starts == [4]
+    old = [{"distill": {"steps": 4, "first_loss": 3.0, "last_loss": 1.0}},       # before per-step losses
+           {"distill": {"steps": 4, "first_loss": 2.0, "last_loss": 0.5}}]
+    assert loss_points(_run(2, stages=old)) == ([(1, 3.0), (4, 1.0), (5, 2.0), (8, 0.5)], [5])
+    fig = figures.loss_curve(points, stages=starts)
+    assert [s.x0 for s in fig.layout.shapes] == [4]
