@@ -66,9 +66,15 @@ def cached_scores_dir(inputs: ScoringInputs) -> Path | None:
     from compressor.importance import cache_key, data_fingerprint, scores_cache_dir
     from compressor.importance.cache import find_entry, model_settings
 
-    key = cache_key(weights_fp=inputs.weights_fp, data_fp=data_fingerprint(inputs.batches), config=inputs.config,
-                    settings=model_settings(inputs.settings_model))
-    return find_entry(scores_cache_dir() / key, inputs.config)
+    import torch
+    data_fp = data_fingerprint(inputs.batches)
+    for dtype in (torch.float32, None):          # in memory (float32, see analyze_source), or layer by layer
+        key = cache_key(weights_fp=inputs.weights_fp, data_fp=data_fp, config=inputs.config,
+                        settings=model_settings(inputs.settings_model, dtype=dtype))
+        found = find_entry(scores_cache_dir() / key, inputs.config)
+        if found is not None:
+            return found
+    return None
 
 
 def analyze_source(inputs: ScoringInputs, *, streaming: str = "auto", reporter=None):
@@ -78,14 +84,17 @@ def analyze_source(inputs: ScoringInputs, *, streaming: str = "auto", reporter=N
     from compressor.stream.analyze import stream_analyze
     from compressor.stream.budget import plan_execution
 
+    import torch
     local = inputs.found.local_dir
     plan = plan_execution(local, streaming, tokens=sum(int(b["input_ids"].numel()) for b in inputs.batches),
-                          taylor=inputs.config.taylor)
+                          taylor=inputs.config.taylor, dtype=torch.float32)
     if plan.streaming:
         def analyzer(batches, **kw):
             return stream_analyze(local, batches, **kw)
         model = inputs.settings_model
     else:
-        analyzer, model = None, load_model(inputs.found.source).model
+        # float32, as the in-memory pipeline scores (it trains in float32): equal settings, equal cache key, so a
+        # run reuses what Explore computed and Explore shows the scores the run cuts by
+        analyzer, model = None, load_model(inputs.found.source, dtype=torch.float32).model
     return load_or_analyze(model, inputs.batches, config=inputs.config, weights_fp=inputs.weights_fp,
                            analyzer=analyzer, reporter=reporter)

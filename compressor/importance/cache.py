@@ -27,7 +27,7 @@ from compressor.sources import studio_cache_dir
 
 # config fields that change nothing a score depends on (paths, versions, output switches)
 _RUNTIME_CONFIG_KEYS = {"transformers_version", "use_cache", "output_attentions", "output_hidden_states",
-                        "output_router_logits", "return_dict"}
+                        "output_router_logits", "return_dict", "dtype", "torch_dtype"}
 
 
 def scores_cache_dir() -> Path:
@@ -47,11 +47,13 @@ def data_fingerprint(batches: Iterable) -> str:
     return h.hexdigest()
 
 
-def model_settings(model: nn.Module) -> dict:
-    """What a score depends on besides the weights: the config (minus private and runtime fields) and the dtype."""
+def model_settings(model: nn.Module, *, dtype: torch.dtype | None = None) -> dict:
+    """What a score depends on besides the weights: the config (minus private and runtime fields, and its stored
+    dtype) and the dtype the scores are computed in (the model's, or `dtype`: what a model loaded in that dtype
+    would have, for a caller holding only the meta-device skeleton)."""
     config = json.loads(model.config.to_json_string(use_diff=False))
     config = {k: v for k, v in config.items() if not k.startswith("_") and k not in _RUNTIME_CONFIG_KEYS}
-    return {"config": config, "dtype": str(next(model.parameters()).dtype)}
+    return {"config": config, "dtype": str(dtype or next(model.parameters()).dtype)}
 
 
 def cache_key(*, weights_fp: str, data_fp: str, config: AnalyzeConfig, settings: dict) -> str:

@@ -168,3 +168,12 @@ def test_the_stored_result_has_its_evaluation_set_and_every_distillation_step(cl
     assert len(result.loss_curve()) == 4 and result.stage_starts() == [0, 1]      # 1 + 3 steps, every one kept
     assert result.final.perplexity > 0 and result.baseline.perplexity > 0 and result.speed.same_kernel
     assert result.base_model.dtype == "bfloat16" and result.comparable_with(result) is None
+
+
+def test_a_run_reuses_the_scores_explore_computed_on_the_same_model_and_calibration(env, model_dir, tmp_path):
+    """Explore's analysis job (`compressor.scoring`) and the pipeline build the same calibration batches for the same
+    settings and key the cache by what was computed, so the run's first stage finds the scores."""
+    from compressor.scoring import analyze_source, scoring_inputs
+    analyze_source(scoring_inputs(str(model_dir), tokens=256, seq_len=32, batch_size=4, taylor=True), streaming="off")
+    recipe = tiny_recipe(model_dir, stages=1, distill={"steps": 0}, evaluate={"speed": False})
+    assert run_recipe(recipe, tmp_path / "run").stages[0]["scores_cache_hit"] is True
