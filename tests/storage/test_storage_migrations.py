@@ -1,6 +1,7 @@
 """The schema comes from the Alembic migrations, matches the ORM, and migrates once when processes start together."""
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -51,13 +52,20 @@ def test_processes_starting_together_migrate_once(db_url):
     assert sorted(int(out) for out, _ in outs) == [1, 2]
 
 
-def test_0002_adds_the_send_columns_to_existing_runs_as_never_sent(db_url):
-    engine = db.init_db(db_url)
+@contextlib.contextmanager
+def _downgraded(engine, revision: str):
+    """A connection to the database migrated down to `revision` (in one transaction; migrate up after it)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(db.MIGRATIONS_DIR))
-    with engine.begin() as conn:  # back to the first schema, with a run queued by an older studio
+    with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0001")
+        command.downgrade(cfg, revision)
+        yield conn
+
+
+def test_0002_adds_the_send_columns_to_existing_runs_as_never_sent(db_url):
+    engine = db.init_db(db_url)
+    with _downgraded(engine, "0001") as conn:  # back to the first schema, with a run queued by an older studio
         conn.execute(text("INSERT INTO runs (name, recipe, status, progress, stage, step, total_steps, message, "
                           "created_at, attempts, cancel_requested) VALUES ('old', '{}', 'queued', 0, '', 0, 0, "
                           "'queued', CURRENT_TIMESTAMP, 0, false)"))
@@ -70,11 +78,7 @@ def test_0002_adds_the_send_columns_to_existing_runs_as_never_sent(db_url):
 
 def test_0003_gives_existing_runs_no_tags_and_empty_notes_and_models_no_label(db_url):
     engine = db.init_db(db_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(db.MIGRATIONS_DIR))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0002")
+    with _downgraded(engine, "0002") as conn:
         conn.execute(text("INSERT INTO runs (name, recipe, status, progress, stage, step, total_steps, message, "
                           "created_at, attempts, cancel_requested, send_count) VALUES ('old', '{}', 'queued', 0, "
                           "'', 0, 0, 'queued', CURRENT_TIMESTAMP, 0, false, 0)"))
@@ -90,11 +94,7 @@ def test_0003_gives_existing_runs_no_tags_and_empty_notes_and_models_no_label(db
 
 def test_0004_drops_the_dead_tables_and_keeps_every_run(db_url):
     engine = db.init_db(db_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(db.MIGRATIONS_DIR))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0003")
+    with _downgraded(engine, "0003") as conn:
         assert {"analyses", "stage_metrics"} <= set(inspect(conn).get_table_names())
         conn.execute(text("INSERT INTO models (source, fingerprint, summary, created_at) VALUES ('demo', 'f', '{}', "
                           "CURRENT_TIMESTAMP)"))
