@@ -164,6 +164,7 @@ def _run_streamed(args, found, plan, cfg: SlimmingConfig, cal: CalibrationConfig
     import shutil
 
     from compressor.commands.analyze import streamed_analysis
+    from compressor.device import resolve_device
     from compressor.commands.model_args import calibration_from_args
     from compressor.importance import load_or_analyze
     from compressor.slimming.export import model_card
@@ -188,7 +189,8 @@ def _run_streamed(args, found, plan, cfg: SlimmingConfig, cal: CalibrationConfig
     block = (BlockDistillConfig(steps=args.block_distill_steps, lr=args.block_distill_lr)
              if args.block_distill_steps else None)
     result = stream_slim(found.local_dir, importance, cfg, ckpt, batches=batches, block_distill=block,
-                         dtype=parse_dtype(args.dtype) if args.dtype else None, reporter=Reporter(_progress_line))
+                         dtype=parse_dtype(args.dtype) if args.dtype else None, reporter=Reporter(_progress_line),
+                         device=resolve_device(args.device))
     card = model_card(Skeleton.open(ckpt).model, {"source": str(found.source), "slimming": cfg.model_dump()})
     (ckpt / "README.md").write_text(card)
     report = {"model": str(found.source), "slimming": cfg.model_dump(), **result.to_dict(), "scores": scores_meta,

@@ -59,7 +59,9 @@ def _first(out):
 def capture_block_io(layer: nn.Module, block: nn.Module, acts, layer_index: int) -> BlockIO:
     """Run the (original) layer on every batch's hidden states and keep its MoE block's inputs and outputs."""
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    handle = block.register_forward_hook(lambda m, args, out: seen.append((args[0].detach(), _first(out).detach())))
+    home = acts.hidden[0].device if acts.hidden else torch.device("cpu")     # kept where the activations live
+    handle = block.register_forward_hook(
+        lambda m, args, out: seen.append((args[0].detach().to(home), _first(out).detach().to(home))))
     try:
         for b, h in enumerate(acts.hidden):
             run_layer(layer, h, acts.kwargs(layer_index, b))
@@ -83,7 +85,7 @@ def recover_block_(block: nn.Module, io: BlockIO, cfg: BlockDistillConfig) -> di
     """Train `block` in place (rule in the module docstring); returns loss before / after over all batches and
     whether the trained weights were kept."""
     t0 = time.perf_counter()
-    dtype = next(block.parameters()).dtype
+    dtype, dev = next(block.parameters()).dtype, next(block.parameters()).device    # inputs come from the CPU
     block.float()
     params = [p for p in block.parameters()]
     for p in params:
@@ -91,7 +93,7 @@ def recover_block_(block: nn.Module, io: BlockIO, cfg: BlockDistillConfig) -> di
 
     def total_loss() -> float:
         with torch.no_grad():
-            return sum(float(block_loss(output=_first(block(x.float())), target=y, mask=m))
+            return sum(float(block_loss(output=_first(block(x.to(dev).float())), target=y.to(dev), mask=m))
                        for x, y, m in zip(io.inputs, io.targets, io.masks)) / max(len(io.inputs), 1)
 
     before = total_loss()
@@ -101,7 +103,8 @@ def recover_block_(block: nn.Module, io: BlockIO, cfg: BlockDistillConfig) -> di
         b = step % len(io.inputs)
         opt.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            loss = block_loss(output=_first(block(io.inputs[b].float())), target=io.targets[b], mask=io.masks[b])
+            loss = block_loss(output=_first(block(io.inputs[b].to(dev).float())), target=io.targets[b].to(dev),
+                              mask=io.masks[b])
             loss.backward()
         opt.step()
     del opt

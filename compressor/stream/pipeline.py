@@ -72,7 +72,7 @@ def run_streamed_recipe(recipe: Recipe, staging: Path, reporter: Reporter, found
     d = recipe.distill
     block = BlockDistillConfig(steps=d.blockwise_steps, lr=d.blockwise_lr) if d.blockwise_steps else None
     res = stream_slim(local, importance, recipe.slimming, ckpt, batches=calib, block_distill=block,
-                      reporter=reporter.span(.45, .7), spill=spill)
+                      reporter=reporter.span(.45, .7), spill=spill, device=device)
     timings["slim"] = time.perf_counter() - ts
     ts = time.perf_counter()
     quality = (stream_quality(ckpt, local, windows, reporter=reporter.span(0.7, 0.98), device=device, spill=spill)

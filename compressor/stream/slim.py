@@ -80,17 +80,18 @@ class StreamSlimResult:
 
 def stream_slim(folder: Path | str, importance, cfg: SlimmingConfig, out_dir: Path | str, *, batches=None,
                 dtype: torch.dtype | None = None, block_distill: BlockDistillConfig | None = None,
-                reporter: Reporter | None = None, spill=None) -> StreamSlimResult:
+                reporter: Reporter | None = None, spill=None, device: str = "cpu") -> StreamSlimResult:
     """Slim the checkpoint in `folder` by `cfg` with scores `importance` (an ImportanceReport of it) into `out_dir`
     (a Hugging Face folder). `batches` are needed to sparsify with sequential calibration (the default) or after
     structural cuts, and for `block_distill` (layer-local recovery of every cut MoE block,
     `compressor.stream.blockwise`). The activations carried along past `spill`'s limit live on disk
-    (`compressor.stream.spill`; default: `spill_limit_bytes()`)."""
+    (`compressor.stream.spill`; default: `spill_limit_bytes()`). Each loaded layer is cut, calibrated, pruned or
+    trained on `device` (a resolved torch device name) and written from there; the rest stays on the CPU."""
     t0 = time.perf_counter()
     reporter = reporter or Reporter()
     folder, out = Path(folder), Path(out_dir)
     index = ShardIndex.open(folder)
-    src = Skeleton.open(folder, dtype=dtype, index=index)
+    src = Skeleton.open(folder, dtype=dtype, index=index, device=device)
     check_streamable_family(src.config)
     plan = Skeleton(folder, copy.deepcopy(src.model), index, src.dtype)    # meta: the copy costs no memory
     before = count_params(src.model)
