@@ -173,7 +173,8 @@ def _streamed(recipe: Recipe, staging: Path, reporter: Reporter) -> PipelineResu
         return None
     factor = DISTILL_FACTOR if recipe.distill.steps else IN_MEMORY_FACTOR
     plan = plan_execution(found.local_dir, mode, tokens=recipe.calibration.tokens, dtype=torch.float32,
-                          taylor=analysis_needs(recipe.slimming)[1], in_memory_factor=factor)
+                          taylor=analysis_needs(recipe.slimming)[1], in_memory_factor=factor,
+                          spill_mb=recipe.execution.spill_mb)
     if not plan.streaming and recipe.distill.blockwise_steps:
         plan = replace(plan, streaming=True, reason="distill.blockwise_steps asks for layer-local recovery")
     if not plan.streaming:

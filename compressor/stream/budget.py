@@ -6,7 +6,8 @@ safetensors headers before any weight is read.
                        student, teacher, gradients and two AdamW moments)
     streamed need    = `LAYER_FACTOR` x the largest decoder layer (the loaded layer, its cut copy, the copy written)
                        + the activations between layers (calibration tokens x hidden x 4 bytes, times the layers when
-                       Taylor scores keep every layer's input for the backward sweep)
+                       Taylor scores keep every layer's input for the backward sweep), at most the spill limit
+                       (`compressor.stream.spill`: past it they live in memory-mapped files)
     available        = `MOE_STUDIO_MEMORY` (e.g. "16gb") when set, else the machine's available memory (psutil)
 `auto` streams when the in-memory need passes half of what is available. A streamed job whose need passes what is
 available is refused with the figures.
@@ -45,7 +46,7 @@ class ExecutionPlan:
 
 def plan_execution(folder: Path | str, mode: str, *, tokens: int, taylor: bool,
                    dtype: torch.dtype | None = None, index: ShardIndex | None = None,
-                   in_memory_factor: float = IN_MEMORY_FACTOR) -> ExecutionPlan:
+                   in_memory_factor: float = IN_MEMORY_FACTOR, spill_mb: int | None = None) -> ExecutionPlan:
     """Decide in memory vs layer by layer for `mode` (auto | on | off); raise LayerTooLargeError when streaming
     is chosen and one layer plus the activations do not fit."""
     if mode not in MODES:
@@ -71,11 +72,15 @@ def plan_execution(folder: Path | str, mode: str, *, tokens: int, taylor: bool,
     else:
         streaming, reason = False, f"the model fits comfortably ({_gb(need_memory)} of {_gb(available)} available)"
     if streaming:
-        need = LAYER_FACTOR * layer_bytes + activation
+        from compressor.stream.spill import spill_limit_bytes
+        held = min(activation, spill_limit_bytes(spill_mb))          # the rest is spilled to disk
+        need = LAYER_FACTOR * layer_bytes + held
         if need > available:
+            spilled = "" if held == activation else f", the rest of {_gb(activation)} on disk"
             raise LayerTooLargeError(
                 f"one decoder layer is {_gb(layer_bytes)}; working on it layer by layer needs about {_gb(need)} "
-                f"({LAYER_FACTOR:g} x the layer + {_gb(activation)} of activations for {tokens} calibration tokens), "
+                f"({LAYER_FACTOR:g} x the layer + {_gb(held)} of activations in memory for {tokens} calibration "
+                f"tokens{spilled}), "
                 f"but only {_gb(available)} is available. Free memory, use fewer calibration tokens, or run on a "
                 "larger machine (MOE_STUDIO_MEMORY sets the budget).")
     return ExecutionPlan(streaming, reason, model_bytes, layer_bytes, activation, available)

@@ -142,3 +142,14 @@ def test_a_streamed_recipe_spills_into_its_staging_folder_and_leaves_nothing(tin
     assert spill["limit_bytes"] == 0 and spill["spilled_tensors"] > 0
     assert result.metrics["execution"]["device"] == "cpu"
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint", "metrics.json", "recipe.yaml"]
+
+
+def test_the_layer_budget_counts_only_the_activations_kept_in_memory(tiny_dir, monkeypatch):
+    from compressor.stream.budget import LayerTooLargeError, plan_execution
+    monkeypatch.setenv("MOE_STUDIO_MEMORY", "64mb")
+    tokens = 1_000_000                              # 1e6 x hidden 32 x 4 bytes x (layers + 1) = 512 MB with Taylor
+    with pytest.raises(LayerTooLargeError, match=r"MB of activations in memory for 1000000 calibration tokens\)"):
+        plan_execution(tiny_dir, "on", tokens=tokens, taylor=True, spill_mb=1024)
+    plan = plan_execution(tiny_dir, "on", tokens=tokens, taylor=True, spill_mb=8)
+    assert plan.streaming and plan.activation_bytes == tokens * 32 * 4 * 4
+    assert plan_execution(tiny_dir, "on", tokens=tokens, taylor=True).streaming     # default: a quarter = 16 MB
