@@ -108,3 +108,10 @@ def finished_run(studio) -> int:
     row = wait_run(c, run_id)
     assert "succeeded" in row["status"], row
     return run_id
+
+
+@pytest.fixture(scope="session")
+def workbench(studio, finished_run):
+    """Two more finished runs, one of the demo (keep 0.75) and one of a second model (tests/ui/workbench.py)."""
+    from tests.ui.workbench import make_workbench
+    return make_workbench(studio, finished_run)

@@ -38,66 +38,70 @@ def test_actions_act_on_the_picked_run_while_the_refresh_runs(studio, page, fini
     open_demo(c)
     busy = _enqueue(c, "busy", **LONG)
     waiting = _enqueue(c, "waiting", **TINY)
-    pg = page
-    pg.goto(studio.url)
-    pg.get_by_role("tab", name="4 · Runs").click()
-    assert wait_row(pg, "waiting") == waiting
-    assert pg.locator("#run-cancel").inner_text().strip() == "Cancel"        # nothing picked: names no run
+    made = new = None
+    try:
+        pg = page
+        pg.goto(studio.url)
+        pg.get_by_role("tab", name="4 · Runs").click()
+        assert wait_row(pg, "waiting") == waiting
+        assert pg.locator("#run-cancel").inner_text().strip() == "Cancel"        # nothing picked: names no run
 
-    # what the user picks stays picked, whichever way it was picked
-    pick(pg, waiting)
-    wait_selected(pg, waiting)
-    _wait_ticks(pg)
-    assert is_selected(pg, waiting), pg.locator('#run-head').inner_text()
-    click_row(pg, finished_run)
-    wait_selected(pg, finished_run)
-    _wait_ticks(pg)
-    assert is_selected(pg, finished_run), pg.locator('#run-head').inner_text()
+        # what the user picks stays picked, whichever way it was picked
+        pick(pg, waiting)
+        wait_selected(pg, waiting)
+        _wait_ticks(pg)
+        assert is_selected(pg, waiting), pg.locator('#run-head').inner_text()
+        click_row(pg, finished_run)
+        wait_selected(pg, finished_run)
+        _wait_ticks(pg)
+        assert is_selected(pg, finished_run), pg.locator('#run-head').inner_text()
 
-    # Cancel acts on the picked run and says which
-    pick(pg, waiting)
-    wait_selected(pg, waiting)
-    pg.locator("#run-cancel").click()
-    pg.locator("#runs-status", has_text=f"Run #{waiting}: cancelled").wait_for()
-    assert _status_of(c, waiting) == "cancelled" and _status_of(c, busy) == "running"
-    assert _status_of(c, finished_run) == "succeeded"
+        # Cancel acts on the picked run and says which
+        pick(pg, waiting)
+        wait_selected(pg, waiting)
+        pg.locator("#run-cancel").click()
+        pg.locator("#runs-status", has_text=f"Run #{waiting}: cancelled").wait_for()
+        assert _status_of(c, waiting) == "cancelled" and _status_of(c, busy) == "running"
+        assert _status_of(c, finished_run) == "succeeded"
 
-    # Re-run queues the picked run's recipe and selects the new run
-    click_row(pg, finished_run)
-    wait_selected(pg, finished_run)
-    pg.locator("#run-rerun").click()
-    text = pg.locator("#runs-status .msg-ok").inner_text()
-    new = int(re.search(rf"Run #(\d+) queued with the recipe of run #{finished_run}\b", text).group(1))
-    wait_selected(pg, new)
-    _wait_ticks(pg)
-    assert is_selected(pg, new), pg.locator('#run-head').inner_text()
-    assert f"parent run #{finished_run}" in pg.locator("#run-head").inner_text()
+        # Re-run queues the picked run's recipe and selects the new run
+        click_row(pg, finished_run)
+        wait_selected(pg, finished_run)
+        pg.locator("#run-rerun").click()
+        message = pg.locator("#runs-status .msg-ok", has_text=f"queued with the recipe of run #{finished_run}.")
+        new = int(re.search(r"Run #(\d+) queued", message.inner_text()).group(1))
+        wait_selected(pg, new)
+        _wait_ticks(pg)
+        assert is_selected(pg, new), pg.locator('#run-head').inner_text()
+        assert f"parent run #{finished_run}" in pg.locator("#run-head").inner_text()
 
-    # Delete asks about the picked run, deletes that one; then nothing is selected and nothing is marked
-    pick(pg, waiting)
-    wait_selected(pg, waiting)
-    pg.locator("#run-delete").click()
-    pg.get_by_text(f"Delete run #{waiting}").wait_for()
-    pg.get_by_role("button", name="Yes, delete it").click()
-    pg.locator("#runs-status", has_text=f"Run #{waiting} deleted.").wait_for()
-    wait_selected(pg, None)
-    _wait_ticks(pg)
-    assert is_selected(pg, None), pg.locator('#run-head').inner_text()
-    assert waiting not in [rid for _, rid in table_runs(pg)] and _status_of(c, waiting) is None
-    assert _status_of(c, new) == "queued"
+        # Delete asks about the picked run, deletes that one; then nothing is selected and nothing is marked
+        pick(pg, waiting)
+        wait_selected(pg, waiting)
+        pg.locator("#run-delete").click()
+        pg.get_by_text(f"Delete run #{waiting}").wait_for()
+        pg.get_by_role("button", name="Yes, delete it").click()
+        pg.locator("#runs-status", has_text=f"Run #{waiting} deleted.").wait_for()
+        wait_selected(pg, None)
+        _wait_ticks(pg)
+        assert is_selected(pg, None), pg.locator('#run-head').inner_text()
+        assert waiting not in [rid for _, rid in table_runs(pg)] and _status_of(c, waiting) is None
+        assert _status_of(c, new) == "queued"
 
-    # Enqueue from Compress while another run is picked: the new run is selected
-    click_row(pg, finished_run)
-    wait_selected(pg, finished_run)
-    pg.get_by_role("tab", name="3 · Compress").click()
-    pg.get_by_label("run name (optional)").fill("from compress")
-    pg.get_by_role("button", name="Enqueue").click()
-    made = wait_row(pg, "from compress")
-    wait_selected(pg, made)
-    _wait_ticks(pg)
-    assert is_selected(pg, made), pg.locator('#run-head').inner_text()
+        # Enqueue from Compress while another run is picked: the new run is selected
+        click_row(pg, finished_run)
+        wait_selected(pg, finished_run)
+        pg.get_by_role("tab", name="3 · Compress").click()
+        pg.get_by_label("run name (optional)").fill("from compress")
+        pg.get_by_role("button", name="Enqueue").click()
+        made = wait_row(pg, "from compress")
+        wait_selected(pg, made)
+        _wait_ticks(pg)
+        assert is_selected(pg, made), pg.locator('#run-head').inner_text()
 
-    for run_id in (made, new, busy):
-        c.predict(run_id, api_name="/cancel_run")
+    finally:                                  # the worker must be free for the next tests, pass or fail
+        for run_id in (made, new, busy, waiting):
+            if run_id is not None and _status_of(c, run_id) in ("queued", "running"):
+                c.predict(run_id, api_name="/cancel_run")
     for run_id in (made, new, busy):
         assert "cancelled" in wait_run(c, run_id, timeout=120)["status"]

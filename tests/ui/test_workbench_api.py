@@ -10,7 +10,7 @@ import yaml
 
 from compressor.recipe import Recipe
 from tests.ui.studio import TINY, compress_args, figure, open_demo
-from tests.ui.workbench import OTHER, open_folder, workbench  # noqa: F401 - fixture
+from tests.ui.workbench import OTHER, open_folder
 
 STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
 

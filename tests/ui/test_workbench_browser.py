@@ -8,7 +8,7 @@ import re
 from tests.ui.browser import click_row, pick, table_runs, wait_row, wait_selected
 from tests.ui.studio import TINY
 from tests.ui.test_browser import CHROMIUM, _shot, browser_page, page  # noqa: F401 - fixtures (CHROMIUM: skip rule)
-from tests.ui.workbench import OTHER, workbench  # noqa: F401 - fixture
+from tests.ui.workbench import OTHER
 
 
 def _runs_tab(pg, url) -> None:

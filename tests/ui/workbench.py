@@ -6,8 +6,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import pytest
-
 from tests.ui.studio import TINY, compress_args, open_demo, wait_run
 
 OTHER = "other-moe"
@@ -33,8 +31,8 @@ def open_folder(client, folder) -> None:
     assert "msg-ok" in status, status
 
 
-@pytest.fixture(scope="session")
-def workbench(studio, finished_run) -> Workbench:
+def make_workbench(studio, finished_run) -> Workbench:
+    """The runs of `Workbench` (the `workbench` fixture of conftest.py, made once per session)."""
     from transformers import AutoTokenizer
 
     from compressor.demo import demo_model_dir
