@@ -27,13 +27,15 @@ DistillLoss = literal(DISTILL_LOSSES)
 def _choices(registry) -> str:
     return "; ".join(f"{m.name} = {m.formula}" for m in registry.values())
 
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 MAX_STEPS = 10_000_000          # optimizer steps, warm-up steps
 MAX_TOKENS = 50_000_000         # calibration / evaluation tokens
 MAX_SEED = 2**32 - 1            # what numpy and every RNG the pipeline seeds accept
 MAX_PATH = 4096                 # characters of a model source or task path (PATH_MAX on Linux)
 # Version 2 added distill.final_stage_share (default 0.8: the last stage gets 80% of the distillation steps).
 # A version-1 document is upgraded on load with final_stage_share = null, the even split it ran with.
+# Version 3 added execution.device (default auto: a GPU when there is one). Versions 1 and 2 are upgraded with
+# device = cpu, where every job ran before devices existed.
 
 
 class RecipeError(ValueError):
@@ -215,12 +217,17 @@ class Recipe(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _upgrade(cls, data):
-        """Version 1 -> 2: version 1 split the distillation steps evenly over the stages; keep that."""
-        if isinstance(data, dict) and data.get("version") in (1, "1"):
-            distill = data.get("distill") or {}
-            if isinstance(distill, dict):                 # anything else is left for validation to name
-                data = {**data, "version": RECIPE_VERSION, "distill": {"final_stage_share": None, **distill}}
-        return data
+        """An older document is read as the run it describes: version 1 split the distillation steps evenly over
+        the stages (final_stage_share null); versions 1 and 2 ran on the CPU (execution.device cpu)."""
+        if not isinstance(data, dict) or data.get("version") not in (1, "1", 2, "2"):
+            return data
+        out = {**data, "version": RECIPE_VERSION}
+        distill, execution = data.get("distill") or {}, data.get("execution") or {}
+        if int(data["version"]) == 1 and isinstance(distill, dict):    # anything else is left for validation
+            out["distill"] = {"final_stage_share": None, **distill}
+        if isinstance(execution, dict):
+            out["execution"] = {"device": "cpu", **execution}
+        return out
 
     @model_validator(mode="after")
     def _known_version(self):

@@ -57,7 +57,7 @@ def test_the_recipe_carries_the_device_and_refuses_bad_ones():
     r = Recipe.parse({"execution": {"device": "cuda:1"}})
     assert r.execution.device == "cuda:1" and Recipe.from_yaml(r.to_yaml()) == r
     assert Recipe().execution.device == "auto"
-    assert Recipe.parse({"version": 1}).execution.device == "auto"
+    assert Recipe.parse({"version": 1}).execution.device == "cpu"        # an older recipe ran on the CPU: kept
     with pytest.raises(RecipeError, match="execution: device 'gpu' is not one of"):
         Recipe.parse({"execution": {"device": "gpu"}})
 

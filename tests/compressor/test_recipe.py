@@ -5,7 +5,7 @@ import pytest
 
 from compressor.cli import main
 from compressor.commands.recipe import example_recipe
-from compressor.recipe import DistillConfig, Recipe, RecipeError
+from compressor.recipe import RECIPE_VERSION, DistillConfig, Recipe, RecipeError
 
 SPEC_YAML = """
 model: demo
@@ -36,7 +36,12 @@ def test_the_issue_yaml_parses_and_round_trips():
 
 def test_version_1_recipes_keep_their_even_step_split():
     old = Recipe.from_yaml("version: 1\nstages: 3\ndistill: {steps: 300}\n")
-    assert old.version == 2 and old.distill.final_stage_share is None
+    assert old.version == RECIPE_VERSION and old.distill.final_stage_share is None and old.execution.device == "cpu"
+    two = Recipe.from_yaml("version: 2\nexecution: {streaming: \"on\"}\n")
+    assert (two.version, two.execution.device, two.execution.streaming) == (RECIPE_VERSION, "cpu", "on")
+    assert two.distill.final_stage_share == 0.8                                # version 2 already had the field
+    assert Recipe.from_yaml("version: 2\nexecution: {device: auto}\n").execution.device == "auto"   # as written
+    assert Recipe.from_yaml("stages: 1").execution.device == "auto"            # a new document: the default
     assert Recipe.from_yaml(old.to_yaml()) == old                              # the upgrade is written out
     assert Recipe.from_yaml("version: 1\ndistill: {final_stage_share: 0.5}").distill.final_stage_share == 0.5
     assert Recipe.from_yaml("stages: 3").distill.final_stage_share == 0.8     # no version: the current one
