@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from compressor.feasibility import ModelLimits, check_slimming
 from compressor.widths import align_width
 
 DTYPE_BYTES = {"float32": 4, "float": 4, "float64": 8, "bfloat16": 2, "float16": 2, "half": 2, "int8": 1,
@@ -75,6 +76,7 @@ class ModelShape:
     params_active: int
     bytes_per_param: float
     tied_embeddings: bool = False
+    limits: ModelLimits | None = None      # routing groups and family refusals (from the summary), for feasibility
 
     @classmethod
     def from_summary(cls, summary: dict) -> "ModelShape":
@@ -86,7 +88,14 @@ class ModelShape:
                    hidden=int(summary["hidden_size"]), vocab=int(summary["vocab_size"]),
                    params_total=int(summary["params_total"]), params_active=int(summary["params_active"]),
                    bytes_per_param=bytes_per_param(str(summary.get("dtype", "float32"))),
-                   tied_embeddings=bool(summary.get("tie_word_embeddings", False)))
+                   tied_embeddings=bool(summary.get("tie_word_embeddings", False)),
+                   limits=ModelLimits.from_summary(summary))
+
+    @property
+    def feasibility_limits(self) -> ModelLimits:
+        """What `compressor.feasibility` checks the settings against (without a summary: no groups, no refusals)."""
+        return self.limits or ModelLimits(family="the model", num_experts=self.num_experts, top_k=self.top_k,
+                                          width=self.expert_width, num_layers=self.num_layers)
 
     # -- derived parts (formulas in the module docstring) -----------------------------------------------------------
     @property
@@ -158,23 +167,22 @@ class Estimate:
         return {**asdict(self), "speedup": self.speedup, "speedup_sparse": self.speedup_sparse}
 
 
-def check_settings(shape: ModelShape, s: SlimSettings) -> None:
-    """Refuse settings the slimming operations would refuse, with the reason (ValueError)."""
+def check_settings(shape: ModelShape, s: SlimSettings, *, stages: int = 1) -> None:
+    """Refuse settings the slimming operations would refuse, with the reason (ValueError): the value ranges here,
+    what this model can take by the feasibility rules (`compressor.feasibility`, the ones the pipeline applies)."""
     if not 0.0 < s.expert_keep_ratio <= 1.0:
         raise ValueError(f"expert keep ratio {s.expert_keep_ratio} must be in (0, 1]")
-    if s.experts_keep is not None and not shape.top_k <= s.experts_keep <= shape.num_experts:
-        raise ValueError(f"experts kept per layer must be between top-k ({shape.top_k}) and the "
-                         f"{shape.num_experts} experts the model has; got {s.experts_keep}")
-    if not 0 <= s.layers_drop < shape.num_layers:
-        raise ValueError(f"layers dropped must be between 0 and {shape.num_layers - 1} (the model has "
-                         f"{shape.num_layers} layers); got {s.layers_drop}")
     if not 0.0 <= s.sparsity < 1.0:
         raise ValueError(f"sparsity {s.sparsity} must be in [0, 1)")
+    if s.layers_drop < 0 or (s.experts_keep is not None and s.experts_keep < 1):
+        raise ValueError(f"layers dropped must be >= 0 and experts kept >= 1; got {s.layers_drop}, {s.experts_keep}")
+    check_slimming(shape.feasibility_limits, s, stages=stages)
 
 
-def estimate(shape: ModelShape, settings: SlimSettings) -> Estimate:
-    """Parameters, checkpoint bytes and active FLOPs after `settings` (formulas in the module docstring)."""
-    check_settings(shape, settings)
+def estimate(shape: ModelShape, settings: SlimSettings, *, stages: int = 1) -> Estimate:
+    """Parameters, checkpoint bytes and active FLOPs after `settings` (formulas in the module docstring), once
+    `check_settings` accepts them for a recipe of `stages` stages."""
+    check_settings(shape, settings, stages=stages)
     H, E, k, M, L = shape.hidden, shape.num_experts, shape.top_k, shape.moe_layers, shape.num_layers
     p_e, rest = shape.expert_params, shape.layer_rest_params
     width = kept_width(shape.expert_width, settings.expert_keep_ratio)

@@ -16,6 +16,7 @@ import pandas as pd
 from storage import catalog
 from ui import figures, services
 from ui.common import box, fmt_bytes, fmt_count, fmt_duration, guard, run_id_of
+from compressor.result import RunResult
 from ui.run_table import (ACTIVE, PPL, SIZE, baseline_metric, flat, lm_eval_pairs, metric, model_label, wall_seconds,
                           why_not_comparable)
 from ui.run_view import loss_points
@@ -91,17 +92,17 @@ def check_same_model(runs) -> None:
 
 def metrics_frame(runs) -> pd.DataFrame:
     """metric | original | one column per run; the original's figures come from the first run that stored them."""
-    rows = []
+    rows, results = [], [RunResult.read(r.metrics) for r in runs]              # each run's metrics read once
     for name, keys, show in ROWS:
-        values = [metric(r.metrics, *keys) for r in runs]
-        base = next((b for b in (baseline_metric(r.metrics, *keys) for r in runs) if b is not None), None)
+        values = [metric(res, *keys) for res in results]
+        base = next((b for b in (baseline_metric(res, *keys) for res in results) if b is not None), None)
         if all(v is None for v in values):
             continue
         rows.append([name, show(base) if base is not None else "–",
                      *[show(v) if v is not None else "–" for v in values]])
-    tasks = dict.fromkeys(t for r in runs for t, _, _ in lm_eval_pairs(r.metrics))
+    tasks = dict.fromkeys(t for res in results for t, _, _ in lm_eval_pairs(res))
     for task in tasks:
-        pairs = [{t: (a, b) for t, a, b in lm_eval_pairs(r.metrics)}.get(task, (None, None)) for r in runs]
+        pairs = [{t: (a, b) for t, a, b in lm_eval_pairs(res)}.get(task, (None, None)) for res in results]
         base = next((b for _, b in pairs if b is not None), None)
         rows.append([f"lm-eval {task}", f"{base:.3f}" if base is not None else "–",
                      *[f"{a:.3f}" if a is not None else "–" for a, _ in pairs]])

@@ -49,10 +49,15 @@ def _field(part, name: str):
     return float(v) if _number(v) else None
 
 
-def metric(metrics: dict | None, *names: str):
+def _result(metrics: dict | RunResult | None) -> RunResult:
+    """A run's metrics read once: callers reading several figures of one run pass its RunResult."""
+    return metrics if isinstance(metrics, RunResult) else RunResult.read(metrics)
+
+
+def metric(metrics: dict | RunResult | None, *names: str):
     """The compressed model's figure `name` (a field of `compressor.result.Figures`, or of `Speed` for speed
     figures), read through the result contract: the first of `names` the run measured, else None."""
-    r = RunResult.read(metrics)
+    r = _result(metrics)
     for name in names:
         v = _field(r.speed or Speed(), name) if name in Speed.model_fields else _field(r.final, name)
         if v is not None:
@@ -60,10 +65,10 @@ def metric(metrics: dict | None, *names: str):
     return None
 
 
-def baseline_metric(metrics: dict | None, *names: str):
+def baseline_metric(metrics: dict | RunResult | None, *names: str):
     """The same figure of the original model, as the run's evaluation stored it (`RunResult.baseline`; speed as
     Speed.baseline_*)."""
-    r = RunResult.read(metrics)
+    r = _result(metrics)
     for name in names:
         if name in Speed.model_fields:
             v = _field(r.speed or Speed(), f"baseline_{name}") if f"baseline_{name}" in Speed.model_fields else None
@@ -74,9 +79,9 @@ def baseline_metric(metrics: dict | None, *names: str):
     return None
 
 
-def lm_eval_pairs(metrics: dict | None) -> list[tuple[str, float | None, float | None]]:
+def lm_eval_pairs(metrics: dict | RunResult | None) -> list[tuple[str, float | None, float | None]]:
     """(task, this model's acc, the original's acc) of every lm-eval task the run measured."""
-    r = RunResult.read(metrics)
+    r = _result(metrics)
     return [(t, acc, r.baseline.lm_eval.get(t)) for t, acc in r.final.lm_eval.items()]
 
 
@@ -155,12 +160,12 @@ class RunRow:
 
 
 def run_row(run, labels: dict[str, str] | None = None, *, whole_eta: float | None = None) -> RunRow:
-    recipe = run.recipe or {}
+    recipe, result = run.recipe or {}, RunResult.read(run.metrics)
     return RunRow(run=run.id, name=run.name or "", status=run.status, progress=float(run.progress or 0.0),
                   stage=run.stage or "", message=run.message or "", model=model_label(recipe.get("model"), labels),
                   keep_ratio=(recipe.get("slimming") or {}).get("expert_keep_ratio"),
-                  settings=settings_text(recipe), perplexity=metric(run.metrics, *PPL),
-                  active_params=metric(run.metrics, *ACTIVE), size_bytes=metric(run.metrics, *SIZE),
+                  settings=settings_text(recipe), perplexity=metric(result, *PPL),
+                  active_params=metric(result, *ACTIVE), size_bytes=metric(result, *SIZE),
                   seconds=wall_seconds(run), eta_s=whole_eta, tags=list(getattr(run, "tags", None) or []),
                   notes=getattr(run, "notes", "") or "", parent=run.parent_run_id, created=run.created_at)
 
@@ -218,11 +223,11 @@ def why_not_comparable(a, b) -> str | None:
 
 
 # -- Pareto: one front per base model and evaluation set -------------------------------------------------------------
-def eval_key(recipe: dict, metrics: dict | None = None) -> tuple[str, str]:
+def eval_key(recipe: dict, metrics: dict | RunResult | None = None) -> tuple[str, str]:
     """(label, identity) of a run's evaluation set: "eval <tokens> x <seq_len>" (plus the text when it is not the
     shipped held-out split), and the windows' fingerprint the result contract recorded (the label for results
     written before it)."""
-    ev = RunResult.read(metrics).eval_set
+    ev = _result(metrics).eval_set
     if ev is not None:
         label = f"eval {ev.tokens} x {ev.seq_len}" + ("" if ev.text == HELDOUT_TEXT else f" of {ev.text}")
         return label, ev.fingerprint
@@ -237,7 +242,8 @@ def pareto_groups(runs, labels: dict[str, str] | None = None) -> dict[str, tuple
     its original (the baseline stored by the group's newest run); runs of another model, or evaluated on other
     windows, never share its front (two sets with one label are told apart by their fingerprint)."""
     done = [r for r in runs if r.status == "succeeded"]
-    ident = {r.id: (model_label((r.recipe or {}).get("model"), labels), *eval_key(r.recipe or {}, r.metrics))
+    results = {r.id: RunResult.read(r.metrics) for r in done}                     # each run's metrics read once
+    ident = {r.id: (model_label((r.recipe or {}).get("model"), labels), *eval_key(r.recipe or {}, results[r.id]))
              for r in done}
     prints: dict[tuple[str, str], set[str]] = {}
     for model, label, fp in ident.values():
@@ -248,11 +254,11 @@ def pareto_groups(runs, labels: dict[str, str] | None = None) -> dict[str, tuple
         key = f"{model} · {label}" + (f" · {fp[:8]}" if len(prints[(model, label)]) > 1 else "")
         recipe = r.recipe or {}
         points, original = groups.setdefault(key, ([], None))
-        points.append({"run_id": r.id, "params_active": metric(r.metrics, *ACTIVE),
-                       "perplexity": metric(r.metrics, *PPL), "label": settings_text(recipe)})
+        res = results[r.id]
+        points.append({"run_id": r.id, "params_active": metric(res, *ACTIVE),
+                       "perplexity": metric(res, *PPL), "label": settings_text(recipe)})
         if original is None:
-            base = {"params_active": baseline_metric(r.metrics, *ACTIVE),
-                    "perplexity": baseline_metric(r.metrics, *PPL)}
+            base = {"params_active": baseline_metric(res, *ACTIVE), "perplexity": baseline_metric(res, *PPL)}
             if base["params_active"] and base["perplexity"] is not None:
                 groups[key] = (points, base)
     return groups

@@ -30,7 +30,7 @@ from compressor.archive import archive_kind
 from compressor.estimate import Estimate, ModelShape, SlimSettings, estimate, quantized_checkpoint_bytes
 from compressor.recipe import Recipe
 from compressor.studio_cache import CACHE_PARTS, make_room, parse_size, staged_entries, studio_cache_dir, touch
-from compressor.studio_cache import discard_staged  # noqa: F401 - for open_model: a refused upload's staged files
+from compressor.studio_cache import discard_staged   # open_model removes a refused upload's files
 from storage import artifacts, catalog, repo
 from storage.db import studio_home
 from storage.models import RunStatus
@@ -169,7 +169,6 @@ def open_model(text: str) -> OpenedModel:
     from compressor.describe import describe_source
     from compressor.isolate import run_isolated
     from compressor.sources import parse_source
-    from compressor.studio_cache import discard_staged
 
     src = parse_source(text)
     try:
@@ -261,11 +260,8 @@ def _sha256(path: Path) -> str:
 # -- compress -------------------------------------------------------------------------------------------------------
 def estimate_slimming(summary: dict, slimming: dict, *, stages: int = 1) -> Estimate:
     """What `slimming` leaves of the model, after the feasibility rules the pipeline applies before any work
-    (`compressor.feasibility`: they raise FeasibilityError naming each problem)."""
-    from compressor.feasibility import ModelLimits, check_slimming
-    from compressor.recipe import SlimmingConfig
-    check_slimming(ModelLimits.from_summary(summary), SlimmingConfig.model_validate(slimming), stages=stages)
-    return estimate(ModelShape.from_summary(summary), SlimSettings.from_recipe(slimming))
+    (`compressor.estimate.check_settings` -> `compressor.feasibility`: FeasibilityError naming each problem)."""
+    return estimate(ModelShape.from_summary(summary), SlimSettings.from_recipe(slimming), stages=stages)
 
 
 def estimate_quantized_bytes(summary: dict, slimming: dict, scheme: str) -> int:

@@ -55,9 +55,9 @@ def test_tied_embeddings_count_once_and_are_the_lm_head():
 
 
 @pytest.mark.parametrize("bad, words", [
-    (SlimSettings(experts_keep=1), "top-k (2)"),
-    (SlimSettings(experts_keep=5), "4 experts"),
-    (SlimSettings(layers_drop=2), "between 0 and 1"),
+    (SlimSettings(experts_keep=1), "the router picks top-2, so keep at least 2"),
+    (SlimSettings(experts_keep=5), "the model has only 4"),
+    (SlimSettings(layers_drop=2), "keep at least one (layers_drop <= 1)"),
     (SlimSettings(expert_keep_ratio=0.0), "(0, 1]"),
 ])
 def test_refused_settings_say_why(bad, words):
