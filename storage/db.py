@@ -10,6 +10,12 @@
 lock so that an app and several workers starting together migrate once, and makes that engine the process
 default. Every repository function opens its own short transaction with `session_scope()`.
 
+Upgrading a SQLite file: the studio first copies it aside as `studio.db.bak-<its revision>` (SQLite's online backup,
+so rows still in the WAL are in the copy), and the migrations run with foreign keys off. A migration that rebuilds a
+table (SQLite cannot alter a column in place, so 0004 copies `runs` and drops the old one) would otherwise cascade
+the drop into every row that points at it: run logs, artifacts and parent links. After the migrations
+`PRAGMA foreign_key_check` must find nothing, or the upgrade is rolled back with the offending rows named.
+
     engine = init_db("sqlite:///studio-data/studio.db")
     with session_scope() as s:
         s.add(Run(recipe={"model": "demo"}))
@@ -19,12 +25,14 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session
 
@@ -97,15 +105,69 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _sqlite_file(engine: Engine) -> Path | None:
+    db = engine.url.database
+    if engine.url.get_backend_name() != "sqlite" or not db or db == ":memory:":
+        return None
+    return Path(db).expanduser()
+
+
+def backup_sqlite(path: Path, revision: str) -> Path:
+    """Copy the SQLite database at `path` to `<path>.bak-<revision>` with SQLite's online backup (a consistent copy
+    that includes what is still in the WAL); an existing copy of the same revision is kept, not overwritten."""
+    import sqlite3
+
+    target = path.with_name(f"{path.name}.bak-{revision}")
+    if target.exists():
+        return target
+    partial = target.with_name(target.name + ".part")
+    with closing(sqlite3.connect(path)) as src, closing(sqlite3.connect(partial)) as dst:
+        src.backup(dst)
+    os.replace(partial, target)
+    return target
+
+
+def _check_foreign_keys(conn, backup: Path | None) -> None:
+    bad = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if bad:
+        rows = ", ".join(f"{table} row {rowid} -> {parent}" for table, rowid, parent, _ in bad[:10])
+        kept = f"; the database as it was before is in {backup.name}" if backup else ""
+        raise RuntimeError(f"the migration left {len(bad)} rows pointing at rows that do not exist ({rows}){kept}. "
+                           "Report this with the rows named here; do not start the studio on this file")
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
-    """`alembic upgrade <revision>` on this engine, programmatically."""
+    """`alembic upgrade <revision>` on this engine, programmatically.
+
+    SQLite: a file that has a revision older than the target is copied aside first (`backup_sqlite`), and the
+    migrations run with `PRAGMA foreign_keys=OFF` (the pragma is a no-op inside a transaction, so it is set before
+    the migration's transaction begins), then `PRAGMA foreign_key_check` must come back empty."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with _migration_lock(engine), engine.begin() as conn:
-        if engine.url.get_backend_name() == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    sqlite = engine.url.get_backend_name() == "sqlite"
+    with _migration_lock(engine), engine.connect() as conn:
+        if sqlite:
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            with conn.begin():
+                if engine.url.get_backend_name() == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                path = _sqlite_file(engine)
+                current = MigrationContext.configure(conn).get_current_revision()
+                target = ScriptDirectory.from_config(cfg).as_revision_number(revision)
+                backup = None
+                if path is not None and current is not None and current != target:
+                    backup = backup_sqlite(path, current)
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+                if sqlite:
+                    _check_foreign_keys(conn, backup)
+        finally:
+            if sqlite:
+                conn.rollback()
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
 
 
 def init_db(url: str | None = None) -> Engine:
