@@ -34,6 +34,12 @@ EXTRA = {
     "jamba": dict(attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1),
     "granitemoehybrid": dict(layer_types=["linear_attention", "attention", "linear_attention", "attention"]),
     "lfm2_moe": dict(layer_types=["conv", "full_attention", "conv", "full_attention"], num_dense_layers=1),
+    # kolibri1_1 validates its layout: head_dim a multiple of 16 (NVFP4 K/V rounding), an indexer on the first
+    # indexed-attention layer, K/V shared only between layers of one attention type, index heads <= query heads per kv
+    "kolibri1_1": dict(head_dim=16, layer_types=["sliding_attention", "indexed_attention", "sliding_attention",
+                                                 "indexed_attention"], index_layers=[1], kv_source_layers=[0, 1, 2, 1],
+                       mlp_only_layers=[0], mlp_only_intermediate_size=64, index_num_heads=2, index_pool_size=16,
+                       index_compression=4),
     "dbrx": dict(attn_config={"kv_n_heads": 2, "clip_qkv": 8.0},
                  ffn_config={"ffn_hidden_size": 16, "moe_num_experts": 8, "moe_top_k": 2, "hidden_size": 32}),
 }

@@ -47,6 +47,8 @@ STREAM_UNSUPPORTED: dict[str, str] = {
     "qwen4_exp_text": "a hyper-connection mixer runs after the last decoder layer, which the engine does not run",
     "hy_v4": "its decoder layers pass state to the next layer besides the hidden states",
     "zaya": "its decoder layers pass routing state to the next layer besides the hidden states",
+    "kolibri1_1": "its decoder layers pass indexer state to the next layer and read other layers' keys and values "
+                  "(kv_source_layers) besides the hidden states",
     "glm_moe_dsa": "its decoder layers pass indexer state to the next layer besides the hidden states",
     "deepseek_v4": "its hash-routed layers need the token ids, which the engine does not pass layer by layer",
     "beam": "the layer-by-layer forward does not reproduce the whole model's (cross-layer residual connections)",

@@ -12,7 +12,11 @@ DLP's layer ratios sparsity_l come from a first pass over the *dense* model (the
 `prune_wanda_outlier`, DLP's `get_dlp_ratios`), so callers `allocate` on dense statistics and then prune with this.
 
 The per-layer step is shared by the in-memory path (`sparsify_sequentially_`) and the layer-by-layer engine
-(`compressor.stream.slim`), which therefore prune the same weights.
+(`compressor.stream.slim`), which therefore prune the same weights. Families whose decoder layers pass state to the
+next layer besides the hidden states (`catalog.STREAM_UNSUPPORTED`: zaya's routing state, glm_moe_dsa's and
+kolibri1_1's indexer, hy_v4) cannot be run one layer at a time on captured inputs; in memory, h_l is then what layer
+l receives inside a whole-model forward that stops right after layer l (`_sparsify_by_forwards`): the same rule,
+one truncated forward per layer instead of one layer per layer.
 
     zeros = sparsify_sequentially_(model, batches, targets)          # targets [L] from `allocate`
     acts = capture_inputs(skeleton, batches)                          # or one layer at a time:
@@ -56,12 +60,16 @@ def sparsify_sequentially_(model: nn.Module, batches, targets: torch.Tensor, *,
     from compressor.stream.skeleton import LayerView
     from compressor.stream.sweep import capture_inputs
 
+    from compressor.families.catalog import STREAM_UNSUPPORTED
+
     layers = resolve_adapter(model).decoder_layers(model)
     dev = model.get_input_embeddings().weight.device
     on_dev = [tuple(None if t is None else t.to(dev) for t in unpack_batch(b)) for b in batches]
     was_training = model.training
     model.eval()
     try:
+        if getattr(model.config, "model_type", None) in STREAM_UNSUPPORTED:
+            return _sparsify_by_forwards(model, layers, on_dev, targets, reporter)
         acts = capture_inputs(model, on_dev)
         zeros = torch.zeros(len(targets), dtype=torch.float64)
         for j, layer in enumerate(layers):
@@ -72,3 +80,43 @@ def sparsify_sequentially_(model: nn.Module, batches, targets: torch.Tensor, *,
     finally:
         model.train(was_training)
     return zeros
+
+
+class _StopForward(Exception):
+    """Raised by a forward hook once the layer being calibrated has run: the rest of the model is not needed."""
+
+
+def _sparsify_by_forwards(model: nn.Module, layers, batches, targets: torch.Tensor,
+                          reporter: Reporter | None) -> torch.Tensor:
+    """`sparsify_sequentially_` for models whose layers cannot run apart: layer j's norms are collected in whole-model
+    forwards over `batches` ((ids, mask) pairs on the model's device) that stop after layer j, with layers < j
+    already pruned. Same weights as the layer loop where both run (tests/compressor/slimming/test_sequential.py)."""
+    zeros = torch.zeros(len(targets), dtype=torch.float64)
+    adapter = resolve_adapter(model)
+    for j, layer in enumerate(layers):
+        if reporter is not None:
+            reporter.report("sparsify", step=j, total=len(layers), message=f"layer {j}: calibrate and prune")
+
+        def stop(module, args, output):
+            raise _StopForward
+
+        handle = layer.register_forward_hook(stop)
+        try:
+            with collect_scores_for_wanda(model, adapter) as col:
+                for ids, mask in batches:
+                    col.set_mask(mask)
+                    try:
+                        model(input_ids=ids, attention_mask=mask, use_cache=False)
+                    except _StopForward:
+                        pass
+        finally:
+            handle.remove()
+        norms = wanda_inputs_from_sums(col.result()[2].wanda_inputs)
+        zeros += prune_maps_([m for m in sparsifiable_maps(model) if m.layer == j], norms, targets)
+    return zeros
+
+
+def collect_scores_for_wanda(model: nn.Module, adapter):
+    """The calibration hooks that record Wanda's input norms (`collect_scores(want=("wanda",))`)."""
+    from compressor.importance.collect import collect_scores       # lazy: importance imports pandas
+    return collect_scores(model, adapter, want=("wanda",))
