@@ -7,8 +7,8 @@ Safety rules (the studio's conventions, "Safety of inputs"):
 - archives go through `compressor.archive.extract_archive` (no path escape, size and file-count caps), once per
   archive content (keyed by its sha256) under the studio cache;
 - hub ids download only config, tokenizer and safetensors files (pickles / code only when allowed);
-- the studio opens local folders only under its model roots (`parse_local_source`: real path, symlinks resolved)
-  and takes hub ids from the hub box only (`parse_hub_id`); `parse_source` itself (the CLI) is unrestricted;
+- the studio opens local folders only under its model roots (`parse_local_source`: real path, symlinks resolved,
+  and every link inside the folder must resolve under a root too, `check_links_under_roots`) and takes hub ids from the hub box only (`parse_hub_id`); `parse_source` itself (the CLI) is unrestricted;
 - messages never list a folder's contents, and echo a user string cut to 200 characters (`shown`).
 
     src = parse_source("Qwen/Qwen3-30B-A3B@main")       # ModelSource(kind="hub", location="Qwen/Qwen3-30B-A3B", ...)
@@ -23,6 +23,7 @@ import pickle
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,7 +33,7 @@ from safetensors import SafetensorError, safe_open
 
 from compressor.archive import ARCHIVE_SUFFIXES, ArchiveError, archive_kind, archive_root, extract_archive
 from compressor.fingerprint import file_sha256, weights_fingerprint
-from compressor.studio_cache import CacheFullError, make_room, studio_cache_dir, touch
+from compressor.studio_cache import CacheFullError, reserve, studio_cache_dir, touch
 
 SOURCE_KINDS = ("demo", "directory", "archive", "hub")
 ACCEPTED_FORMS = ("'demo'; a local Hugging Face model folder (config.json + *.safetensors); a .zip / .tar.gz / "
@@ -159,7 +160,42 @@ def parse_local_source(text: str, roots: Sequence[Path | str], *, hint: str = ""
     if local is None:
         raise SourceError(f"{shown(raw)} is not an existing folder or archive; give the folder that holds "
                           "config.json and the *.safetensors files, or a .zip / .tar.gz of it.")
+    if local.kind == "directory":
+        check_links_under_roots(Path(local.location), roots, hint=hint)
     return local
+
+
+MAX_FOLDER_ENTRIES = 20_000   # a model folder holds tens of files; walking a whole disk is not a model
+
+
+def check_links_under_roots(folder: Path, roots: Sequence[Path | str], *, hint: str = "") -> None:
+    """Every file and folder inside `folder` must resolve (links followed) under one of `roots`: a
+    `chat_template.jinja` or a weights file that links outside is refused, as is a link to nothing, so no file the
+    loader, the tokenizer or the checkpoint copy reads comes from outside the roots. Names in the message are
+    relative to `folder`; nothing outside is named.
+
+        check_links_under_roots(Path("models/m"), [Path.cwd()])   # raises SourceError for models/m/x -> /etc/x
+    """
+    bases = [Path(os.path.realpath(r)) for r in roots]
+    seen = 0
+    for top, dirs, files in os.walk(folder, followlinks=False):
+        for name in dirs + files:
+            seen += 1
+            if seen > MAX_FOLDER_ENTRIES:
+                raise SourceError(f"{shown(folder.name)} holds more than {MAX_FOLDER_ENTRIES} files and folders; "
+                                  "give the folder of one model (config.json, *.safetensors, tokenizer files).")
+            path = Path(top) / name
+            if not os.path.islink(path):
+                continue
+            real = Path(os.path.realpath(path))
+            rel = path.relative_to(folder)
+            if not os.path.exists(real):
+                raise SourceError(f"{shown(str(rel))} in the model folder is a link to nothing; replace it with the "
+                                  "file itself or remove it.")
+            if not any(real.is_relative_to(b) for b in bases):
+                raise SourceError(f"{shown(str(rel))} in the model folder links outside the folders this studio "
+                                  "opens models from; copy the file into the folder instead of linking it"
+                                  f"{'; ' + hint if hint else '.'}")
 
 
 def _local_source(path: Path, raw: str) -> ModelSource | None:
@@ -263,8 +299,9 @@ def extract_cached(archive: Path, *, work_dir: Path | None = None) -> Path:
 
     Extraction goes to a private temporary folder that is renamed into place when complete, so a crash or a
     concurrent load never leaves a half-extracted folder under the final name. In the studio cache (the default
-    work_dir) the quota holds: least recently used entries make room first (`studio_cache.make_room`), and a hit
-    marks the extraction and the archive as used.
+    work_dir) the quota holds: least recently used entries make room first and the extraction's size stays reserved
+    until it is in place (`studio_cache.reserve`; pinned entries of queued and running runs are never evicted), and
+    a hit marks the extraction and the archive as used.
     """
     in_cache = work_dir is None
     root = Path(work_dir) if not in_cache else studio_cache_dir() / "archives"
@@ -276,20 +313,25 @@ def extract_cached(archive: Path, *, work_dir: Path | None = None) -> Path:
         touch(final)
         return archive_root(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name[:16]}-", dir=root))
-    room = (lambda n: make_room(n, keep=[archive])) if in_cache else None
     try:
-        try:
-            extract_archive(archive, tmp / "x", make_room=room)
-        except (ArchiveError, CacheFullError) as e:   # one error type for callers of load_model
-            raise SourceError(str(e)) from e
-        try:
-            os.replace(tmp / "x", final)
-        except OSError:
-            if not final.is_dir():   # a concurrent load may have won the race; theirs is as good as ours
-                raise
+        with reserve(keep=[archive]) if in_cache else _no_reservation() as room:
+            try:
+                extract_archive(archive, tmp / "x", make_room=room.make_room if room else None)
+            except (ArchiveError, CacheFullError) as e:   # one error type for callers of load_model
+                raise SourceError(str(e)) from e
+            try:
+                os.replace(tmp / "x", final)
+            except OSError:
+                if not final.is_dir():   # a concurrent load may have won the race; theirs is as good as ours
+                    raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return archive_root(final)
+
+
+@contextmanager
+def _no_reservation():
+    yield None
 
 
 # ------------------------------------------------------------------------------------------------------------ hub

@@ -29,7 +29,7 @@ from pathlib import Path
 from compressor.archive import archive_kind
 from compressor.estimate import Estimate, ModelShape, SlimSettings, estimate, quantized_checkpoint_bytes
 from compressor.recipe import Recipe
-from compressor.studio_cache import CACHE_PARTS, make_room, parse_size, staged_entries, studio_cache_dir, touch
+from compressor.studio_cache import CACHE_PARTS, parse_size, reserve, staged_entries, studio_cache_dir, touch
 from compressor.studio_cache import discard_staged   # open_model removes a refused upload's files
 from storage import artifacts, catalog, repo
 from storage.db import studio_home
@@ -53,69 +53,8 @@ def max_upload_bytes() -> int:
     return parse_size(os.environ.get("MOE_STUDIO_MAX_UPLOAD") or "20gb", name="MOE_STUDIO_MAX_UPLOAD")
 
 
-# -- where models may come from ---------------------------------------------------------------------------------------
-ROOTS_ENV = "MOE_STUDIO_MODEL_ROOTS"
-ROOTS_HINT = ("or start the studio with `--model-root DIR` (repeatable; or MOE_STUDIO_MODEL_ROOTS, folders separated "
-              "by os.pathsep) to add the model's folder, or upload the model.")
-
-
-def allowed_model_roots() -> list[Path]:
-    """The folders the studio opens models from, real paths: `MOE_STUDIO_MODEL_ROOTS` (os.pathsep-separated; what
-    `python app.py --model-root DIR` sets), else the data folder, the artifacts folder and the working directory;
-    always the cache's uploads/ and archives/ (staged uploads and their extractions)."""
-    env = os.environ.get(ROOTS_ENV, "")
-    chosen = [Path(p).expanduser() for p in env.split(os.pathsep) if p.strip()]
-    roots = chosen or [studio_home(), artifacts.artifacts_root(), Path.cwd()]
-    roots += [studio_cache_dir() / part for part in CACHE_PARTS]
-    real = [Path(os.path.realpath(r)) for r in roots]
-    return list(dict.fromkeys(real))
-
-
-def allowed_source(text: str, *, kind: str = "any") -> str:
-    """The source string the studio may open for `text`, by the roots rule; raises SourceError saying why not.
-
-    kind "folder": a folder or archive under `allowed_model_roots()`, returned as its real path (the Local folder
-    box); "hub": a hub id 'org/name[@rev]' and never a path (the Hub id box); "any": what a recipe from the UI may
-    name: "demo", a hub id, or a folder / archive under the roots. A path outside the roots gets one message whether
-    it exists or not.
-
-        allowed_source("org/name@v1", kind="hub")     # "org/name@v1"
-        allowed_source("/etc", kind="folder")         # raises SourceError naming the roots
-    """
-    from compressor.sources import SourceError, parse_hub_id, parse_local_source
-
-    if kind not in ("folder", "hub", "any"):
-        raise ValueError(f"unknown source kind {kind!r}; use 'folder', 'hub' or 'any'")
-    raw = (text or "").strip()
-    roots = allowed_model_roots()
-    if kind == "any" and raw.lower() == "demo":
-        return "demo"
-    if kind == "hub" or (kind == "any" and not Path(raw).is_absolute()):
-        try:
-            hub = str(parse_hub_id(raw))
-        except SourceError:
-            if kind == "hub":
-                raise
-        else:
-            _refuse_shadowed_hub_id(hub, roots)
-            return hub
-    return str(parse_local_source(raw, roots, hint=ROOTS_HINT))
-
-
-def _refuse_shadowed_hub_id(hub: str, roots: list[Path]) -> None:
-    """`compressor.sources.parse_source` lets an existing relative path win over a hub id of the same shape; refuse
-    a hub id that names such a path outside the roots (inside them, opening it is allowed anyway)."""
-    from compressor.sources import SourceError, check_under_roots
-
-    try:
-        check_under_roots(hub, roots)
-        return
-    except SourceError:
-        pass
-    if os.path.lexists(hub):
-        raise SourceError(f"{hub!r} is also the name of a path relative to the studio's working directory, outside "
-                          "the folders it opens models from, so it cannot be used as a hub id here; start the studio "
-                          "from another directory, or download the model into a model root.")
+# -- where models may come from: workers.roots (the worker applies the same rule again before it loads) ------------
+from workers.roots import ROOTS_ENV, ROOTS_HINT, allowed_model_roots, allowed_source  # noqa: E402,F401
 
 
 # -- models ----------------------------------------------------------------------------------------------------------
@@ -209,8 +148,11 @@ def stage_upload(paths: list[str]) -> str:
         if target.exists():
             touch(target)
         else:
-            make_room(total, keep=_entries_in_use())
-            shutil.copyfile(files[0], target)
+            with reserve(keep=_entries_in_use()) as room:
+                room.make_room(total)
+                partial = uploads / f".{target.name}.{os.getpid()}-{threading.get_ident()}.part"
+                shutil.copyfile(files[0], partial)
+                os.replace(partial, target)
         return str(target)
     if any(archive_kind(f) for f in files):
         raise UploadError("upload one archive on its own, or the loose files of one model folder, not both")
@@ -230,13 +172,19 @@ def stage_upload(paths: list[str]) -> str:
     if folder.is_dir():
         touch(folder)
     else:
-        make_room(total, keep=_entries_in_use())
-        tmp = uploads / f".{folder.name}.part"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for f in files:
-            shutil.copyfile(f, tmp / f.name)
-        os.replace(tmp, folder)
+        with reserve(keep=_entries_in_use()) as room:
+            room.make_room(total)
+            tmp = uploads / f".{folder.name}.{os.getpid()}-{threading.get_ident()}.part"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            for f in files:
+                shutil.copyfile(f, tmp / f.name)
+            try:
+                os.replace(tmp, folder)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if not folder.is_dir():   # another session staged the same files meanwhile: theirs is ours
+                    raise
     return str(folder)
 
 

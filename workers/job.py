@@ -4,11 +4,13 @@
        (a redelivered or duplicate message, a run cancelled while queued, or a deleted run). A database error
        during the claim is retried (`claim_run`); when every try fails, `ClaimUnavailable` is raised so that the
        task is retried, never acknowledged as done with the run still queued;
-    2. run the recipe through the pipeline (`MOE_STUDIO_PIPELINE`, default compressor.pipeline:run_recipe) into
+    2. check the run's model against the model roots again (`workers.roots.check_run_source`: links included, so a
+       folder swapped for a link after Enqueue is refused), then run the recipe through the pipeline (`MOE_STUDIO_PIPELINE`, default compressor.pipeline:run_recipe) into
        the run's artifact folder, with a RunMonitor for progress, heartbeat and the cancel flag;
     3. success: digest the checkpoint, record metrics, per-stage metrics and the artifact, mark succeeded;
        `compressor.progress.Cancelled`: remove the partial files, mark cancelled (the log stays);
-       any other error: remove the partial files, store the error and its traceback, mark failed.
+       any other error: remove the partial files, store the error and its traceback, mark failed;
+    4. whatever the end, drop the run's pin on its upload in the studio cache (`workers.service.pin_run`).
 
     status = execute_run(17, worker="studio@host", settings=WorkerSettings.from_env())
 """
@@ -33,6 +35,7 @@ from storage import artifacts, repo
 
 from .broker import one_line
 from .monitor import RunMonitor
+from .roots import check_run_source
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -120,8 +123,17 @@ def execute_run(run_id: int, *, worker: str, settings: WorkerSettings) -> str:
     monitor = RunMonitor(run_id, token, heartbeat_s=settings.heartbeat_s,
                          progress_every_s=settings.progress_every_s)
     try:
+        return _execute_claimed(run_id, token, out_dir, monitor, settings)
+    finally:
+        from .service import unpin_run
+        unpin_run(run_id)     # the run has ended: its upload may be evicted again
+
+
+def _execute_claimed(run_id: int, token: str, out_dir: Path, monitor: RunMonitor, settings: WorkerSettings) -> str:
+    try:
         with monitor:
             recipe = Recipe.parse(repo.get_run(run_id).recipe)
+            check_run_source(recipe.model)   # the roots rule again: a folder may have become a link since Enqueue
             pipeline = load_pipeline(settings.pipeline)
             result = pipeline(recipe, out_dir, on_progress=monitor.on_progress, should_cancel=monitor.should_cancel)
         if _record_success(run_id, token, recipe, out_dir, result):

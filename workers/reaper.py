@@ -28,7 +28,7 @@ from storage import artifacts, repo
 
 from .broker import BrokerUnavailable, BrokerView, read_broker
 from .celery_app import get_app
-from .service import run_queue, send_run
+from .service import run_queue, send_run, sync_run_pins
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,12 @@ class Reaper:
             self._thread.join(timeout=30)
 
     def round(self) -> None:
-        """One round: reap, then re-send."""
+        """One round: reap, make the studio cache's pins those of the queued and running runs, then re-send."""
         self.reaped += reap_once(self.settings)
+        try:
+            sync_run_pins()
+        except OSError as exc:
+            log.warning("cannot update the studio cache's pins: %s", exc)
         try:
             self.resent += self.resend()
         except BrokerUnavailable as exc:

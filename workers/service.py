@@ -14,9 +14,11 @@ the default one, auto to the one MOE_STUDIO_AUTO_QUEUE names (the default queue 
 from __future__ import annotations
 
 import logging
+import os
 
 from celery import Celery
 
+from compressor import studio_cache
 from compressor.recipe import Recipe
 from storage import artifacts, repo
 from storage.models import RunStatus
@@ -67,6 +69,11 @@ def enqueue_run(recipe: dict | Recipe, *, name: str = "", parent_run_id: int | N
     run and send it. Returns the run id, also when the broker is down (the row then says it waits for it)."""
     parsed = recipe if isinstance(recipe, Recipe) else Recipe.parse(recipe)
     run_id = repo.create_run(parsed.to_dict(), name=name, parent_run_id=parent_run_id)
+    if pin_run(run_id, parsed.model) and not os.path.exists(parsed.model):
+        unpin_run(run_id)
+        repo.mark_failed(run_id, error=f"the uploaded model was removed from the studio cache to make room before "
+                                       "this run was queued; upload it again and enqueue again")
+        return run_id
     try:
         send_run(run_id, queue=run_queue(parsed))
     except BrokerUnavailable as exc:
@@ -75,9 +82,41 @@ def enqueue_run(recipe: dict | Recipe, *, name: str = "", parent_run_id: int | N
     return run_id
 
 
+PIN_PREFIX = "run-"
+
+
+def pin_run(run_id: int, source: str) -> list:
+    """Keep the cache entries (upload, extraction) that run `run_id` reads until it ends (`studio_cache.pin`);
+    returns them (none for a model outside the cache). A cache that cannot be written is logged, not fatal: the
+    reaper's `sync_run_pins` makes the pin at its next round."""
+    try:
+        return studio_cache.pin(f"{PIN_PREFIX}{run_id}", str(source))
+    except OSError as exc:
+        log.warning("run %s: cannot pin its model in the studio cache (%s)", run_id, exc)
+        return []
+
+
+def unpin_run(run_id: int) -> None:
+    try:
+        studio_cache.unpin(f"{PIN_PREFIX}{run_id}")
+    except OSError as exc:
+        log.warning("run %s: cannot unpin its model in the studio cache (%s)", run_id, exc)
+
+
+def sync_run_pins() -> None:
+    """Pins exactly for the queued and running runs: the reaper's repair for runs that ended where no pin was
+    dropped (cancelled while queued, reaped, deleted, a worker killed) or were queued before pins existed."""
+    active = [r for st in (RunStatus.queued.value, RunStatus.running.value) for r in repo.list_runs(status=st)]
+    studio_cache.sync_pins({f"{PIN_PREFIX}{r.id}": str((r.recipe or {}).get("model", "")) for r in active},
+                           prefix=PIN_PREFIX)
+
+
 def cancel_run(run_id: int) -> str:
-    """Cooperative cancel; returns the status right after the request."""
-    return repo.request_cancel(run_id)
+    """Cooperative cancel; returns the status right after the request (a queued run's pin goes at once)."""
+    status = repo.request_cancel(run_id)
+    if status == RunStatus.cancelled.value:
+        unpin_run(run_id)
+    return status
 
 
 def rerun(run_id: int, *, recipe: dict | None = None) -> int:
@@ -95,4 +134,5 @@ def delete_run(run_id: int) -> None:
     if run.status == RunStatus.queued.value and repo.request_cancel(run_id) == RunStatus.running.value:
         raise RunBusy(f"run {run_id} started just now; cancel it and wait until it shows 'cancelled'")
     repo.delete_run(run_id)
+    unpin_run(run_id)
     artifacts.remove_run_dir(run_id)

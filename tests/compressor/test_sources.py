@@ -347,3 +347,27 @@ def test_hub_loads_from_the_local_cache_and_records_the_revision(monkeypatch, tm
     assert torch.equal(_logits(loaded.model), _logits(model))
     assert calls[0] == ("org/tiny", "main", ("config.json", "tokenizer_config.json"), True)   # refuse code early
     assert "*.safetensors" in calls[1][2] and not any(p.endswith((".bin", ".pt", ".py")) for p in calls[1][2])
+
+
+def test_a_folder_under_a_root_with_a_file_linked_outside_is_refused(tmp_path):
+    # Issue 28: the folder's real path was checked, its files were not: a chat_template.jinja linked to a file
+    # outside the roots opened normally and came back inside the Download zip.
+    root, outside = tmp_path / "models", tmp_path / "outside"
+    (root / "m" / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    (root / "m" / "config.json").write_text("{}")
+    (root / "m" / "chat_template.jinja").symlink_to(outside / "secret.txt")
+    with pytest.raises(SourceError, match=r"'chat_template.jinja' in the model folder links outside .*--model-root"):
+        sources.parse_local_source(str(root / "m"), [root], hint="add one with --model-root DIR")
+    (root / "m" / "chat_template.jinja").unlink()
+    (root / "m" / "sub" / "w.safetensors").symlink_to(outside, target_is_directory=True)   # deeper, a folder
+    with pytest.raises(SourceError, match=r"'sub/w.safetensors' in the model folder links outside"):
+        sources.parse_local_source(str(root / "m"), [root])
+    (root / "m" / "sub" / "w.safetensors").unlink()
+    (root / "m" / "sub" / "gone").symlink_to(root / "nothing")
+    with pytest.raises(SourceError, match=r"'sub/gone' in the model folder is a link to nothing"):
+        sources.parse_local_source(str(root / "m"), [root])
+    (root / "m" / "sub" / "gone").unlink()
+    (root / "m" / "tokenizer.json").symlink_to(root / "m" / "config.json")   # a link inside the roots is fine
+    assert sources.parse_local_source(str(root / "m"), [root]).kind == "directory"
