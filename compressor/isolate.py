@@ -4,7 +4,8 @@ child: the web process (and the embedded worker and Redis it supervises) stays u
 The child is a long-lived `spawn` process (one at a time, reused: the first call pays the torch import, later calls
 do not) whose address space is capped with `RLIMIT_AS`. A child that dies (killed, or out of memory in native code)
 is replaced on the next call; the caller gets `IsolatedFailure` saying so. Exceptions raised in the child come back
-as themselves (MemoryError included).
+as themselves (MemoryError included). The child exits within half a second of its parent's death (a `kill -9` of
+the app included), and multiprocessing's resource tracker with it.
 
     summary = run_isolated(describe_source, "path/to/model", memory_bytes=4 << 30, timeout_s=120)
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -24,10 +26,27 @@ class IsolatedFailure(RuntimeError):
     """The child process died or overran its time; the message says what to try."""
 
 
+PARENT_POLL_S = 0.5
+
+
 def _limit_memory(memory_bytes: int) -> None:
     import resource
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     os.environ.setdefault("OMP_NUM_THREADS", "1")     # one arena per thread counts against the address space
+    _exit_with_parent(os.getppid())
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this child when the process that started it is gone, even SIGKILLed (then no atexit hook runs there).
+    A thread polls the parent pid: PR_SET_PDEATHSIG would fire when the *thread* that spawned the child ends, and
+    the pool spawns its child from whichever request thread submitted first, which the web server may retire.
+    With the child gone, multiprocessing's resource tracker (kept open by the child's copy of its pipe) ends too."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 class _Child:

