@@ -149,12 +149,19 @@ def allowed_paths() -> list[str]:
     return [str(artifacts_root())]
 
 
+def blocked_paths() -> list[str]:
+    """What Gradio must never serve, even inside `allowed_paths`: the folder where download zips are written before
+    they are renamed into place (`storage.artifacts.partial_dir`), so a half-written zip cannot be fetched."""
+    from storage.artifacts import partial_dir
+    return [str(partial_dir())]
+
+
 def launch(demo: gr.Blocks, *, host: str, port: int, auth=None, max_upload: str = "20gb", block: bool = True):
     """Queue and launch with the studio's theme, CSS, upload cap and no stack traces in the page."""
     demo.queue(default_concurrency_limit=4)
     return demo.launch(server_name=host, server_port=port, auth=auth, theme=theme(), css=CSS,
                        max_file_size=max_upload, show_error=False, prevent_thread_lock=not block,
-                       allowed_paths=allowed_paths(),
+                       allowed_paths=allowed_paths(), blocked_paths=blocked_paths(),
                        auth_message="MoE Compression Studio: sign in" if auth else None, quiet=True)
 
 
@@ -178,6 +185,11 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     # The page does not wait for the worker: runs queued before it is ready wait in Redis. Its readiness is checked
     # in the background so a worker that cannot start is still reported.
+    from ui import tempfiles
+
+    tempfiles.use_private_gradio_temp_dir()     # before the Blocks are built: they read GRADIO_TEMP_DIR
+    tempfiles.sweep(None)                       # what an earlier studio left (a kill -9 runs no cleanup)
+    sweeper = tempfiles.Sweeper().start()
     with EmbeddedServices(wait_ready_s=0) as services:
         from storage.db import database_url
         mode = "embedded Redis + 1 worker" if services.embedded else f"broker {redact_url(services.redis_url)}"
@@ -190,6 +202,8 @@ def main(argv=None) -> int:
             launch(demo, host=args.host, port=args.port, auth=auth, max_upload=args.max_upload, block=True)
         finally:
             demo.close()
+            sweeper.stop()
+            tempfiles.sweep(None)
     return 0
 
 

@@ -285,10 +285,13 @@ def discard_staged(source: str) -> list[Path]:
     """Delete what a staged upload left in the cache (the upload, its extraction); return the paths deleted.
 
     For a model the studio refused: only entries under the cache's uploads/ and archives/ are ever deleted, so a
-    user's own folder passed by mistake is left alone.
+    user's own folder passed by mistake is left alone, and never a pinned one (a run reads it).
     """
     gone = []
+    pinned = pinned_entries()
     for entry in staged_entries(source):
+        if os.path.realpath(entry) in pinned:     # a queued or running run reads it
+            continue
         if entry.exists() or entry.is_symlink():
             _remove(entry)
             gone.append(entry)

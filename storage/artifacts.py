@@ -5,6 +5,7 @@
         <run_id>/recipe.yaml
         <run_id>/metrics.json
         <run_id>/run-<run_id>.zip  built on demand for download
+        .partial/                  zips being written (never served: app.py blocks it from Gradio's file route)
 
 A checkpoint is a directory, so its digest is that of a manifest, like `sha256sum` output sorted by path:
 
@@ -18,12 +19,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 import zipfile
 from pathlib import Path
 
 from .db import studio_home
 
 DOWNLOAD_PARTS = ("checkpoint", "recipe.yaml", "metrics.json")
+PARTIAL = ".partial"
 
 
 def artifacts_root() -> Path:
@@ -101,9 +104,21 @@ def build_download(run_id: int) -> Path:
              for part in DOWNLOAD_PARTS if (base / part).exists() for f in _files(base / part)]
     if out.exists() and all(f.stat().st_mtime <= out.stat().st_mtime for f, _ in files):
         return out
-    tmp = out.with_suffix(".zip.part")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
-        for f, name in files:
-            zf.write(f, name)
-    os.replace(tmp, out)
+    partial = partial_dir()
+    partial.mkdir(parents=True, exist_ok=True)
+    tmp = partial / f"run-{run_id}.{os.getpid()}-{threading.get_ident()}.zip"
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+            for f, name in files:
+                zf.write(f, name)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
+
+
+def partial_dir() -> Path:
+    """Where zips are written before they are renamed into place: `<root>/.partial/`, on the artifacts folder's
+    file system (so the rename is atomic) and blocked from Gradio's file route by app.py, so no half-written zip is
+    ever served."""
+    return artifacts_root() / PARTIAL

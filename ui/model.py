@@ -153,7 +153,8 @@ def open_model(kind: str, path: str, hub: str, files, staged: dict | None = None
     """Open the chosen model: (status, summary card, model state, staged uploads). An upload is recorded under its
     file name (`upload_label`), so Runs and Compare list it by that name."""
     staged = dict(staged or {})
-    opened = services.open_model(_source_text(kind, path, hub, files, staged))
+    opened = services.open_model(_source_text(kind, path, hub, files, staged),
+                                 discard_on_failure=KINDS.get(kind, kind) == "upload")
     if KINDS.get(kind, kind) == "upload":
         opened.label = upload_label(files, opened.summary)[:200]
         services.name_model(opened.model_id, opened.source, opened.label)

@@ -51,6 +51,8 @@ def parse_yaml(text: str | None, file_path: str | None) -> Recipe:
         text = path.read_text(errors="replace")
     if not (text or "").strip():
         raise ValueError("paste a recipe (YAML) or upload a .yaml file first")
+    if len(text.encode("utf-8", errors="replace")) > MAX_YAML_BYTES:   # the same cap for pasted text as for files
+        raise ValueError(f"the pasted recipe is larger than {MAX_YAML_BYTES // 1024} KB; a recipe is a few lines")
     return Recipe.from_yaml(text)
 
 

@@ -10,14 +10,12 @@ outputs arrive in the order they were triggered and a refresh started before a p
 """
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import gradio as gr
 
 from storage import catalog
-from ui import figures, services
+from ui import figures, services, tempfiles
 from ui.common import box, guard, run_id_of
 from ui.run_table import SORT_KEYS, csv_text, filter_sort, pareto_groups, run_row
 from ui.run_view import COLUMNS, DATATYPES, WIDTHS, detail, display_frame, run_estimates, trace
@@ -257,7 +255,7 @@ def export_csv(*filters):
     """The table as shown (filters and sort applied) as a CSV file, raw values."""
     runs = services.list_runs()
     _, rows = table_rows(runs, catalog.labels_by_source(), *filters)
-    path = Path(tempfile.mkdtemp(prefix="runs-csv-")) / "runs.csv"
+    path = tempfiles.export_dir("runs-csv-") / "runs.csv"   # swept with Gradio's temporary folder
     path.write_text(csv_text(rows))
     return gr.update(value=str(path), visible=True)
 

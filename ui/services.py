@@ -100,20 +100,28 @@ def open_memory_bytes() -> int:
     return parse_size(os.environ.get("MOE_STUDIO_OPEN_MEMORY") or "4gb", name="MOE_STUDIO_OPEN_MEMORY")
 
 
-def open_model(text: str) -> OpenedModel:
+def open_model(text: str, *, discard_on_failure: bool = False) -> OpenedModel:
     """Parse and describe a model source from its config.json and weight headers (no weights are read), in a
     memory-capped child process (`compressor.isolate`), never in the web process; record it in the catalogue.
-    A refused upload's files are deleted from the cache. Raises readable errors (SourceError, ArchiveError,
-    CheckpointError, UnsupportedModelError, IsolatedFailure)."""
+    With `discard_on_failure` (an upload this request staged) a refused upload's files are deleted from the cache;
+    a local folder that fails is never deleted, even one inside the cache (another session's extraction).
+    Raises readable errors (SourceError, ArchiveError, CheckpointError, UnsupportedModelError, IsolatedFailure)."""
     from compressor.describe import describe_source
     from compressor.isolate import run_isolated
     from compressor.sources import parse_source
 
     src = parse_source(text)
     try:
+        if src.kind == "archive":
+            # Extracted here, before the isolated open: the child opens one model at a time behind one lock and a
+            # timeout, which a 1 GiB extraction would hold for everyone (the child then finds it in the cache).
+            # Extraction is bounded by compressor.archive's caps, so it needs no memory ceiling.
+            from compressor.sources import extract_cached
+            extract_cached(Path(src.location))
         opened = run_isolated(describe_source, str(src), memory_bytes=open_memory_bytes())
     except Exception:
-        discard_staged(str(src))       # only ever touches the cache's uploads/ and archives/
+        if discard_on_failure:
+            discard_staged(str(src))   # only the cache's uploads/ and archives/, never an entry a run has pinned
         raise
     source, summary = opened["source"], opened["summary"]
     fingerprint = summary.pop("fingerprint")
@@ -257,8 +265,11 @@ def rerun(run_id: int) -> int:
 
 
 def delete(run_id: int) -> None:
+    """Delete the run (row, log, files) and every copy of its zip that Gradio keeps to serve."""
     from workers.service import delete_run
+    from ui.tempfiles import forget_download
     delete_run(run_id)
+    forget_download(run_id)
 
 
 # -- runs ------------------------------------------------------------------------------------------------------------

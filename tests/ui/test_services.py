@@ -244,7 +244,7 @@ def test_a_hostile_config_upload_is_refused_in_the_child_and_its_files_deleted(t
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     staged = services.stage_upload([str(archive)])
     with pytest.raises(CheckpointError, match=message):
-        services.open_model(staged)
+        services.open_model(staged, discard_on_failure=True)
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 < 100e6
     assert not Path(staged).exists()
     assert not (cache / "archives").exists() or not any((cache / "archives").iterdir())
@@ -266,3 +266,57 @@ def test_a_recipe_a_streamed_run_would_refuse_is_named_before_it_is_queued(monke
     monkeypatch.setenv("MOE_STUDIO_MEMORY", "400MB")
     ok = Recipe.model_validate({"slimming": {"expert_keep_ratio": 0.5}, "distill": {"steps": 0}, "stages": 1})
     assert services.streamed_refusal(summary, ok) is None
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_failed_local_folder_open_leaves_another_sessions_extraction_alone(tmp_path, cache, monkeypatch):
+    # Issue 28: a folder inside the cache's archives/ (a model root) that failed to open was deleted as if it were
+    # this session's refused upload.
+    import compressor.isolate
+    theirs = cache / "archives" / ("a" * 64) / "m"
+    theirs.mkdir(parents=True)
+    (theirs / "config.json").write_text("{}")
+
+    def fail(*_a, **_k):
+        raise _Stop("not a model")
+
+    monkeypatch.setattr(compressor.isolate, "run_isolated", fail)
+    with pytest.raises(_Stop):
+        services.open_model(str(theirs))
+    assert (theirs / "config.json").exists()
+
+
+def test_an_archive_is_extracted_before_the_one_at_a_time_isolated_open(tmp_path, cache, monkeypatch):
+    # Issue 28: the extraction ran inside the isolated child, behind its one lock and 300 s timeout, so every other
+    # session's open (even the demo's) waited for a big upload's extraction.
+    import compressor.isolate
+    archive = tmp_path / "m.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("m/config.json", "{}")
+        zf.writestr("m/model.safetensors", b"x" * 4096)
+    staged = services.stage_upload([str(archive)])
+    seen = []
+
+    def spy(fn, source, **_k):
+        seen.append(sorted(p.name for p in (cache / "archives").iterdir()) if (cache / "archives").is_dir() else [])
+        raise _Stop("stop before the child")
+
+    monkeypatch.setattr(compressor.isolate, "run_isolated", spy)
+    with pytest.raises(_Stop):
+        services.open_model(staged)
+    assert seen == [[Path(staged).name.split(".")[0]]]      # extracted already when the isolated open began
+
+
+def test_pasted_recipe_yaml_has_the_same_size_cap_as_an_uploaded_file(tmp_path):
+    # Issue 28: 5.9 MB of pasted YAML cost 48.8 s of CPU; an uploaded file was capped, pasted text was not.
+    from ui import recipe_form
+    big = "# " + "x" * recipe_form.MAX_YAML_BYTES + "\nmodel: demo\n"
+    with pytest.raises(ValueError, match=r"the pasted recipe is larger than 256 KB"):
+        recipe_form.parse_yaml(big, None)
+    (tmp_path / "r.yaml").write_text(big)
+    with pytest.raises(ValueError, match=r"r.yaml is larger than 256 KB"):
+        recipe_form.parse_yaml(None, str(tmp_path / "r.yaml"))
+    assert recipe_form.parse_yaml("model: demo\n", None).model == "demo"
