@@ -292,8 +292,11 @@ def _finish(job: _Job, staging: Path, stages: list[dict], fin: Reporter) -> Pipe
     quant = None
     if recipe.quantize is not None:
         with t("quantize"):
-            fin.report("quantize", message=f"quantizing the checkpoint to {recipe.quantize.scheme}")
-            model, quant = _quantize(ckpt, staging, recipe.quantize, job.windows)
+            fin.report("quantize", message=f"quantizing the checkpoint: {recipe.quantize.label}")
+            if recipe.quantize.format == "torchao":
+                model, quant = _quantize(ckpt, staging, recipe.quantize, job.windows)
+            else:
+                model, quant = _quantize_compressed(job, ckpt, staging, fin.span(0, 0.1))
     with t("final_evaluate"):
         final = evaluate(model, job.baseline, job.tokenizer, recipe.evaluate, windows=job.windows,
                          checkpoint_dir=ckpt, baseline_checkpoint_dir=job.local_dir, reporter=fin.span(0.1, 1.0))
@@ -304,7 +307,7 @@ def _finish(job: _Job, staging: Path, stages: list[dict], fin: Reporter) -> Pipe
                "source": {"model": recipe.model, "fingerprint": job.fingerprint, "dtype": dtype}}
     if quant is not None:
         metrics.update(quantize=quant.to_dict(), unquantized_checkpoint_bytes=quant.checkpoint_bytes_before)
-    card_dtype = f"{dtype}, weight-only {recipe.quantize.scheme}" if quant is not None else dtype
+    card_dtype = f"{dtype}, weight-only {recipe.quantize.label}" if quant is not None else dtype
     (ckpt / "README.md").write_text(model_card(model, pipeline_card(recipe, metrics, stages), dtype=card_dtype))
     (staging / "recipe.yaml").write_text(recipe.to_yaml())
     (staging / "metrics.json").write_text(json.dumps({**metrics, "stages": stages}, indent=2, default=str))
@@ -413,6 +416,21 @@ def _quantize(ckpt: Path, staging: Path, cfg, windows: torch.Tensor):
     shutil.rmtree(ckpt)
     os.replace(tmp, ckpt)
     return load_quantized(ckpt), report
+
+
+def _quantize_compressed(job: _Job, ckpt: Path, staging: Path, reporter: Reporter):
+    """Quantize the exported model (its float32 copy of the saved values) by `recipe.quantize` on the run's
+    calibration batches, layer by layer (`compressor.quantize.quantize_to_compressed`), and replace the saved
+    checkpoint by the compressed-tensors one; returns the reloaded model, on which the final evaluation runs."""
+    from compressor.quantize import quantize_to_compressed
+    tmp = staging / "quantized"
+    model, report = quantize_to_compressed(job.model, job.calib, job.recipe.quantize, tmp, dtype=job.source_dtype,
+                                           tokenizer=job.tokenizer, unquantized=ckpt,
+                                           check_ids=job.windows[:1, :32], reporter=reporter)
+    shutil.rmtree(ckpt)
+    os.replace(tmp, ckpt)
+    safe_default_kernel_(model)
+    return model, report
 
 
 def _save(model, tokenizer, ckpt: Path, dtype: torch.dtype, windows: torch.Tensor) -> None:

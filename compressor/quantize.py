@@ -1,4 +1,13 @@
-"""Weight-only quantization of a saved checkpoint with torchao, written so that stock transformers reloads it
+"""The recipe's quantize stage: two formats.
+
+compressed-tensors (default; `quantize_to_compressed`): the model in memory is quantized by
+`compressor.quantization` (RTN or GPTQ layer by layer on the recipe's calibration batches, a scheme per module
+class) and saved in the compressed-tensors format vLLM serves; stock transformers reloads it (dequantized on the
+CPU). torchao (`quantize_checkpoint`, recipes before version 4): kept because it is the one format here whose
+weights stay int8 / fp8 in memory when stock transformers loads them on a CPU (compressed-tensors checkpoints are
+dequantized to the model dtype there), at W8A16 / FP8 round to nearest only.
+
+torchao: weight-only quantization of a saved checkpoint, written so that stock transformers reloads it
 (`from_pretrained` reads `quantization_config` from config.json and rebuilds torchao's tensors; torchao must be
 installed).
 
@@ -53,16 +62,69 @@ class QuantizeReport:
     experts_implementation: str = QUANT_EXPERTS_IMPLEMENTATION
     kept: list[str] = field(default_factory=lambda: ["embeddings", "lm_head", "routers", "norms", "biases"])
     seconds: float = 0.0
+    format: str = "torchao"
+    details: dict | None = None                   # compressed-tensors: classes, GPTQ / RTN counts, expert fallbacks
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def check_quantize(cfg: QuantizeConfig | None) -> None:
-    """Raise before any work when quantization was asked for and torchao is missing."""
+    """Raise before any work when quantization was asked for and its library is missing."""
     import importlib.util
-    if cfg is not None and importlib.util.find_spec("torchao") is None:
-        raise ValueError("quantize needs the `torchao` package: pip install torchao==0.18.0")
+    if cfg is None:
+        return
+    if cfg.format == "torchao" and importlib.util.find_spec("torchao") is None:
+        raise ValueError("quantize format torchao needs the `torchao` package: pip install torchao==0.18.0")
+    if cfg.format == "compressed-tensors" and importlib.util.find_spec("compressed_tensors") is None:
+        raise ValueError("quantize format compressed-tensors needs the `compressed-tensors` package: "
+                         "pip install compressed-tensors==0.20.1")
+
+
+def quantize_to_compressed(model: nn.Module, batches: list | None, cfg: QuantizeConfig, out: str | Path, *,
+                           dtype: torch.dtype, tokenizer=None, unquantized: str | Path | None = None,
+                           check_ids: torch.Tensor | None = None, reporter=None) -> tuple[nn.Module, QuantizeReport]:
+    """Quantize `model` in place by `cfg` (compressed-tensors format: `compressor.quantization`), save it into
+    `out` with scales in `dtype`, and reload it through stock `from_pretrained` in float32. With `check_ids` [B, L]
+    the reloaded logits are compared with the in-memory quantized model's; non-finite logits raise. Returns the
+    reloaded model and the report.
+
+        model, report = quantize_to_compressed(model, calib, QuantizeConfig(scheme="W4A16"), "out/w4",
+                                               dtype=torch.bfloat16, tokenizer=tok)
+    """
+    from compressor.evaluate.size import checkpoint_bytes
+    from compressor.quantization.export import load_compressed, save_compressed
+    from compressor.quantization.sequential import quantize_model_
+
+    t0 = time.perf_counter()
+    plan = cfg.plan()
+    qrep, params = quantize_model_(model, batches if cfg.method == "gptq" else None, plan, scale_dtype=dtype,
+                                   reporter=reporter)
+    want = None
+    if check_ids is not None:
+        with torch.no_grad():
+            want = model(input_ids=check_ids, use_cache=False).logits.float()
+    info = save_compressed(model, params, out, dtype=dtype, tokenizer=tokenizer)
+    reloaded = load_compressed(out, dtype=torch.float32)
+    diff = None
+    if check_ids is not None:
+        with torch.no_grad():
+            got = reloaded(input_ids=check_ids, use_cache=False).logits.float()
+        if not torch.isfinite(got).all():
+            raise RuntimeError(f"the quantized checkpoint in {out} gives non-finite logits")
+        diff = float((got - want).abs().max())
+    n_total = sum(p.numel() for p in model.parameters())
+    report = QuantizeReport(
+        scheme=cfg.label.split(" ", 1)[1], method=cfg.method,
+        library=f"compressed-tensors {version('compressed-tensors')}",
+        quantized={"linear": sum(v for k, v in qrep.matrices.items() if k != "experts"),
+                   "expert_tensors": qrep.matrices.get("experts", 0)},
+        params_quantized=qrep.params_quantized, params_kept=n_total - qrep.params_quantized,
+        checkpoint_bytes_before=(checkpoint_bytes(unquantized) or 0) if unquantized else 0,
+        checkpoint_bytes_after=info.checkpoint_bytes, max_abs_logit_diff=diff, experts_implementation="default",
+        format="compressed-tensors", details={**qrep.to_dict(), "checkpoint_format": info.format})
+    report.seconds = time.perf_counter() - t0
+    return reloaded, report
 
 
 def torchao_config(scheme: str):

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from compressor.methods import DISTILL_LOSSES, EXPERT_SCORES, NEURON_SCORES, SPARSITY_ALLOCATIONS, literal
+from compressor.quantization.scheme import SCHEME_NAMES
 
 # The choices come from the method registries (compressor/methods.py), so a new method needs no edit here.
 NeuronScore = literal(NEURON_SCORES)
@@ -27,7 +28,7 @@ DistillLoss = literal(DISTILL_LOSSES)
 def _choices(registry) -> str:
     return "; ".join(f"{m.name} = {m.formula}" for m in registry.values())
 
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 MAX_STEPS = 10_000_000          # optimizer steps, warm-up steps
 MAX_TOKENS = 50_000_000         # calibration / evaluation tokens
 MAX_SEED = 2**32 - 1            # what numpy and every RNG the pipeline seeds accept
@@ -36,6 +37,9 @@ MAX_PATH = 4096                 # characters of a model source or task path (PAT
 # A version-1 document is upgraded on load with final_stage_share = null, the even split it ran with.
 # Version 3 added execution.device (default auto: a GPU when there is one). Versions 1 and 2 are upgraded with
 # device = cpu, where every job ran before devices existed.
+# Version 4 made quantize a compressed-tensors stage (default scheme W4A16, method gptq) with per-class schemes and
+# format torchao for the old stage. A quantize block of versions 1 to 3 is upgraded with format torchao, scheme
+# W8A16 and method rtn unless it named them: the torchao W8A16 / FP8 round to nearest it ran.
 
 
 class RecipeError(ValueError):
@@ -153,25 +157,105 @@ class EvaluateConfig(_Strict):
     lm_eval: LmEvalConfig = Field(default_factory=LmEvalConfig)
 
 
-class QuantizeConfig(_Strict):
-    """Optional last stage (`compressor.quantize`): weight-only quantization of the exported checkpoint with torchao,
-    reloaded by stock transformers through `TorchAoConfig`. W8A16 = int8 weights, one scale per output row; FP8 =
-    float8 e4m3 weights, one scale per row; activations stay in the model's dtype. Every nn.Linear of the decoder
-    and the fused 3-D expert tensors are quantized; embeddings, LM head, routers and norms are not."""
+class GPTQConfig(_Strict):
+    """GPTQ's settings (`compressor.quantization.gptq`; IST-DASLab/gptq and llm-compressor defaults)."""
 
-    scheme: Literal["W8A16", "W4A16", "FP8"] = "W8A16"
-    method: Literal["rtn", "gptq"] = Field("rtn", description="rtn = round to nearest per row")
+    block_size: int = Field(128, ge=1, le=8192, description="columns per lazy batch update")
+    percdamp: float = Field(0.01, gt=0.0, le=1.0, description="dampening: H += percdamp * mean(diag H) * I")
+    act_order: bool = Field(False, description="visit columns by decreasing H_jj (groups fixed beforehand)")
+    min_expert_tokens: int = Field(64, ge=1, le=MAX_TOKENS,
+                                   description="routed experts that saw fewer calibration tokens are rounded to "
+                                               "nearest (counted in the report)")
+
+
+ClassScheme = Literal[SCHEME_NAMES + ("keep",)]
+
+
+class QuantizeConfig(_Strict):
+    """Optional last stage: weight-only quantization of the exported model.
+
+    format compressed-tensors (default, `compressor.quantization`): `scheme` for every quantized class, overridden
+    per class by `experts`, `shared_experts`, `attention`, `dense_mlp` (a scheme name or `keep`); method rtn (round
+    to nearest) or gptq (layer by layer on the recipe's calibration data, each expert on its routed tokens).
+    W4A16 = int4 symmetric, group 128; W8A16 = int8 symmetric per channel; FP8 = float8 e4m3 per channel;
+    FP8_BLOCK = float8 per 128x128 tile (not for experts). `group_size` overrides the int schemes' grid (a number or
+    `channel`). Saved as compressed-tensors (what vLLM serves); stock transformers reloads it.
+    format torchao (`compressor.quantize`, recipes before version 4): rtn W8A16 / FP8 through TorchAoConfig, the
+    weights stay int8 / fp8 in memory when transformers loads them. Routers, norms, embeddings and the LM head are
+    always kept."""
+
+    scheme: Literal[SCHEME_NAMES] = "W4A16"
+    method: Literal["rtn", "gptq"] = Field("gptq", description="rtn = round to nearest; gptq = Frantar et al. 2022")
+    format: Literal["compressed-tensors", "torchao"] = "compressed-tensors"
+    group_size: int | Literal["channel"] | None = Field(
+        None, description="int schemes: columns per scale (a divisor of every quantized weight's input size) or "
+                          "channel; null = the scheme's own (128 for W4A16, channel for W8A16)")
+    experts: ClassScheme | None = Field(None, description="routed experts' scheme; null = `scheme`")
+    shared_experts: ClassScheme | None = Field(None, description="shared experts' scheme; null = `scheme`")
+    attention: ClassScheme | None = Field(None, description="attention projections' scheme; null = `scheme`")
+    dense_mlp: ClassScheme | None = Field(None, description="dense MLPs' scheme; null = `scheme`")
+    gptq: GPTQConfig = Field(default_factory=GPTQConfig)
+
+    def class_schemes(self) -> dict[str, str | None]:
+        """{class: scheme name or None (kept)} after the per-class overrides."""
+        out = {}
+        for klass in ("experts", "shared_experts", "attention", "dense_mlp"):
+            name = getattr(self, klass) or self.scheme
+            out[klass] = None if name == "keep" else name
+        return out
+
+    @property
+    def label(self) -> str:
+        """A short description, e.g. "GPTQ W4A16" or "GPTQ experts W4A16 / attention W8A16"."""
+        names = {k: v for k, v in self.class_schemes().items() if v}
+        if len(set(names.values())) == 1 and len(names) == 4:
+            return f"{self.method.upper()} {self.scheme}"
+        return f"{self.method.upper()} " + " / ".join(f"{k.replace('_', ' ')} {v}" for k, v in names.items())
 
     @model_validator(mode="after")
     def _supported(self):
-        if self.scheme == "W4A16":
-            raise ValueError("W4A16 is not available: torchao stores int4 weights only in CUDA/XPU layouts or in "
-                             "int8 (IntxWeightOnlyConfig, 2-D only, so not the fused 3-D expert tensors), and "
-                             "llm-compressor needs transformers <= 5.17; use W8A16 or FP8")
-        if self.method == "gptq":
-            raise ValueError("method gptq is not available: llm-compressor needs transformers <= 5.17 and torchao's "
-                             "GPTQ runs on CUDA only; use rtn")
+        overrides = [k for k in ("experts", "shared_experts", "attention", "dense_mlp") if getattr(self, k)]
+        if self.format == "torchao":
+            if self.scheme not in ("W8A16", "FP8"):
+                raise ValueError(f"format torchao takes W8A16 or FP8 (torchao's int4 needs CUDA); for "
+                                 f"{self.scheme} use format compressed-tensors")
+            if self.method != "rtn":
+                raise ValueError("format torchao rounds to nearest only: set method rtn, or use format "
+                                 "compressed-tensors for gptq")
+            if overrides or self.group_size is not None:
+                raise ValueError("format torchao has one per-row scheme for everything: remove group_size and the "
+                                 "per-class schemes, or use format compressed-tensors")
+            return self
+        schemes = self.class_schemes()
+        if not any(schemes.values()):
+            raise ValueError("every class is `keep`: nothing would be quantized; give one class a scheme or set "
+                             "quantize to null")
+        if schemes["experts"] == "FP8_BLOCK":
+            raise ValueError("experts: FP8_BLOCK experts do not reload in stock transformers (it multiplies FP8 "
+                             "experts by a per-row scale); use FP8 for experts")
+        if self.group_size is not None:
+            if isinstance(self.group_size, int) and self.group_size < 1:
+                raise ValueError("group_size must be a positive number of columns or `channel`")
+            if all(n in ("FP8", "FP8_BLOCK") for n in schemes.values() if n):
+                raise ValueError("group_size applies to the int schemes (W4A16, W8A16); FP8 takes none")
         return self
+
+    def plan(self):
+        """The `compressor.quantization.targets.QuantPlan` of this stage (compressed-tensors format)."""
+        from compressor.quantization.scheme import SCHEMES, scheme_named
+        from compressor.quantization.targets import GPTQSettings, QuantPlan
+        schemes = {}
+        for klass, name in self.class_schemes().items():
+            if name is None:
+                schemes[klass] = None
+            elif SCHEMES[name].type == "float":
+                schemes[klass] = SCHEMES[name]
+            else:
+                schemes[klass] = scheme_named(name, group_size=self.group_size)
+        g = self.gptq
+        return QuantPlan.of(schemes, method=self.method,
+                            gptq=GPTQSettings(block_size=g.block_size, percdamp=g.percdamp, act_order=g.act_order,
+                                              min_expert_tokens=g.min_expert_tokens))
 
 
 class ExecutionConfig(_Strict):
@@ -210,7 +294,7 @@ class Recipe(_Strict):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
-    quantize: QuantizeConfig | None = Field(None, description="weight-only quantization of the exported checkpoint; "
+    quantize: QuantizeConfig | None = Field(None, description="weight-only quantization of the exported model; "
                                                                "null = none")
     seed: int = Field(0, ge=0, le=MAX_SEED)
 
@@ -218,15 +302,19 @@ class Recipe(_Strict):
     @classmethod
     def _upgrade(cls, data):
         """An older document is read as the run it describes: version 1 split the distillation steps evenly over
-        the stages (final_stage_share null); versions 1 and 2 ran on the CPU (execution.device cpu)."""
-        if not isinstance(data, dict) or data.get("version") not in (1, "1", 2, "2"):
+        the stages (final_stage_share null); versions 1 and 2 ran on the CPU (execution.device cpu); versions 1 to 3
+        quantized with torchao, W8A16 round to nearest unless they said otherwise."""
+        if not isinstance(data, dict) or data.get("version") not in (1, "1", 2, "2", 3, "3"):
             return data
         out = {**data, "version": RECIPE_VERSION}
+        version = int(data["version"])
         distill, execution = data.get("distill") or {}, data.get("execution") or {}
-        if int(data["version"]) == 1 and isinstance(distill, dict):    # anything else is left for validation
+        if version == 1 and isinstance(distill, dict):    # anything else is left for validation
             out["distill"] = {"final_stage_share": None, **distill}
-        if isinstance(execution, dict):
+        if version <= 2 and isinstance(execution, dict):
             out["execution"] = {"device": "cpu", **execution}
+        if isinstance(data.get("quantize"), dict):
+            out["quantize"] = {"format": "torchao", "scheme": "W8A16", "method": "rtn", **data["quantize"]}
         return out
 
     @model_validator(mode="after")

@@ -13,6 +13,10 @@ from compressor.recipe import QuantizeConfig, Recipe
 from compressor.testing import char_tokenizer, tiny_inputs, tiny_moe
 
 
+def TORCHAO(scheme):
+    return QuantizeConfig(scheme=scheme, method="rtn", format="torchao")
+
+
 @pytest.fixture(autouse=True)
 def private_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("MOE_STUDIO_CACHE", str(tmp_path / "cache"))
@@ -29,7 +33,7 @@ def saved(tmp_path, family="qwen3_moe", dtype=torch.float32, **shape):
 def test_quantized_tiny_checkpoint_reloads_close_to_the_original(tmp_path, scheme, kind):
     src, out = saved(tmp_path), tmp_path / "q"
     ids = tiny_inputs()
-    report = quantize_checkpoint(src, out, QuantizeConfig(scheme=scheme), check_ids=ids)
+    report = quantize_checkpoint(src, out, TORCHAO(scheme), check_ids=ids)
     assert is_quantized_checkpoint(out) and not is_quantized_checkpoint(src)
     model = AutoModelForCausalLM.from_pretrained(out, experts_implementation="eager")     # stock transformers
     experts = model.model.layers[0].mlp.experts
@@ -61,7 +65,7 @@ def test_recipe_quantize_stage_ships_the_quantized_checkpoint(tmp_path):
     recipe = Recipe.parse({"model": str(src), "calibration": {"tokens": 256, "seq_len": 32, "batch_size": 4},
                            "slimming": {"expert_keep_ratio": 0.5, "neuron_score": "activation"}, "stages": 1,
                            "distill": {"steps": 0}, "evaluate": {"tokens": 256, "seq_len": 32, "speed": False},
-                           "quantize": {"scheme": "W8A16"}})
+                           "quantize": {"scheme": "W8A16", "method": "rtn", "format": "torchao"}})
     res = run_recipe(recipe, tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoint"
     assert is_quantized_checkpoint(ckpt) and (ckpt / "tokenizer.json").is_file()
@@ -72,6 +76,29 @@ def test_recipe_quantize_stage_ships_the_quantized_checkpoint(tmp_path):
     assert "Quantized W8A16" in (ckpt / "README.md").read_text() and "quantize" in m["timings"]
 
 
+def test_recipe_gptq_w4a16_ships_a_compressed_tensors_checkpoint(tmp_path):
+    from compressor.quantization.export import is_compressed_tensors_checkpoint
+    src = saved(tmp_path, dtype=torch.bfloat16, width=32)
+    recipe = Recipe.parse({"model": str(src), "calibration": {"tokens": 512, "seq_len": 32, "batch_size": 4},
+                           "slimming": {"experts_keep": 6}, "stages": 1,
+                           "distill": {"steps": 0}, "evaluate": {"tokens": 256, "seq_len": 32, "speed": False},
+                           "quantize": {"scheme": "W4A16", "group_size": 16, "attention": "W8A16",
+                                        "gptq": {"min_expert_tokens": 8}}})
+    run_recipe(recipe, tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoint"
+    assert is_compressed_tensors_checkpoint(ckpt) and (ckpt / "tokenizer.json").is_file()
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    q = m["quantize"]
+    assert q["format"] == "compressed-tensors" and q["details"]["gptq_matrices"] > 0
+    assert q["quantized"] == {"linear": 8, "expert_tensors": 2 * 6 * 3}
+    assert m["checkpoint_bytes"] == q["checkpoint_bytes_after"] < 0.6 * m["unquantized_checkpoint_bytes"]
+    assert q["max_abs_logit_diff"] < 1e-2 and m["perplexity"] > 0
+    model = AutoModelForCausalLM.from_pretrained(ckpt)                      # stock transformers
+    assert model.model.layers[0].mlp.experts.gate_up_proj.shape[0] == 6
+    with torch.no_grad():
+        assert torch.isfinite(model(tiny_inputs()).logits).all()
+
+
 def test_estimate_of_the_quantized_demo_matches_the_file(tmp_path):
     from compressor.inspect import inspect_model
     from compressor.sources import load_model
@@ -79,5 +106,5 @@ def test_estimate_of_the_quantized_demo_matches_the_file(tmp_path):
     summary = inspect_model(demo.model) | {"tie_word_embeddings": demo.model.config.tie_word_embeddings}
     shape = ModelShape.from_summary(summary)
     est = estimate(shape, SlimSettings())
-    report = quantize_checkpoint(demo.local_dir, tmp_path / "q", QuantizeConfig(scheme="W8A16"))
+    report = quantize_checkpoint(demo.local_dir, tmp_path / "q", TORCHAO("W8A16"))
     assert quantized_checkpoint_bytes(shape, est, "W8A16") == pytest.approx(report.checkpoint_bytes_after, rel=0.03)

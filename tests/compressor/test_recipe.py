@@ -58,9 +58,13 @@ def test_version_1_recipes_keep_their_even_step_split():
     ("- just a list", ["mapping"]),
     ("evaluate: {lm_eval: {tasks: ['a;b']}}", ["evaluate.lm_eval.tasks.0", "pattern"]),
     ("evaluate: {lm_eval: {backend: tpu}}", ["evaluate.lm_eval.backend", "vllm"]),
-    ("quantize: {scheme: W4A16}", ["quantize", "W4A16 is not available", "use W8A16 or FP8"]),
-    ("quantize: {method: gptq}", ["quantize", "gptq is not available", "use rtn"]),
+    ("quantize: {format: torchao, scheme: W4A16, method: rtn}", ["quantize", "torchao takes W8A16 or FP8"]),
+    ("quantize: {format: torchao, scheme: W8A16}", ["quantize", "rounds to nearest only", "method rtn"]),
     ("quantize: {scheme: INT2}", ["quantize.scheme", "FP8"]),
+    ("quantize: {experts: FP8_BLOCK}", ["quantize", "use FP8 for experts"]),
+    ("quantize: {scheme: keep}", ["quantize.scheme"]),
+    ("quantize: {experts: keep, shared_experts: keep, attention: keep, dense_mlp: keep}", ["nothing would be"]),
+    ("quantize: {scheme: FP8, group_size: 64}", ["group_size applies to the int schemes"]),
 ])
 def test_bad_fields_are_named(text, names):
     with pytest.raises(RecipeError) as info:
@@ -117,6 +121,26 @@ def test_lm_eval_and_quantize_round_trip():
     r = Recipe.from_yaml("evaluate: {lm_eval: {tasks: [sotu_cloze, arc_easy], limit: 50, num_fewshot: 2}}\n"
                          "quantize: {scheme: FP8}")
     assert r.evaluate.lm_eval.tasks == ["sotu_cloze", "arc_easy"] and r.evaluate.lm_eval.backend == "auto"
-    assert r.quantize.scheme == "FP8" and r.quantize.method == "rtn"
+    assert r.quantize.scheme == "FP8" and r.quantize.method == "gptq" and r.quantize.format == "compressed-tensors"
     assert Recipe.from_yaml(r.to_yaml()) == r and Recipe.parse(json.loads(json.dumps(r.to_dict()))) == r
     assert Recipe.from_yaml("model: demo").quantize is None
+
+
+def test_version_3_quantize_stays_torchao_round_to_nearest():
+    old = Recipe.from_yaml("version: 3\nquantize: {}\n")
+    assert (old.quantize.format, old.quantize.scheme, old.quantize.method) == ("torchao", "W8A16", "rtn")
+    fp8 = Recipe.from_yaml("version: 3\nquantize: {scheme: FP8}\n").quantize
+    assert (fp8.format, fp8.scheme, fp8.method) == ("torchao", "FP8", "rtn")
+    assert Recipe.from_yaml("version: 3\nexecution: {device: auto}").execution.device == "auto"   # v3 had devices
+    assert Recipe.from_yaml("version: 3").quantize is None
+
+
+def test_mixed_precision_plan():
+    q = Recipe.from_yaml("quantize: {scheme: W4A16, attention: W8A16, dense_mlp: keep, group_size: 64}").quantize
+    assert q.class_schemes() == {"experts": "W4A16", "shared_experts": "W4A16", "attention": "W8A16",
+                                 "dense_mlp": None}
+    plan = q.plan()
+    assert plan.method == "gptq" and plan.scheme("experts").group_size == 64 and plan.scheme("dense_mlp") is None
+    assert plan.scheme("attention").group_size == 64 and plan.scheme("attention").bits == 8
+    assert q.label == "GPTQ experts W4A16 / shared experts W4A16 / attention W8A16"
+    assert Recipe.from_yaml("quantize: {method: rtn}").quantize.label == "RTN W4A16"
