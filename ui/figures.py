@@ -2,9 +2,14 @@
 
     fig = expert_heatmap(frames["experts"], "reap")          # layer x expert, values on hover
     fig = pareto(points, original={"params_active": 5.1e6, "perplexity": 31.2})
+
+Plotly draws a subset of HTML in every text it shows (legend names, titles, tick labels, hover text): <a href>,
+<span style>, <b>, <br>. Every string that comes from a user or a model (run names, model labels, tokens, the
+prompt) goes through `plain` first, so it is shown as written and never rendered as markup.
 """
 from __future__ import annotations
 
+import html
 import math
 
 import pandas as pd
@@ -17,6 +22,12 @@ ACCENT, MUTED, GOOD, BAD = "#4f46e5", "#94a3b8", "#059669", "#dc2626"
 # Legends from the method registries (compressor/methods.py): experts first, neurons where the names differ.
 SCORE_LABELS = {**{m.name: m.label for m in methods.NEURON_SCORES.values()},
                 **{m.name: m.label for m in methods.EXPERT_SCORES.values()}}
+
+
+def plain(text) -> str:
+    """`text` as plotly shows it literally: & < > as entities, which plotly decodes only after it has found the
+    tags. `plain("<b>x</b>")` -> "&lt;b&gt;x&lt;/b&gt;" (drawn as <b>x</b>, not as a bold x)."""
+    return html.escape(str(text), quote=False)
 
 
 def _layout(fig: go.Figure, *, title: str, height: int = 420, **kw) -> go.Figure:
@@ -139,7 +150,7 @@ def pareto(points: list[dict], *, original: dict | None, title: str = "Finished 
             x=[p["params_active"] for p in pts], y=[p["perplexity"] for p in pts], mode="markers+text",
             text=[f"#{p['run_id']}" for p in pts], textposition="top center", name="runs",
             marker={"size": 11, "color": ACCENT, "line": {"width": 1, "color": "white"}},
-            customdata=[p.get("label", "") for p in pts],
+            customdata=[plain(p.get("label", "")) for p in pts],
             hovertemplate="%{text}<br>active %{x:.3s}<br>perplexity %{y:.2f}<br>%{customdata}<extra></extra>"))
     if original and original.get("params_active") and original.get("perplexity") is not None:
         fig.add_trace(go.Scatter(x=[original["params_active"]], y=[original["perplexity"]], mode="markers+text",
@@ -148,7 +159,7 @@ def pareto(points: list[dict], *, original: dict | None, title: str = "Finished 
                                  hovertemplate="original<br>active %{x:.3s}<br>perplexity %{y:.2f}<extra></extra>"))
     fig.update_xaxes(title="active parameters per token")
     fig.update_yaxes(title="held-out perplexity (lower is better)")
-    return _layout(fig, title=title, height=380)
+    return _layout(fig, title=plain(title), height=380)
 
 
 def loss_curve(points: list[tuple[int, float]], *, stages: list[int] | None = None, title: str = "") -> go.Figure:
@@ -162,24 +173,24 @@ def loss_curve(points: list[tuple[int, float]], *, stages: list[int] | None = No
         fig.add_vline(x=s, line_dash="dot", line_color=MUTED)
     fig.update_xaxes(title="step")
     fig.update_yaxes(title="loss")
-    return _layout(fig, title=title or "Distillation loss", height=320)
+    return _layout(fig, title=plain(title) if title else "Distillation loss", height=320)
 
 
 # -- Compare ----------------------------------------------------------------------------------------------------------
 def top_tokens(top_a: list[tuple[str, float]], top_b: list[tuple[str, float]], *, names: tuple[str, str],
                context: str) -> go.Figure:
     """The two models' top-k next tokens at one position, side by side (bars = probability)."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=list(names), horizontal_spacing=0.18)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[plain(n) for n in names], horizontal_spacing=0.18)
     top_p = max([p for _, p in top_a + top_b] or [1.0])
     for col, (top, color) in enumerate(((top_a, ACCENT), (top_b, GOOD)), start=1):
-        labels = [repr(t)[1:-1] or "∅" for t, _ in top][::-1]              # lowest first: plotly draws upwards
+        labels = [plain(repr(t)[1:-1]) or "∅" for t, _ in top][::-1]       # lowest first: plotly draws upwards
         ranks = range(len(labels), 0, -1)
         fig.add_trace(go.Bar(x=[p for _, p in top][::-1], y=[f"{i}. {name}" for i, name in zip(ranks, labels)],
                              orientation="h", marker_color=color, text=[f"{p:.1%}" for _, p in top][::-1],
                              textposition="auto", hovertemplate="%{y}<br>p = %{x:.2%}<extra></extra>"),
                       row=1, col=col)
         fig.update_xaxes(range=[0, min(1.0, top_p * 1.25)], tickformat=".0%", row=1, col=col)
-    return _layout(fig, title=f"Top-5 next tokens after “{context}”", height=300, showlegend=False)
+    return _layout(fig, title=f"Top-5 next tokens after “{plain(context)}”", height=300, showlegend=False)
 
 
 def metrics_bars(rows: list[dict], *, names: tuple[str, str]) -> go.Figure:
@@ -188,12 +199,14 @@ def metrics_bars(rows: list[dict], *, names: tuple[str, str]) -> go.Figure:
             and r["a"] not in (0, None)]
     if not rows:
         return message_figure("no metrics to compare (the original has metrics once a run evaluated it)")
-    fig = go.Figure(go.Bar(x=[r["b"] / r["a"] for r in rows], y=[r["metric"] for r in rows], orientation="h",
-                           marker_color=ACCENT, customdata=[[r["a"], r["b"]] for r in rows],
-                           hovertemplate="%{y}<br>" + names[0] + " %{customdata[0]:.4g}<br>" + names[1]
-                                         + " %{customdata[1]:.4g}<br>ratio %{x:.3f}<extra></extra>"))
+    a, b = (plain(n) for n in names)
+    fig = go.Figure(go.Bar(x=[r["b"] / r["a"] for r in rows], y=[plain(r["metric"]) for r in rows],
+                           orientation="h", marker_color=ACCENT, customdata=[[r["a"], r["b"]] for r in rows],
+                           meta=[a, b],     # names as data, not template text: a '%{' in a name stays text
+                           hovertemplate="%{y}<br>%{meta[0]} %{customdata[0]:.4g}<br>%{meta[1]}"
+                                         " %{customdata[1]:.4g}<br>ratio %{x:.3f}<extra></extra>"))
     fig.add_vline(x=1.0, line_dash="dot", line_color=MUTED)
-    fig.update_xaxes(title=f"{names[1]} / {names[0]}")
+    fig.update_xaxes(title=f"{b} / {a}")
     return _layout(fig, title="Metrics side by side (ratio)", height=max(220, 60 + 28 * len(rows)))
 
 
@@ -229,9 +242,9 @@ def loss_curves(curves: dict[str, tuple[list[tuple[int, float]], list[int]]], *,
         for _, seg in sorted(segments.items()):
             xs += [s for s, _ in seg] + [None]
             ys += smooth([v for _, v in seg], smoothing) + [None]
-        fig.add_trace(go.Scatter(x=xs[:-1], y=ys[:-1], mode="lines+markers", name=name, marker={"size": 3},
+        fig.add_trace(go.Scatter(x=xs[:-1], y=ys[:-1], mode="lines+markers", name=plain(name), marker={"size": 3},
                                  line={"color": color}, connectgaps=False,
-                                 hovertemplate=name + "<br>step %{x}<br>loss %{y:.4f}<extra></extra>"))
+                                 hovertemplate="%{fullData.name}<br>step %{x}<br>loss %{y:.4f}<extra></extra>"))
         for s in starts:
             fig.add_vline(x=s, line_dash="dot", line_color=color, opacity=0.6)
     fig.update_xaxes(title="step (all stages)")

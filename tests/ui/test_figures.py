@@ -74,3 +74,29 @@ def test_top_tokens_and_loss_curve():
     fig = figures.loss_curve([(1, 3.0), (2, 2.5)], stages=[2])
     assert list(fig.data[0].y) == [3.0, 2.5]
     assert "no loss" in figures.loss_curve([]).layout.annotations[0].text
+
+
+MARKUP = '<a href="http://evil.example">x</a><span style="font-size:90px">big</span>%{x}'
+
+
+def _texts(fig) -> str:
+    """Every text plotly would draw or hover, as one string."""
+    return fig.to_json()
+
+
+def test_names_from_users_and_models_are_shown_as_text_never_as_markup():
+    # Issue 28: a run named with <a href> or <span style> drew a link or restyled the legend.
+    figs = [
+        figures.loss_curves({MARKUP: ([(1, 2.0), (2, 1.5)], [])}),
+        figures.pareto([{"run_id": 1, "params_active": 1e6, "perplexity": 9.0, "label": MARKUP}], original=None,
+                       title=f"Size against quality · {MARKUP}"),
+        figures.loss_curve([(1, 2.0)], title=MARKUP),
+        figures.top_tokens([("<b>", 0.5)], [("x", 0.4)], names=(MARKUP, "b"), context=MARKUP),
+        figures.metrics_bars([{"metric": "ppl", "a": 1.0, "b": 2.0}], names=(MARKUP, "<i>b</i>")),
+    ]
+    for fig in figs:
+        text = _texts(fig)
+        assert "<a href" not in text and "<span style" not in text and "<b>" not in text and "<i>" not in text, text
+        assert "&lt;a href=" in text or "&lt;b&gt;" in text
+    legend = figs[0].data[0]
+    assert legend.name == figures.plain(MARKUP) and "%{x}" not in legend.hovertemplate.replace("step %{x}", "")
