@@ -157,12 +157,21 @@ def blocked_paths() -> list[str]:
 
 
 def launch(demo: gr.Blocks, *, host: str, port: int, auth=None, max_upload: str = "20gb", block: bool = True):
-    """Queue and launch with the studio's theme, CSS, upload cap and no stack traces in the page."""
+    """Queue and launch with the studio's theme, CSS, upload cap and no stack traces in the page. With `auth`, failed
+    logins back off per client address and the API description is not published (ui.login: the trade-offs)."""
+    from starlette.middleware import Middleware
+
+    from ui.login import LoginThrottle, hide_api
+
     demo.queue(default_concurrency_limit=4)
+    extra = {}
+    if auth:
+        hide_api(demo)
+        extra = dict(app_kwargs={"middleware": [Middleware(LoginThrottle)]}, footer_links=["gradio", "settings"])
     return demo.launch(server_name=host, server_port=port, auth=auth, theme=theme(), css=CSS,
                        max_file_size=max_upload, show_error=False, prevent_thread_lock=not block,
                        allowed_paths=allowed_paths(), blocked_paths=blocked_paths(),
-                       auth_message="MoE Compression Studio: sign in" if auth else None, quiet=True)
+                       auth_message="MoE Compression Studio: sign in" if auth else None, quiet=True, **extra)
 
 
 def main(argv=None) -> int:
