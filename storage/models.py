@@ -1,6 +1,7 @@
 """ORM models (SQLAlchemy 2, typed): the runs table is the source of truth for every job.
 
     models        a model source the studio has seen: where it came from, its fingerprint, the inspect summary
+    model_labels  the name a source (an upload's staged path) was first opened under, shown in Runs and Compare
     runs          one compression job: recipe JSON, status, live progress, times, worker, error + traceback
     artifacts     files a run produced (the checkpoint): path relative to the artifact root, bytes, sha256
     run_logs      the run's log: lifecycle events and progress messages, kept after cancel or failure
@@ -68,6 +69,16 @@ class Model(Base):
     fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
     summary: Mapped[dict] = mapped_column(default=dict)
     label: Mapped[str | None] = mapped_column(String(200))  # what people call it: an upload's file name, a hub id
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelLabel(Base):
+    """The name people know a model source by (an upload's file name), one per source; the first name is kept, so
+    another session opening the same file under another name does not rename earlier runs."""
+    __tablename__ = "model_labels"
+
+    source: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    label: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

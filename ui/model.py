@@ -157,7 +157,7 @@ def open_model(kind: str, path: str, hub: str, files, staged: dict | None = None
                                  discard_on_failure=KINDS.get(kind, kind) == "upload")
     if KINDS.get(kind, kind) == "upload":
         opened.label = upload_label(files, opened.summary)[:200]
-        services.name_model(opened.model_id, opened.source, opened.label)
+        opened.label = services.name_model(opened.model_id, opened.source, opened.label)   # the source's first name
     state = {"source": opened.source, "label": opened.label, "summary": opened.summary,
              "model_id": opened.model_id, "fingerprint": opened.fingerprint}
     s = opened.summary

@@ -290,12 +290,13 @@ def set_run_notes(run_id: int, *, tags, notes: str):
     return repo.set_run_notes(int(run_id), tags=tags, notes=notes)
 
 
-def name_model(model_id: int | None, source: str, label: str) -> None:
-    """Record the name people know an opened model by (an upload's file name) in the catalogue, so runs of it are
-    listed under that name instead of the cache's sha256 path."""
-    if model_id is not None and label:
-        catalog.upsert_model(source=source, fingerprint=catalog.get_model(model_id).fingerprint,
-                             summary=catalog.get_model(model_id).summary, label=label[:200])
+def name_model(model_id: int | None, source: str, label: str) -> str:
+    """Record the name people know an opened source by (an upload's file name), so runs of it are listed under that
+    name instead of the cache's sha256 path; return the name the source has: the first one given to it (another
+    session uploading the same file under another name does not rename earlier runs; `catalog.label_source`)."""
+    if not label:
+        return label
+    return catalog.label_source(source, label[:200])
 
 
 def enqueue_edited(recipe: Recipe, *, name: str = "", parent_run_id: int | None = None) -> int:

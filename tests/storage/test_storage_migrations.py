@@ -16,14 +16,14 @@ from storage import db
 from storage.models import Base
 
 REPO = Path(__file__).resolve().parents[2]
-TABLES = {"models", "runs", "artifacts", "run_logs", "alembic_version"}
+TABLES = {"models", "model_labels", "runs", "artifacts", "run_logs", "alembic_version"}
 
 
 def test_migrations_create_the_orm_schema_at_head(db_url):
     engine = db.init_db(db_url)
     assert set(inspect(engine).get_table_names()) == TABLES
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0004"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0005"
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []
 
@@ -40,7 +40,7 @@ def test_processes_starting_together_migrate_once(db_url):
     # Fresh database: drop what the fixture made, then let two processes race to migrate it.
     engine = db.init_db(db_url)
     with engine.begin() as conn:
-        for table in ["run_logs", "artifacts", "runs", "models", "alembic_version"]:
+        for table in ["run_logs", "artifacts", "runs", "model_labels", "models", "alembic_version"]:
             conn.execute(text(f"DROP TABLE {table}"))
     db.dispose_all()
     code = ("import sys; from storage import db, repo; db.init_db(sys.argv[1]); "
@@ -198,3 +198,16 @@ def test_a_sqlite_studio_copies_its_database_aside_before_it_upgrades(studio_hom
     db.dispose_all()
     db.init_db(url)  # already at head: no second copy
     assert sorted(p.name for p in studio_home.glob("studio.db.bak-*")) == ["studio.db.bak-0003"]
+
+
+def test_0005_gives_each_labelled_source_its_first_label(db_url):
+    engine = db.init_db(db_url)
+    with _downgraded(engine, "0004") as conn:
+        conn.execute(text("INSERT INTO models (source, fingerprint, summary, label, created_at) VALUES "
+                          "('/c/uploads/a.zip', 'f1', '{}', 'first', CURRENT_TIMESTAMP), "
+                          "('/c/uploads/a.zip', 'f2', '{}', 'later', CURRENT_TIMESTAMP), "
+                          "('/c/uploads/b.zip', 'f3', '{}', NULL, CURRENT_TIMESTAMP), "
+                          "('demo', 'f4', '{}', 'demo', CURRENT_TIMESTAMP)"))
+    db.migrate(engine, "head")
+    from storage import catalog
+    assert catalog.labels_by_source() == {"/c/uploads/a.zip": "first", "demo": "demo"}
