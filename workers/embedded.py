@@ -264,10 +264,15 @@ class EmbeddedServices:
         self._spawn_worker()
 
     def worker_env(self) -> dict[str, str]:
+        from .roots import ROOTS_ENV, allowed_model_roots
+
         env = dict(os.environ)
         env.update(REDIS_URL=self.redis_url, DATABASE_URL=db.database_url(), MOE_STUDIO_HOME=str(db.studio_home()),
                    MOE_STUDIO_ARTIFACTS=str(artifacts.artifacts_root()),
                    PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p))
+        # The app's model roots, resolved here: the worker runs in another directory, and checks every run's model
+        # against the same roots the UI applied (workers.roots.check_run_source).
+        env[ROOTS_ENV] = os.pathsep.join(str(r) for r in allowed_model_roots())
         return env
 
     def _start_worker(self) -> None:

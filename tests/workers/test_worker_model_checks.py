@@ -89,3 +89,15 @@ def test_the_worker_refuses_a_model_folder_with_a_file_linked_outside(db_url, ro
     (root / "m" / "chat_template.jinja").symlink_to(root / "m" / "inner.jinja")   # a link inside the roots is fine
     again = repo.create_run({"model": str(root / "m")})
     assert execute_run(again, worker="w", settings=SETTINGS) == "succeeded"
+
+
+def test_the_embedded_worker_checks_against_the_apps_model_roots(db_url, tmp_path, monkeypatch):
+    # The worker process runs from the repository, the app from wherever it was started: the default root "the
+    # working directory" must be the app's, or a folder the UI accepted would be refused by the worker.
+    from workers.embedded import EmbeddedServices
+    from workers.roots import allowed_model_roots
+    monkeypatch.delenv("MOE_STUDIO_MODEL_ROOTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    env = EmbeddedServices(start_worker=False).worker_env()
+    roots = env["MOE_STUDIO_MODEL_ROOTS"].split(os.pathsep)
+    assert str(tmp_path) in roots and roots == [str(r) for r in allowed_model_roots()]
