@@ -61,8 +61,9 @@ def cache_dir() -> Path:
     return studio_cache_dir() / "demo-smollm"
 
 
-def verify_file(path: Path, sha256: str = GGUF_SHA256) -> Path:
-    """`path` when its sha256 is `sha256`; ChecksumMismatch (naming both digests) otherwise."""
+def verify_file(path: Path, sha256: str | None = None) -> Path:
+    """`path` when its sha256 is `sha256` (default GGUF_SHA256); ChecksumMismatch (naming both digests) otherwise."""
+    sha256 = sha256 or GGUF_SHA256
     got = file_sha256(path)
     if got != sha256:
         raise ChecksumMismatch(f"{path.name}: sha256 {got} is not the expected {sha256}; the file is corrupt or a "
