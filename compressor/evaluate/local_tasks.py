@@ -183,3 +183,50 @@ def write_local_tasks(folder: Path = TASK_DIR) -> list[Path]:
         path.write_text(jsonl_text(task_rows(name)), encoding="utf-8")
         paths.append(path)
     return paths
+
+
+# -- presets -----------------------------------------------------------------------------------------------------
+PAPER_TASKS = ("arc_easy", "hellaswag", "winogrande", "mmlu", "gsm8k")
+TASK_PRESETS = {"offline": LOCAL_TASKS, "papers": PAPER_TASKS}
+HUB_PROBE_TIMEOUT_S = 5
+
+
+def preset_tasks(name: str, *, check_hub: bool = True) -> list[str]:
+    """The lm-eval task names of preset `name`: "offline" (the shipped tasks, always available) or "papers" (the
+    standard names papers report: arc_easy, hellaswag, winogrande, mmlu, gsm8k; their data sets come from the
+    Hugging Face hub, so with `check_hub` the hub is probed first and an unreachable one is a clear ValueError in
+    seconds rather than a long retry inside lm-eval).
+
+        preset_tasks("offline")    # ['sotu_completion', 'sotu_cloze', 'sotu_presidents']
+        preset_tasks("papers")     # the five names, or ValueError when offline
+    """
+    if name not in TASK_PRESETS:
+        raise ValueError(f"unknown task preset {name!r}; choose from {', '.join(TASK_PRESETS)}")
+    tasks = list(TASK_PRESETS[name])
+    if check_hub and name != "offline":
+        why = hub_unreachable_reason()
+        if why:
+            raise ValueError(f"the {name!r} tasks ({', '.join(tasks)}) read their data sets from the Hugging Face hub, "
+                             f"which is not reachable here ({why}); run them on a machine with network access (or "
+                             f"with the data sets already in the datasets cache and HF_HUB_OFFLINE unset), or use the "
+                             f"offline preset ({', '.join(LOCAL_TASKS)})")
+    return tasks
+
+
+def hub_unreachable_reason() -> str | None:
+    """None when the hub may be reachable; otherwise why not (offline variables, or no connection within
+    HUB_PROBE_TIMEOUT_S). Behind a proxy the probe is skipped (None)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return f"{var} is set"
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        return f"{url.hostname}: {e}"
+    return None

@@ -35,3 +35,14 @@ def test_a_contradiction_between_tables_is_refused():
     lincoln["end_year"] = 1862      # his 1863 and 1864 addresses now fall outside his term
     with pytest.raises(ValueError, match="outside its president's term"):
         check_presidents(rows)
+
+
+def test_task_presets(monkeypatch):
+    from compressor.evaluate.local_tasks import LOCAL_TASKS, preset_tasks
+    assert preset_tasks("offline") == list(LOCAL_TASKS)
+    assert preset_tasks("papers", check_hub=False) == ["arc_easy", "hellaswag", "winogrande", "mmlu", "gsm8k"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="HF_HUB_OFFLINE is set.*offline preset"):
+        preset_tasks("papers")
+    with pytest.raises(ValueError, match="unknown task preset"):
+        preset_tasks("mmlu-pro")
