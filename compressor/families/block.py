@@ -7,6 +7,11 @@ block's `ExpertsLayout`. They never branch on class names.
     blk = adapter.moe_blocks(model)[0]
     h = blk.expert_hidden(x, e=3)          # [n, I]  act(x Wg^T) * (x Wu^T) with the family's own activation
     y = blk.expert_output(h, e=3)          # [n, H]  h Wd^T (+ bias), before the router weight
+
+Some experts modules transform each expert's output with weights of its own before the router weight (Ergo's
+`post_expert_norm`: y = RMSNorm(h Wd^T) * w_e, w [E, H]). Such a child is found by shape and call (a child of the
+experts module holding an [E, H] tensor and called as child(hidden, expert_ids)); `expert_output` applies it and
+`keep_experts_` slices its tensor, so every score and cut sees the expert as the model computes it.
 """
 from __future__ import annotations
 
@@ -138,11 +143,38 @@ class MoEBlock:
         return self._act()(nn.functional.linear(x, gate[e])) * nn.functional.linear(x, up[e])
 
     def expert_output(self, h: torch.Tensor, e: int) -> torch.Tensor:
-        """f_e(x) = h Wd^T (+ bias) of expert e, before the router weight. h [n, I] -> [n, H]."""
+        """f_e(x) = h Wd^T (+ bias) of expert e, then its per-expert output transform if the module has one
+        (`post_expert`), before the router weight. h [n, I] -> [n, H]."""
         out = nn.functional.linear(h, self.down_weight()[e])
         if self.layout.down_bias:
             out = out + get_tensor(self.experts, self.layout.down_bias)[e]
+        post = self.post_expert
+        if post is not None:
+            out = post(out, torch.full((out.shape[0],), e, dtype=torch.long, device=out.device))
         return out
+
+    @property
+    def post_expert(self) -> nn.Module | None:
+        """The child of the experts module that transforms expert e's output with weights of its own ([E, H]
+        tensors, called as child(hidden [n, H], expert_ids [n])), or None (almost every family)."""
+        if "post_expert" in self.extra:
+            return self.extra["post_expert"]
+        self.extra["post_expert"] = self._find_post_expert()
+        return self.extra["post_expert"]
+
+    def _find_post_expert(self) -> nn.Module | None:
+        E, H = self.num_experts, self.hidden_size
+        for child in self.experts.children():
+            tensors = list(child.parameters(recurse=False)) + list(child.buffers(recurse=False))
+            if not tensors or not all(t.dim() == 2 and tuple(t.shape) == (E, H) for t in tensors):
+                continue
+            try:
+                params = [p for p in inspect.signature(type(child).forward).parameters if p != "self"]
+            except (TypeError, ValueError):
+                continue
+            if len(params) == 2:
+                return child
+        return None
 
     # -- surgery ------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -164,8 +196,12 @@ class MoEBlock:
         cached expert count so all kernels (grouped_mm too) agree."""
         E = self.num_experts
         keep_ids = keep_ids if self.device.type == "meta" else keep_ids.to(self.device)     # a meta plan keeps CPU ids
+        post = self.post_expert
         for name, t in self.layout.cut_experts(self.tensors(), keep_ids, self.n_experts).items():
             set_tensor(self.experts, name, t)
+        if post is not None:
+            for leaf, t in list(post.named_parameters(recurse=False)) + list(post.named_buffers(recurse=False)):
+                set_tensor(post, leaf, t.index_select(0, keep_ids.to(t.device)).contiguous())
         for ix in self.indexed:
             t = getattr(ix.owner, ix.name)
             ids = keep_ids.to(t.device)

@@ -14,6 +14,8 @@ with the model untouched, and raises with what differed otherwise):
     verify       the canonical views reproduce the experts module (`FamilyAdapter.verify`)
     analyze      calibration scores (with Taylor) are finite, and every MoE layer counts exactly tokens x top-k
                  routed (token, expert) pairs; refused where the experts module does not see the routing
+    describe     saved, then described from config.json and the shard headers (`describe_checkpoint`, what `inspect`
+                 and the Model tab show for a folder): the same summary as the loaded model's `inspect_model`
     stream       saved, then run layer by layer by the streaming engine: the same logits as the whole model
                  (atol 1e-5), or refused for families in `catalog.STREAM_UNSUPPORTED`
 
@@ -30,7 +32,7 @@ from contextlib import contextmanager
 
 import torch
 
-CHECKS = ("verify", "analyze", "identity", "neurons", "experts", "layers", "reload", "stream")
+CHECKS = ("verify", "analyze", "identity", "neurons", "experts", "layers", "reload", "describe", "stream")
 
 
 def _logits(model, ids):
@@ -264,6 +266,21 @@ def check_reload(model_type: str) -> str | None:
     counted = count_params(model).total
     if stored != counted:
         raise AssertionError(f"{counted} parameters counted, {stored} values in the safetensors files")
+
+
+def check_describe(model_type: str) -> str | None:
+    from compressor.describe import describe_checkpoint
+    from compressor.inspect import inspect_model
+    from compressor.testing import tiny_moe
+    model = tiny_moe(model_type)
+    want = inspect_model(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        got = describe_checkpoint(tmp)
+    differ = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+    if differ:
+        raise AssertionError(f"described from the headers != inspected when loaded: {differ}")
+    return None
 
 
 def check_stream(model_type: str) -> str | None:

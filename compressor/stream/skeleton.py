@@ -65,6 +65,8 @@ class Skeleton:
         self.folder, self.model, self.index, self.dtype = Path(folder), model, index, dtype
         self.device = torch.device(device)      # where loaded decoder layers live; globals stay on the CPU
         self._loaded: set[int] = set()
+        from compressor.families import resolve_adapter
+        self._layers = resolve_adapter(model).decoder_layers(model)   # model.layers, DBRX's transformer.blocks, ...
         self._pristine = copy.deepcopy(self.layers)       # meta modules: structure only, no memory
 
     @classmethod
@@ -93,7 +95,8 @@ class Skeleton:
 
     @property
     def layers(self) -> nn.ModuleList:
-        return self.base.layers
+        """The decoder layers, found once as the family adapter finds them (not assumed at `model.layers`)."""
+        return self._layers
 
     def layer_bytes(self, i: int) -> int:
         """Bytes of decoder layer i's parameters in the model dtype (what loading it costs)."""

@@ -76,3 +76,35 @@ def test_select_experts_hand_examples():
     assert select_experts(scores=torch.zeros(4), keep=2).tolist() == [0, 1]     # ties -> lower ids
     with pytest.raises(ValueError):
         select_experts(scores=s, keep=3, groups=2)
+
+
+def test_afmoe_pruning_removes_the_expert_from_selection_not_only_its_logit(helpers):
+    """AFMoE selects top-k of sigmoid(logits) + expert_bias. A -inf logit alone gives sigmoid 0, so a dropped expert
+    with a large correction bias still takes a top-k slot (with weight 0) and the token gets k - 1 experts. Pruning
+    removes the expert from selection, which equals masking its logit *and* its bias (the conformance suite's mask),
+    not the logit alone: an independent check that masked only the logits reported a difference that is the
+    check's, not the pruning's (issue 20)."""
+    model = tiny_moe("afmoe")
+    blocks = resolve_adapter(model).moe_blocks(model)
+    with torch.no_grad():
+        for b in blocks:          # dropped experts (the low ids) carry the largest biases, as aux-loss-free ones may
+            b.block.expert_bias.copy_(torch.linspace(0.6, -0.6, b.num_experts))
+    reference = copy.deepcopy(model)
+    ids = tiny_inputs(seq=16)
+    scores = {b.layer: torch.arange(b.num_experts, dtype=torch.float) for b in blocks}
+    report = prune_experts_(model, scores, ExpertPruneConfig(experts_keep=5))
+    assert report.dropped == {b.layer: [0, 1, 2] for b in blocks}
+    with helpers.masked_router(reference, report.dropped):
+        torch.testing.assert_close(helpers.logits(model, ids), helpers.logits(reference, ids), atol=1e-6, rtol=0)
+    router = resolve_adapter(reference).moe_blocks(reference)[0].block.router
+    x = torch.randn(64, 1, model.config.hidden_size)
+    mask = torch.zeros(router.num_experts)
+    mask[[0, 1, 2]] = float("-inf")
+    gate = router.gate.forward
+    router.gate.forward = lambda h: gate(h) + mask                   # the logits-only mask
+    try:
+        _, weights, chosen = router(x, torch.linspace(0.6, -0.6, 8))
+    finally:
+        router.gate.forward = gate
+    taken = chosen < 3
+    assert taken.any() and (weights[taken] == 0).all()               # a dropped expert holds a slot at weight 0
