@@ -230,6 +230,10 @@ class QuantizeConfig(_Strict):
         if not any(schemes.values()):
             raise ValueError("every class is `keep`: nothing would be quantized; give one class a scheme or set "
                              "quantize to null")
+        if schemes["experts"] is None:
+            raise ValueError("experts: keep is not readable in this format: transformers 5.25 dequantizes every fused "
+                             "expert of a compressed-tensors checkpoint while loading and fails on dense ones; give "
+                             "the experts a scheme (W8A16 is the mildest) or use format torchao")
         if schemes["experts"] == "FP8_BLOCK":
             raise ValueError("experts: FP8_BLOCK experts do not reload in stock transformers (it multiplies FP8 "
                              "experts by a per-row scale); use FP8 for experts")

@@ -17,7 +17,8 @@ Layout (as the family's hub checkpoints, e.g. RedHatAI's W4A16 MoE models):
 
 transformers dequantizes fused experts while loading (`CompressedTensorsDequantize`), which reads only
 `weight_packed`, `weight_scale` and `weight_shape` of expert keys and multiplies FP8 experts by a per-row scale:
-block-FP8 experts are refused here for that reason (dense modules take block FP8). Asymmetric int weights are
+block-FP8 experts are refused here for that reason (dense modules take block FP8); and fused experts left dense
+are refused, because that loader runs on every expert merge once the config is compressed-tensors. Asymmetric int weights are
 refused for every class: compressed-tensors 0.20.1 packs their zero points on save while transformers 5.25 builds
 the module with unpacked ones (a size mismatch on load); the math supports them (`WeightScheme(symmetric=False)`).
 
@@ -51,6 +52,19 @@ def check_scheme(scheme: WeightScheme | None, klass: str) -> None:
     if scheme.block is not None:
         raise ValueError("block-FP8 experts: transformers multiplies FP8 experts by one scale per row when loading "
                          "compressed-tensors; use FP8 (per channel) for experts — FP8_BLOCK works for the others")
+
+
+def check_experts_quantized(model, params: QuantizedParams) -> None:
+    """Fused experts left dense do not load beside a compressed-tensors config: transformers 5.25 runs its
+    dequantize step on every expert merge, which drops plain `.weight` experts (a conversion error on load)."""
+    from compressor.families import resolve_adapter
+    from compressor.quantization.targets import _expert_linears
+    names = {id(m): n for n, m in model.named_modules()}
+    for blk in resolve_adapter(model).moe_blocks(model):
+        if not _expert_linears(blk) and names[id(blk.experts)] not in params.experts:
+            raise ValueError(f"{names[id(blk.experts)]}: fused experts kept dense cannot be loaded by transformers "
+                             "beside a compressed-tensors config (its expert loader dequantizes every expert); "
+                             "quantize the experts too (e.g. quantize.experts: W8A16) or use format torchao")
 
 
 def ct_scheme(scheme: WeightScheme, targets: list[str]):
@@ -168,8 +182,14 @@ def save_compressed(model, params: QuantizedParams, out: str | Path, *, dtype: t
     from compressor.evaluate.size import checkpoint_bytes
 
     out = Path(out)
+    check_experts_quantized(model, params)
     packed, schemes = compressed_tensors(model, params, dtype=dtype)
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    state, seen = {}, set()
+    for k, v in model.state_dict().items():            # tied weights (LM head = embeddings) are saved once
+        if v.data_ptr() in seen and v.numel():
+            continue
+        seen.add(v.data_ptr())
+        state[k] = v.to(dtype) if v.is_floating_point() else v
     model.save_pretrained(out, state_dict=state)
     replaced: dict[str, str] = {}
     for shard in sorted(out.glob("*.safetensors")):

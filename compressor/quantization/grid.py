@@ -39,7 +39,8 @@ def check_shape(w: torch.Tensor, scheme: WeightScheme, *, name: str = "weight") 
         raise ValueError(f"{name}: expected a 2-D weight [out, in], got shape {tuple(w.shape)}")
     if scheme.strategy == "group" and w.shape[1] % scheme.group_size:
         raise ValueError(f"{name}: {w.shape[1]} input columns are not a multiple of group_size "
-                         f"{scheme.group_size}; choose a group_size that divides {w.shape[1]} or per channel")
+                         f"{scheme.group_size}; set quantize.group_size to a divisor of {w.shape[1]} (e.g. 64 or "
+                         "32) or `channel`")
 
 
 def _minmax(w: torch.Tensor, scheme: WeightScheme) -> tuple[torch.Tensor, torch.Tensor]:

@@ -165,6 +165,25 @@ def _count(report: QuantReport, klass: str, how: str, res: QuantizedWeight, nume
         report.rtn_matrices += 1
 
 
+def check_plan(model: nn.Module, plan: QuantPlan, *, adapter=None, blocks=None) -> None:
+    """Refuse, before any work, a plan whose groups do not divide a targeted weight's input size (naming it)."""
+    from compressor.families import resolve_adapter
+    from compressor.quantization.grid import check_shape
+
+    adapter = adapter or resolve_adapter(model)
+    blocks = blocks if blocks is not None else adapter.moe_blocks(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    for i in range(len(adapter.decoder_layers(model))):
+        found = layer_targets(model, adapter, i, blocks=blocks)
+        for name, (klass, mod) in found.linears.items():
+            if plan.scheme(klass) is not None:
+                check_shape(mod.weight, plan.scheme(klass), name=f"{name} ({klass})")
+        if plan.scheme("experts") is not None:
+            for blk in found.blocks:
+                for proj, w in expert_matrices(blk, 0).items():
+                    check_shape(w, plan.scheme("experts"), name=f"{names[id(blk.experts)]} {proj} (experts)")
+
+
 @torch.no_grad()
 def quantize_model_(model: nn.Module, batches: list | None, plan: QuantPlan, *, scale_dtype: torch.dtype | None = None,
                     reporter: Reporter | None = None) -> tuple[QuantReport, QuantizedParams]:
@@ -180,6 +199,7 @@ def quantize_model_(model: nn.Module, batches: list | None, plan: QuantPlan, *, 
     t0 = time.perf_counter()
     adapter = resolve_adapter(model)
     blocks = adapter.moe_blocks(model)
+    check_plan(model, plan, adapter=adapter, blocks=blocks)
     report = QuantReport(method=plan.method, matrices={}, params_quantized=0,
                          schemes={k: (s.label() if s is not None else "kept") for k, s in plan.schemes.items()})
     params = QuantizedParams()

@@ -64,6 +64,7 @@ def test_version_1_recipes_keep_their_even_step_split():
     ("quantize: {experts: FP8_BLOCK}", ["quantize", "use FP8 for experts"]),
     ("quantize: {scheme: keep}", ["quantize.scheme"]),
     ("quantize: {experts: keep, shared_experts: keep, attention: keep, dense_mlp: keep}", ["nothing would be"]),
+    ("quantize: {experts: keep}", ["give the experts a scheme"]),
     ("quantize: {scheme: FP8, group_size: 64}", ["group_size applies to the int schemes"]),
 ])
 def test_bad_fields_are_named(text, names):

@@ -62,11 +62,31 @@ def test_fp8_experts_and_block_fp8_attention(tmp_path):
     assert qc["config_groups"]["group_1"]["weights"]["strategy"] == "block"
 
 
+def test_dense_fused_experts_are_refused(tmp_path):
+    model = tiny_moe("qwen3_moe")
+    _, params = quantize_model_(model, None, QuantPlan.of({"attention": W4}, method="rtn"))
+    with pytest.raises(ValueError, match="fused experts kept dense"):
+        save_compressed(model, params, tmp_path, dtype=torch.float32)
+
+
 @pytest.mark.parametrize("klass,scheme,match", [
     ("attention", WeightScheme(bits=4, symmetric=False, group_size=16), "asymmetric"),
     ("experts", SCHEMES["FP8_BLOCK"], "block-FP8 experts")])
 def test_unreadable_schemes_are_refused(tmp_path, klass, scheme, match):
     model = tiny_moe("qwen3_moe", hidden=128, width=128)
-    _, params = quantize_model_(model, None, QuantPlan.of({klass: scheme}, method="rtn"))
+    schemes = {"experts": SCHEMES["W8A16"], klass: scheme}
+    _, params = quantize_model_(model, None, QuantPlan.of(schemes, method="rtn"))
     with pytest.raises(ValueError, match=match):
         save_compressed(model, params, tmp_path, dtype=torch.float32)
+
+
+def test_tied_head_is_saved_once(tmp_path):
+    model = tiny_moe("qwen3_moe")
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    _, params = quantize_model_(model, None, QuantPlan.of({"attention": W4, "experts": W4}, method="rtn"))
+    save_compressed(model, params, tmp_path, dtype=torch.bfloat16)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        assert "lm_head.weight" not in set(f.keys()) and "model.embed_tokens.weight" in set(f.keys())
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert torch.equal(reloaded.lm_head.weight, reloaded.model.embed_tokens.weight)

@@ -79,3 +79,9 @@ def test_gptq_needs_data_and_a_class():
         quantize_model_(tiny_moe("qwen3_moe"), [], QuantPlan.of({"experts": W4}))
     with pytest.raises(ValueError, match="keeps every class"):
         QuantPlan.of({})
+
+
+def test_groups_that_do_not_divide_a_weight_are_refused_by_name():
+    model = tiny_moe("qwen3_moe", width=24)
+    with pytest.raises(ValueError, match=r"experts down \(experts\): 24 input columns .* quantize.group_size"):
+        quantize_model_(model, None, QuantPlan.of({"experts": W4}, method="rtn"))
