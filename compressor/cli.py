@@ -5,6 +5,7 @@ Each command is a module in `compressor.commands` with `NAME`, `HELP`, `add_argu
     python -m compressor inspect demo
     python -m compressor analyze demo --out scores/
     python -m compressor slim demo --expert-keep-ratio 0.5 --out slim/
+    python -m compressor quantize slim/ --out slim-w4 --scheme W4A16 --method gptq
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("inspect", "analyze", "slim", "run", "eval", "recipe", "demo_model")
+COMMANDS = ("inspect", "analyze", "slim", "run", "quantize", "eval", "recipe", "demo_model")
 
 
 def _load(name: str):

@@ -81,6 +81,16 @@ def check_quantize(cfg: QuantizeConfig | None) -> None:
                          "pip install compressed-tensors==0.20.1")
 
 
+def saved_dtype(folder: str | Path) -> torch.dtype:
+    """The floating dtype config.json names (`dtype` / `torch_dtype`), float32 when it names none."""
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return torch.float32
+    dtype = getattr(torch, str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32"), None)
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
+
+
 def quantize_to_compressed(model: nn.Module, batches: list | None, cfg: QuantizeConfig, out: str | Path, *,
                            dtype: torch.dtype, tokenizer=None, unquantized: str | Path | None = None,
                            check_ids: torch.Tensor | None = None, reporter=None) -> tuple[nn.Module, QuantizeReport]:

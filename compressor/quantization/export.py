@@ -105,8 +105,11 @@ def _fused_tensors(model, params: QuantizedParams) -> tuple[dict, dict, dict, di
     return weights, scales, zeros, schemes
 
 
-def compressed_tensors(model, params: QuantizedParams, *, dtype: torch.dtype) -> tuple[dict, dict]:
-    """({original-format weight key: {suffix: tensor}} of every quantized weight, {original key: scheme})."""
+def compressed_tensors(model, params: QuantizedParams, *, dtype: torch.dtype, conversion_model=None
+                       ) -> tuple[dict, dict]:
+    """({original-format weight key: {suffix: tensor}} of every quantized weight, {original key: scheme}).
+    `conversion_model` (default `model`) is the PreTrainedModel whose conversion mapping names the keys (the
+    skeleton's model when `model` is a one-layer view)."""
     from compressed_tensors.compressors import BaseCompressor
     from transformers.core_model_loading import revert_weight_conversion
 
@@ -118,10 +121,11 @@ def compressed_tensors(model, params: QuantizedParams, *, dtype: torch.dtype) ->
         weights[key] = model.get_submodule(name).weight.detach()
         scales[key], zeros[key], schemes[key] = q.scale, q.zero, q.scheme
     out, out_schemes = {}, {}
+    conv = conversion_model if conversion_model is not None else model
     for key in weights:                                         # one reversal per tensor: names follow their own
-        rw = revert_weight_conversion(model, {key: weights[key]})
-        rs = revert_weight_conversion(model, {key: scales[key]})
-        rz = revert_weight_conversion(model, {key: zeros[key]})
+        rw = revert_weight_conversion(conv, {key: weights[key]})
+        rs = revert_weight_conversion(conv, {key: scales[key]})
+        rz = revert_weight_conversion(conv, {key: zeros[key]})
         scheme = schemes[key]
         rows = (lambda r: -(-r // scheme.block[0])) if scheme.block else (lambda r: r)
         if set(rw) != set(rs) or any(rw[k].dim() != 2 or rs[k].shape[0] != rows(rw[k].shape[0]) for k in rw):

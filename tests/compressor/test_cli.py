@@ -9,7 +9,7 @@ from compressor.testing import tiny_moe
 
 def test_every_command_is_registered():
     _, handlers = cli.build_parser()
-    assert set(handlers) == {"inspect", "analyze", "slim", "run", "eval", "recipe", "demo-model"}
+    assert set(handlers) == {"inspect", "analyze", "slim", "run", "quantize", "eval", "recipe", "demo-model"}
 
 
 def test_pickle_weights_need_the_flag(tmp_path, capsys):
