@@ -20,9 +20,11 @@ After the slimming settings (I' = round(r I), E' experts kept, d layers dropped,
     nonzero A'_s = A' - s * (A' - emb - M' E' H - (2 L' + 1) H)       sparsity applies to the decoder's linear maps
     speed-up = FLOPs before / FLOPs after; with sparsity it is theoretical (it needs sparse kernels to materialise)
 
-    quantized (W8A16 / FP8, `compressor.quantize`): K = emb + M' E' H + (2 L' + 1) H kept in the dtype (embeddings,
-                      routers, norms), Q = T' - K stored in 1 byte each, plus one float32 scale per row of about H
-                      inputs:  bytes_q = Q + 4 Q / H + K * bytes per parameter
+    quantized, format torchao (W8A16 / FP8, `compressor.quantize`): K = emb + M' E' H + (2 L' + 1) H kept in the
+                      dtype (embeddings, routers, norms), Q = T' - K stored in 1 byte each, plus one float32 scale
+                      per row of about H inputs:  bytes_q = Q + 4 Q / H + K * bytes per parameter
+    quantized, format compressed-tensors: experts and the other linear maps at their schemes' bits per weight
+                      (`compressed_checkpoint_bytes`)
 
     shape = ModelShape.from_summary(inspect_model(model) | {"tie_word_embeddings": True})
     est = estimate(shape, SlimSettings(expert_keep_ratio=0.5))
@@ -219,14 +221,58 @@ def estimate(shape: ModelShape, settings: SlimSettings, *, stages: int = 1) -> E
         flops_per_token_sparse=2.0 * shape.matmul_params(nz_active), notes=notes)
 
 
-QUANT_WEIGHT_BYTES = {"W8A16": 1.0, "FP8": 1.0}
+QUANT_WEIGHT_BYTES = {"W8A16": 1.0, "FP8": 1.0}      # format torchao: one byte per weight, a float32 scale per row
 
 
-def quantized_checkpoint_bytes(shape: ModelShape, est: Estimate, scheme: str) -> int:
-    """Checkpoint bytes after slimming to `est` and quantizing with `scheme` (formula in the module docstring)."""
-    if scheme not in QUANT_WEIGHT_BYTES:
-        raise ValueError(f"no size rule for quantize.scheme {scheme}; known: {', '.join(QUANT_WEIGHT_BYTES)}")
+def quantized_checkpoint_bytes(shape: ModelShape, est: Estimate, quantize) -> int:
+    """Checkpoint bytes after slimming to `est` and quantizing by `quantize`: a scheme name (format torchao, the
+    formula of the module docstring) or a recipe's quantize section (dict or QuantizeConfig; see
+    `compressed_checkpoint_bytes`)."""
+    if not isinstance(quantize, str):
+        q = quantize if isinstance(quantize, dict) else quantize.model_dump()
+        if q.get("format", "compressed-tensors") == "compressed-tensors":
+            return compressed_checkpoint_bytes(shape, est, q)[0]
+        quantize = q.get("scheme", "W8A16")
+    if quantize not in QUANT_WEIGHT_BYTES:
+        raise ValueError(f"no size rule for quantize.scheme {quantize} in format torchao; known: "
+                         f"{', '.join(QUANT_WEIGHT_BYTES)}")
     H = shape.hidden
     kept = shape.embedding_params + est.moe_layers_after * est.experts_after * H + (2 * est.layers_after + 1) * H
     q = est.params_total_after - kept
-    return round(q * QUANT_WEIGHT_BYTES[scheme] + 4 * q / H + kept * shape.bytes_per_param)
+    return round(q * QUANT_WEIGHT_BYTES[quantize] + 4 * q / H + kept * shape.bytes_per_param)
+
+
+def compressed_checkpoint_bytes(shape: ModelShape, est: Estimate, quantize: dict) -> tuple[int, list[str]]:
+    """(bytes, notes) of the compressed-tensors checkpoint of a recipe's quantize section (compressor.quantization):
+
+        X = M' E' P_e'                    routed experts' parameters after slimming (P_e' = P_e - (I - I') n_e)
+        K = emb + M' E' H + (2 L' + 1) H  kept in the dtype (embeddings, routers, norms)
+        R = T' - K - X                    attention, shared experts and dense MLPs
+        bytes = X b_experts / 8 + R b_attention / 8 + K * bytes per parameter
+    with b = the scheme's stored bits per weight, scales included (`WeightScheme.bits_per_weight`: W4A16 group 128
+    = 4 + 16/128; W8A16 per channel = 8; FP8 = 8; a kept class = 8 * bytes per parameter). R is counted at the
+    attention's scheme (the summary does not split it by class); a note says when the others differ."""
+    from compressor.quantization.scheme import SCHEMES, scheme_named
+
+    bpp = shape.bytes_per_param
+    P_e = shape.expert_params - (shape.expert_width - est.expert_width_after) * shape.neuron_params
+    H = shape.hidden
+    X = est.moe_layers_after * est.experts_after * P_e
+    K = shape.embedding_params + est.moe_layers_after * est.experts_after * H + (2 * est.layers_after + 1) * H
+    R = max(0.0, est.params_total_after - K - X)
+    group = quantize.get("group_size")
+    default = quantize.get("scheme", "W4A16")
+
+    def bits(klass: str) -> float:
+        name = quantize.get(klass) or default
+        if name == "keep":
+            return 8 * bpp
+        scheme = SCHEMES[name] if SCHEMES[name].type == "float" else scheme_named(name, group_size=group)
+        return scheme.bits_per_weight(dtype_bytes=int(bpp))
+
+    notes = []
+    rest = {k: quantize.get(k) or default for k in ("attention", "shared_experts", "dense_mlp")}
+    if len(set(rest.values())) > 1:
+        notes.append("shared experts and dense MLPs are counted at the attention's scheme")
+    total = X * bits("experts") / 8 + R * bits("attention") / 8 + K * bpp
+    return round(total), notes

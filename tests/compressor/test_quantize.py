@@ -108,3 +108,19 @@ def test_estimate_of_the_quantized_demo_matches_the_file(tmp_path):
     est = estimate(shape, SlimSettings())
     report = quantize_checkpoint(demo.local_dir, tmp_path / "q", TORCHAO("W8A16"))
     assert quantized_checkpoint_bytes(shape, est, "W8A16") == pytest.approx(report.checkpoint_bytes_after, rel=0.03)
+
+
+@pytest.mark.parametrize("fields", [{"scheme": "W4A16", "method": "rtn"},
+                                    {"scheme": "W4A16", "attention": "W8A16", "method": "rtn"}])
+def test_estimate_of_the_compressed_demo_matches_the_file(tmp_path, fields):
+    from compressor.inspect import inspect_model
+    from compressor.quantize import quantize_to_compressed
+    from compressor.sources import load_model
+    demo = load_model("demo", dtype=torch.float32)
+    summary = inspect_model(demo.model) | {"tie_word_embeddings": demo.model.config.tie_word_embeddings,
+                                           "dtype": "bfloat16"}
+    shape = ModelShape.from_summary(summary)
+    est = estimate(shape, SlimSettings())
+    _, report = quantize_to_compressed(demo.model, None, QuantizeConfig(**fields), tmp_path / "q",
+                                       dtype=torch.bfloat16)
+    assert quantized_checkpoint_bytes(shape, est, fields) == pytest.approx(report.checkpoint_bytes_after, rel=0.03)
