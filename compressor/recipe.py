@@ -206,11 +206,11 @@ class QuantizeConfig(_Strict):
 
     @property
     def label(self) -> str:
-        """A short description, e.g. "GPTQ W4A16" or "GPTQ experts W4A16 / attention W8A16"."""
-        names = {k: v for k, v in self.class_schemes().items() if v}
-        if len(set(names.values())) == 1 and len(names) == 4:
-            return f"{self.method.upper()} {self.scheme}"
-        return f"{self.method.upper()} " + " / ".join(f"{k.replace('_', ' ')} {v}" for k, v in names.items())
+        """A short description: "GPTQ W4A16", or "GPTQ W4A16, attention W8A16" with the classes that differ."""
+        differ = [f"{k.replace('_', ' ')} {getattr(self, k)}" for k in ("experts", "shared_experts", "attention",
+                                                                         "dense_mlp")
+                  if getattr(self, k) not in (None, self.scheme)]
+        return f"{self.method.upper()} {self.scheme}" + "".join(f", {d}" for d in differ)
 
     @model_validator(mode="after")
     def _supported(self):

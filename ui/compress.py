@@ -40,7 +40,7 @@ class CompressTab:
     speed: gr.Checkbox
     seed: gr.Number
     lm_eval_tasks: gr.Dropdown
-    quantize: gr.Radio
+    quantize: gr.Dropdown
     name: gr.Textbox
     estimate: gr.HTML
     yaml: gr.Code
@@ -103,8 +103,9 @@ def build() -> CompressTab:
                 lm_eval_tasks = gr.Dropdown(list(LOCAL_TASKS), value=[], multiselect=True, allow_custom_value=True,
                                             label="lm-eval tasks (shipped offline ones, or any lm-eval name)",
                                             elem_id="lm-eval-tasks")
-                quantize = gr.Radio(["none", "W8A16", "FP8"], value="none", elem_id="quantize",
-                                    label="quantize the checkpoint (torchao weight-only, last stage)")
+                quantize = gr.Dropdown(list(recipe_form.QUANTIZE_PRESETS), value="none", elem_id="quantize",
+                                       label="quantize the checkpoint (weight-only, last stage; GPTQ on the "
+                                             "calibration tokens; compressed-tensors, the format vLLM serves)")
         with gr.Column(scale=2, min_width=340):
             estimate = gr.HTML(box("Open a model to see the estimate.", "info"), elem_id="estimate")
             name = gr.Textbox(label="run name (optional)", placeholder="e.g. half-width, 3 stages")
@@ -147,7 +148,7 @@ def form(model: dict, keep_ratio, neuron_score, experts_keep, expert_score, laye
                     "temperature": float(temperature), "loss": loss, "ce_weight": float(ce_weight)},
         "evaluate": {"perplexity": bool(perplexity), "speed": bool(speed), "tokens": int(eval_tokens),
                      "lm_eval": {"tasks": list(lm_eval_tasks or [])}},
-        "quantize": None if quantize in (None, "none") else {"scheme": quantize},
+        "quantize": recipe_form.quantize_section(quantize),
         "seed": int(seed),
     }
 
@@ -164,8 +165,12 @@ def estimate_card(model: dict, slimming: dict, quantize: dict | None = None, *, 
         ("layers", str(est.layers_after), f"{est.moe_layers_after} MoE"),
     ]
     if quantize:
-        q = services.estimate_quantized_bytes(model["summary"], slimming, quantize["scheme"])
-        cells.append((f"{quantize['scheme']} checkpoint", fmt_bytes(q), f"from {fmt_bytes(est.checkpoint_bytes_after)}"))
+        from compressor.recipe import QuantizeConfig
+        label = QuantizeConfig.model_validate(quantize).label
+        if quantize.get("format") == "torchao":
+            label += " (torchao)"
+        q = services.estimate_quantized_bytes(model["summary"], slimming, quantize)     # the whole section
+        cells.append((f"{label} checkpoint", fmt_bytes(q), f"from {fmt_bytes(est.checkpoint_bytes_after)}"))
     if slimming.get("sparsity"):
         cells.append(("non-zero active", fmt_count(est.nonzero_active_after),
                       f"{est.speedup_sparse:.2f}x with sparse kernels"))

@@ -15,6 +15,40 @@ from ui.run_table import expected_seconds, flat
 
 DEFAULTS = Recipe()
 MAX_YAML_BYTES = 256 * 1024
+# The Compress tab's quantize choices: label -> the recipe's quantize section (compressed-tensors unless torchao).
+QUANTIZE_PRESETS = {
+    "none": None,
+    "GPTQ W4A16": {"scheme": "W4A16", "method": "gptq"},
+    "GPTQ experts W4A16 / attention W8A16": {"scheme": "W4A16", "attention": "W8A16", "method": "gptq"},
+    "GPTQ W8A16": {"scheme": "W8A16", "method": "gptq"},
+    "RTN W4A16": {"scheme": "W4A16", "method": "rtn"},
+    "RTN W8A16": {"scheme": "W8A16", "method": "rtn"},
+    "RTN FP8": {"scheme": "FP8", "method": "rtn"},
+    "W8A16 torchao (RTN)": {"scheme": "W8A16", "method": "rtn", "format": "torchao"},
+    "FP8 torchao (RTN)": {"scheme": "FP8", "method": "rtn", "format": "torchao"},
+}
+
+
+def quantize_section(choice: str | None) -> dict | None:
+    """The recipe's quantize section of a Compress-tab choice (a label of QUANTIZE_PRESETS; a bare scheme name such
+    as W8A16 means GPTQ with that scheme)."""
+    if choice in (None, "none"):
+        return None
+    if choice in QUANTIZE_PRESETS:
+        return dict(QUANTIZE_PRESETS[choice])
+    return {"scheme": choice}
+
+
+def quantize_choice(recipe: Recipe) -> str:
+    """The Compress-tab label of a recipe's quantize section; "none" when no preset holds it (the form then lists
+    its fields as not held)."""
+    if recipe.quantize is None:
+        return "none"
+    from compressor.recipe import QuantizeConfig
+    for label, section in QUANTIZE_PRESETS.items():
+        if section is not None and QuantizeConfig.model_validate(section) == recipe.quantize:
+            return label
+    return "none"
 
 
 def form_values(recipe: Recipe, summary: dict | None) -> list:
@@ -29,7 +63,7 @@ def form_values(recipe: Recipe, summary: dict | None) -> list:
     return [s.expert_keep_ratio, s.neuron_score, experts_keep, s.expert_score, s.layers_drop, s.sparsity,
             s.sparsity_allocation, recipe.stages, d.steps, share, d.temperature, d.loss, d.lr, d.ce_weight,
             c.tokens, c.seq_len, e.tokens, e.perplexity, e.speed, recipe.seed, list(e.lm_eval.tasks),
-            recipe.quantize.scheme if recipe.quantize else "none"]
+            quantize_choice(recipe)]
 
 
 def not_in_form(recipe: Recipe, rebuilt: Recipe) -> list[str]:

@@ -143,5 +143,5 @@ def test_mixed_precision_plan():
     plan = q.plan()
     assert plan.method == "gptq" and plan.scheme("experts").group_size == 64 and plan.scheme("dense_mlp") is None
     assert plan.scheme("attention").group_size == 64 and plan.scheme("attention").bits == 8
-    assert q.label == "GPTQ experts W4A16 / shared experts W4A16 / attention W8A16"
+    assert q.label == "GPTQ W4A16, attention W8A16, dense mlp keep"
     assert Recipe.from_yaml("quantize: {method: rtn}").quantize.label == "RTN W4A16"

@@ -34,10 +34,12 @@ def test_estimate_follows_the_sliders_and_the_yaml_is_the_recipe(studio):
 def test_lm_eval_tasks_and_quantize_go_into_the_recipe_and_the_estimate(studio):
     c = studio.client()
     open_demo(c)
-    html, text, _ = _estimate(c, keep_ratio=0.5, lm_eval_tasks=["sotu_cloze"], quantize="W8A16")
+    html, text, _ = _estimate(c, keep_ratio=0.5, lm_eval_tasks=["sotu_cloze"],
+                              quantize="GPTQ experts W4A16 / attention W8A16")
     recipe = Recipe.parse(yaml.safe_load(text))
-    assert recipe.evaluate.lm_eval.tasks == ["sotu_cloze"] and recipe.quantize.scheme == "W8A16"
-    assert "W8A16 checkpoint" in html
+    assert recipe.evaluate.lm_eval.tasks == ["sotu_cloze"] and recipe.quantize.scheme == "W4A16"
+    assert recipe.quantize.attention == "W8A16" and recipe.quantize.method == "gptq"
+    assert "GPTQ W4A16, attention W8A16 checkpoint" in html
     assert Recipe.parse(yaml.safe_load(_estimate(c)[1])).quantize is None
 
 
