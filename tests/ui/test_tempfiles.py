@@ -80,3 +80,36 @@ def test_the_studio_uses_its_own_gradio_temp_folder_unless_one_is_set(studio_hom
     monkeypatch.delenv("GRADIO_TEMP_DIR")
     assert tempfiles.use_private_gradio_temp_dir() == studio_home / "gradio-tmp"
     assert os.environ["GRADIO_TEMP_DIR"] == str(studio_home / "gradio-tmp")
+
+
+def test_the_studio_empties_its_gradio_temp_folder_when_it_starts_and_when_it_stops(tmp_path):
+    # Issue 28: 40 MB of uploads and CSV exports stayed in Gradio's temp folder after a stop.
+    import signal
+    import subprocess
+    import sys
+
+    from tests.ui.conftest import REPO, _free_port, _wait_http
+
+    home, gtmp = tmp_path / "home", tmp_path / "home" / "gradio-tmp"
+    stale = _file(gtmp / "0123abcd" / "left-by-a-killed-studio.zip")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MOE_STUDIO_", "GRADIO_")) and k not in ("REDIS_URL", "DATABASE_URL")}
+    env.update(MOE_STUDIO_HOME=str(home), MOE_STUDIO_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1",
+               GRADIO_ANALYTICS_ENABLED="False")
+    port, log = _free_port(), tmp_path / "app.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port)], cwd=REPO, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/", proc, log, timeout=120)
+        assert not stale.exists() and gtmp.is_dir()
+        during = _file(gtmp / "4567ef01" / "runs.csv")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert proc.returncode is not None
+    assert not during.exists() and list(gtmp.iterdir()) == [], log.read_text()[-3000:]
