@@ -25,7 +25,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
@@ -121,9 +121,16 @@ def backup_sqlite(path: Path, revision: str) -> Path:
     if target.exists():
         return target
     partial = target.with_name(target.name + ".part")
-    with closing(sqlite3.connect(path)) as src, closing(sqlite3.connect(partial)) as dst:
-        src.backup(dst)
-    os.replace(partial, target)
+    try:
+        with closing(sqlite3.connect(path)) as src, closing(sqlite3.connect(partial)) as dst:
+            src.backup(dst)
+        os.replace(partial, target)
+    except (OSError, sqlite3.Error) as exc:
+        with suppress(OSError):
+            partial.unlink()
+        raise RuntimeError(f"cannot copy {path.name} aside as {target.name} before upgrading it ({exc}); the "
+                           "database was not changed. Free some space next to it (or copy it yourself) and start "
+                           "the studio again.") from exc
     return target
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
@@ -211,3 +212,18 @@ def test_0005_gives_each_labelled_source_its_first_label(db_url):
     db.migrate(engine, "head")
     from storage import catalog
     assert catalog.labels_by_source() == {"/c/uploads/a.zip": "first", "demo": "demo"}
+
+
+def test_an_upgrade_that_cannot_copy_the_database_aside_changes_nothing(studio_home):
+    url = f"sqlite:///{studio_home / 'studio.db'}"
+    engine = db._create_engine(url)
+    db.migrate(engine, "0003")
+    engine.dispose()
+    (studio_home / "studio.db.bak-0003.part").mkdir()       # something in the way of the copy
+    with pytest.raises(RuntimeError, match=r"cannot copy studio.db aside as studio.db.bak-0003 .* was not changed"):
+        db.init_db(url)
+    db.dispose_all()
+    engine = db._create_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
+    engine.dispose()
