@@ -320,3 +320,38 @@ def test_pasted_recipe_yaml_has_the_same_size_cap_as_an_uploaded_file(tmp_path):
     with pytest.raises(ValueError, match=r"r.yaml is larger than 256 KB"):
         recipe_form.parse_yaml(None, str(tmp_path / "r.yaml"))
     assert recipe_form.parse_yaml("model: demo\n", None).model == "demo"
+
+
+def test_concurrent_uploads_keep_a_queued_runs_upload_and_the_quota(tmp_path, cache, monkeypatch):
+    # Issue 28: three concurrent uploads under a 100 MB quota deleted a queued run's upload and used 117.4 MB.
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from compressor import studio_cache
+    from compressor.studio_cache import CacheFullError
+
+    monkeypatch.setenv("MOE_STUDIO_CACHE_QUOTA", "64kb")
+
+    def archive(i: int) -> Path:
+        path = tmp_path / f"up{i}.zip"
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+            zf.writestr("m/model.safetensors", os.urandom(12 * 1024))
+        return path
+
+    queued = Path(services.stage_upload([str(archive(0))]))
+    studio_cache.pin("run-1", str(queued))                    # what Enqueue does
+    past = os.path.getmtime(queued) - 1000
+    os.utime(queued, (past, past))                            # the oldest entry: the first an eviction would take
+
+    def stage(i: int):
+        try:
+            return services.stage_upload([str(archive(i))])
+        except CacheFullError:
+            return None
+
+    with ThreadPoolExecutor(4) as pool:
+        staged = list(pool.map(stage, range(1, 13)))
+    assert queued.exists()
+    assert sum(s is not None for s in staged) >= 4
+    used = sum(studio_cache.entry_bytes(p) for p in studio_cache.cache_entries())
+    assert used <= 64 * 1024
