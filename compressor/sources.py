@@ -8,7 +8,8 @@ Safety rules (the studio's conventions, "Safety of inputs"):
   archive content (keyed by its sha256) under the studio cache;
 - hub ids download only config, tokenizer and safetensors files (pickles / code only when allowed);
 - the studio opens local folders only under its model roots (`parse_local_source`: real path, symlinks resolved,
-  and every link inside the folder must resolve under a root too, `check_links_under_roots`) and takes hub ids from the hub box only (`parse_hub_id`); `parse_source` itself (the CLI) is unrestricted;
+  and every link inside the folder must resolve under a root too, `check_links_under_roots`) and takes hub ids
+  from the hub box only (`parse_hub_id`); `parse_source` itself (the CLI) is unrestricted;
 - messages never list a folder's contents, and echo a user string cut to 200 characters (`shown`).
 
     src = parse_source("Qwen/Qwen3-30B-A3B@main")       # ModelSource(kind="hub", location="Qwen/Qwen3-30B-A3B", ...)

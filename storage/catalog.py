@@ -1,5 +1,6 @@
 """Repository functions for the models the studio has opened (one row per weights fingerprint, with its summary) and
-the names of their sources (one per source, the first kept: `label_source`). Importance scores are cached on disk by what they were computed from (compressor/importance/cache.py).
+the names of their sources (one per source, the first kept: `label_source`). Importance scores are cached on disk
+by what they were computed from (compressor/importance/cache.py).
 
     model_id = upsert_model(source="demo", fingerprint="ab12...", summary={"family": "qwen3_moe"})
 """

@@ -29,10 +29,9 @@ from pathlib import Path
 from compressor.archive import archive_kind
 from compressor.estimate import Estimate, ModelShape, SlimSettings, estimate, quantized_checkpoint_bytes
 from compressor.recipe import Recipe
-from compressor.studio_cache import CACHE_PARTS, parse_size, reserve, staged_entries, studio_cache_dir, touch
+from compressor.studio_cache import parse_size, reserve, staged_entries, studio_cache_dir, touch
 from compressor.studio_cache import discard_staged   # open_model removes a refused upload's files
 from storage import artifacts, catalog, repo
-from storage.db import studio_home
 from storage.models import RunStatus
 
 ORIGINAL = "original"

@@ -5,8 +5,9 @@
        during the claim is retried (`claim_run`); when every try fails, `ClaimUnavailable` is raised so that the
        task is retried, never acknowledged as done with the run still queued;
     2. check the run's model against the model roots again (`workers.roots.check_run_source`: links included, so a
-       folder swapped for a link after Enqueue is refused), then run the recipe through the pipeline (`MOE_STUDIO_PIPELINE`, default compressor.pipeline:run_recipe) into
-       the run's artifact folder, with a RunMonitor for progress, heartbeat and the cancel flag;
+       folder swapped for a link after Enqueue is refused), then run the recipe through the pipeline
+       (`MOE_STUDIO_PIPELINE`, default compressor.pipeline:run_recipe) into the run's artifact folder, with a
+       RunMonitor for progress, heartbeat and the cancel flag;
     3. success: digest the checkpoint, record metrics, per-stage metrics and the artifact, mark succeeded;
        `compressor.progress.Cancelled`: remove the partial files, mark cancelled (the log stays);
        any other error: remove the partial files, store the error and its traceback, mark failed;
