@@ -212,10 +212,10 @@ def pin(owner: str, source: str) -> list[Path]:
     outside the cache pins nothing (and drops an older pin of `owner`). `owner` names the holder, e.g. "run-7"."""
     path = _pin_path(owner)
     entries = staged_entries(source)
+    if not entries:                     # "demo", a hub id, a user's own folder: nothing of the cache to keep
+        path.unlink(missing_ok=True)
+        return []
     with cache_lock():
-        if not entries:
-            path.unlink(missing_ok=True)
-            return []
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
         tmp.write_text(json.dumps([str(e) for e in entries]))
