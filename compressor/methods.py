@@ -1,4 +1,5 @@
-"""The method registries: every expert score, neuron score, sparsity allocation and distillation loss, by name.
+"""The method registries: every expert score, neuron score, sparsity allocation, distillation loss and expert merge, by
+name.
 
 Each entry names the function that computes it (`target`, "module:qualname", imported only when used, so this module
 stays free of torch and the web process can list the methods), a short label and formula for legends and --help,
@@ -84,8 +85,19 @@ DISTILL_LOSSES = _registry(
            f"{_LOSSES}:jsd_loss"),
 )
 
+_MERGE = "compressor.slimming.merge"
+EXPERT_MERGES = _registry(
+    Method("ream", "REAM", "REAP centroids take their C most similar experts (outputs + router); neurons aligned; "
+           "REAP-weighted fold", f"{_MERGE}:plan_ream"),
+    Method("hc_smoe", "HC-SMoE", "average-linkage clusters of mean expert outputs; frequency-weighted fold",
+           f"{_MERGE}:plan_hc_smoe"),
+    Method("m_smoe", "M-SMoE", "most-routed experts lead, others join the nearest; neurons aligned; "
+           "frequency-weighted fold", f"{_MERGE}:plan_m_smoe"),
+)
+
 REGISTRIES = {"expert score": EXPERT_SCORES, "neuron score": NEURON_SCORES,
-              "sparsity allocation": SPARSITY_ALLOCATIONS, "distillation loss": DISTILL_LOSSES}
+              "sparsity allocation": SPARSITY_ALLOCATIONS, "distillation loss": DISTILL_LOSSES,
+              "expert merge": EXPERT_MERGES}
 
 
 def names(registry: dict[str, Method]) -> tuple[str, ...]:

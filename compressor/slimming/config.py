@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from compressor.methods import SPARSITY_ALLOCATIONS, names
+from compressor.methods import EXPERT_MERGES, SPARSITY_ALLOCATIONS, names
 
 SLIMMING_CONFIG_VERSION = 1
 ALLOCATIONS = names(SPARSITY_ALLOCATIONS)        # the registry: compressor/methods.py
@@ -78,6 +78,35 @@ class ExpertPruneConfig(_Config):
             raise ValueError(f"experts_keep must be a positive integer, got {self.experts_keep!r}")
 
 
+MERGE_METHODS = names(EXPERT_MERGES)        # the registry: compressor/methods.py
+
+
+@dataclass(frozen=True)
+class ExpertMergeConfig(_Config):
+    """Merge the routed experts of every MoE layer into `experts_keep` (`compressor.slimming.merge`): `method` groups
+    them (REAM, HC-SMoE, M-SMoE), each group folds into one expert that keeps its centroid's router row.
+    `group_size` is REAM's C (at most C experts per group); `samples` calibration tokens give the activations that
+    align neurons and the router probabilities of the similarity."""
+
+    kind: ClassVar[str] = "merge_experts"
+    experts_keep: int = 1
+    method: str = "ream"
+    group_size: int = 16
+    samples: int = 512
+    version: int = SLIMMING_CONFIG_VERSION
+
+    def __post_init__(self):
+        self._check_version()
+        if not isinstance(self.experts_keep, int) or isinstance(self.experts_keep, bool) or self.experts_keep < 1:
+            raise ValueError(f"experts_keep must be a positive integer, got {self.experts_keep!r}")
+        if self.method not in MERGE_METHODS:
+            raise ValueError(f"unknown expert merge {self.method!r}; choose one of {', '.join(MERGE_METHODS)}")
+        if not isinstance(self.group_size, int) or self.group_size < 1:
+            raise ValueError(f"group_size must be a positive integer, got {self.group_size!r}")
+        if not isinstance(self.samples, int) or self.samples < 8:
+            raise ValueError(f"samples must be an integer >= 8, got {self.samples!r}")
+
+
 @dataclass(frozen=True)
 class LayerDropConfig(_Config):
     """Remove the `layers_drop` decoder layers with the lowest score (block influence)."""
@@ -140,7 +169,8 @@ class SparsifyConfig(_Config):
         return self.calibration == "dense" or self.allocation != "uniform"
 
 
-CONFIG_TYPES = {c.kind: c for c in (NeuronSlimConfig, ExpertPruneConfig, LayerDropConfig, SparsifyConfig)}
+CONFIG_TYPES = {c.kind: c for c in (NeuronSlimConfig, ExpertPruneConfig, ExpertMergeConfig, LayerDropConfig,
+                                     SparsifyConfig)}
 
 
 def config_from_dict(data: dict):

@@ -104,3 +104,26 @@ class SparsifyReport(_Report):
     def to_dict(self) -> dict:
         return {**self._base(), "achieved": self.achieved, "maps": self.maps,
                 "layers": [vars(s).copy() for s in self.layers]}
+
+
+@dataclass
+class ExpertMergeReport(_Report):
+    config: object
+    experts_before: int
+    experts_after: int
+    groups: dict[int, list[list[int]]] = field(default_factory=dict)     # layer -> groups, centroid first (old ids)
+    similarity: dict[int, list[float]] = field(default_factory=dict)    # layer -> mean similarity inside each group
+    weights: dict[int, list[list[float]]] = field(default_factory=dict)  # layer -> fold weights, as `groups`
+
+    def merged_into(self, layer: int) -> dict[int, int]:
+        """{old expert id: new expert id} of one layer (new ids follow the centroids' order)."""
+        out = {}
+        for new, group in enumerate(sorted(self.groups[layer], key=lambda g: g[0])):
+            out.update({old: new for old in group})
+        return out
+
+    def to_dict(self) -> dict:
+        layers = [{"layer": layer, "groups": groups, "similarity": self.similarity.get(layer),
+                   "weights": self.weights.get(layer)} for layer, groups in self.groups.items()]
+        return {**self._base(), "experts_before": self.experts_before, "experts_after": self.experts_after,
+                "method": self.config.method, "layers": layers}                  # type: ignore[attr-defined]

@@ -16,7 +16,8 @@ The per-layer step is shared by the in-memory path (`sparsify_sequentially_`) an
 next layer besides the hidden states (`catalog.STREAM_UNSUPPORTED`: zaya's routing state, glm_moe_dsa's and
 kolibri1_1's indexer, hy_v4) cannot be run one layer at a time on captured inputs; in memory, h_l is then what layer
 l receives inside a whole-model forward that stops right after layer l (`_sparsify_by_forwards`): the same rule,
-one truncated forward per layer instead of one layer per layer.
+one truncated forward per layer instead of one layer per layer. `walk_layers` is that walk, shared with expert
+merging (`compressor.slimming.merge`).
 
     zeros = sparsify_sequentially_(model, batches, targets)          # targets [L] from `allocate`
     acts = capture_inputs(skeleton, batches)                          # or one layer at a time:
@@ -56,11 +57,39 @@ def sparsify_sequentially_(model: nn.Module, batches, targets: torch.Tensor, *,
     """Prune every decoder layer l of `model` (in memory) at `targets[l]`, each calibrated on `batches` (id tensors
     [B, S] or dicts with input_ids / attention_mask) with the layers below it already pruned. Returns zeros per
     layer [L]."""
+    from compressor.importance.collect import collect_scores       # lazy: importance imports pandas
+
+    zeros = torch.zeros(len(targets), dtype=torch.float64)
+    adapter = resolve_adapter(model)
+    for j, layer, feed, scope in walk_layers(model, batches):
+        if reporter is not None:
+            reporter.report("sparsify", step=j, total=len(targets), message=f"layer {j}: calibrate and prune")
+        with collect_scores(scope, adapter, want=("wanda",)) as col:
+            feed(col.set_mask)
+        norms = wanda_inputs_from_sums(col.result()[2].wanda_inputs)
+        zeros += prune_maps_([m for m in sparsifiable_maps(scope) if m.layer == j], norms, targets)
+    return zeros
+
+
+class _StopForward(Exception):
+    """Raised by a forward hook once the layer being calibrated has run: the rest of the model is not needed."""
+
+
+def walk_layers(model: nn.Module, batches):
+    """Yield (j, layer j, feed, scope) for every decoder layer of `model` (in memory, eval mode meanwhile), in order.
+    `feed(set_mask)` runs layer j on the calibration inputs it receives from the layers below *as they are now*
+    (changed by the caller at earlier steps), calling set_mask(attention mask [B, S] or None) before each batch,
+    for the caller's hooks; `scope` is the model-shaped module to register them on (keys are the model's own: a
+    `LayerView` holding only layer j, or the model itself when the feed runs the whole model); the walk moves on
+    when the caller asks for the next layer.
+
+    Layers that run apart (the captured inputs pass through layer j, then advance: one layer's compute per layer)
+    unless the family's layers pass state besides the hidden states (`catalog.STREAM_UNSUPPORTED`): then each feed
+    is a whole-model forward that stops right after layer j."""
+    from compressor.families.catalog import STREAM_UNSUPPORTED
     from compressor.importance.analyze import unpack_batch
     from compressor.stream.skeleton import LayerView
-    from compressor.stream.sweep import capture_inputs
-
-    from compressor.families.catalog import STREAM_UNSUPPORTED
+    from compressor.stream.sweep import advance_, capture_inputs, observe
 
     layers = resolve_adapter(model).decoder_layers(model)
     dev = model.get_input_embeddings().weight.device
@@ -69,54 +98,31 @@ def sparsify_sequentially_(model: nn.Module, batches, targets: torch.Tensor, *,
     model.eval()
     try:
         if getattr(model.config, "model_type", None) in STREAM_UNSUPPORTED:
-            return _sparsify_by_forwards(model, layers, on_dev, targets, reporter)
+            for j, layer in enumerate(layers):
+                yield j, layer, lambda set_mask, _layer=layer: _forward_until(model, _layer, on_dev, set_mask), model
+            return
         acts = capture_inputs(model, on_dev)
-        zeros = torch.zeros(len(targets), dtype=torch.float64)
         for j, layer in enumerate(layers):
-            if reporter is not None:
-                reporter.report("sparsify", step=j, total=len(layers), message=f"layer {j}: calibrate and prune")
             view = LayerView(model.config, [nn.Module() for _ in range(j)] + [layer])
-            zeros += prune_layer_calibrated_(layer, view, acts, j, targets)
+            yield j, layer, lambda set_mask, _j=j, _layer=layer: observe(
+                _layer, acts, _j, before_batch=lambda b: set_mask(acts.masks[b])), view
+            advance_(layer, acts, j)
     finally:
         model.train(was_training)
-    return zeros
 
 
-class _StopForward(Exception):
-    """Raised by a forward hook once the layer being calibrated has run: the rest of the model is not needed."""
+def _forward_until(model: nn.Module, layer: nn.Module, batches, set_mask) -> None:
+    """Whole-model forwards over `batches` ((ids, mask) pairs) that stop once `layer` has run."""
+    def stop(module, args, output):
+        raise _StopForward
 
-
-def _sparsify_by_forwards(model: nn.Module, layers, batches, targets: torch.Tensor,
-                          reporter: Reporter | None) -> torch.Tensor:
-    """`sparsify_sequentially_` for models whose layers cannot run apart: layer j's norms are collected in whole-model
-    forwards over `batches` ((ids, mask) pairs on the model's device) that stop after layer j, with layers < j
-    already pruned. Same weights as the layer loop where both run (tests/compressor/slimming/test_sequential.py)."""
-    zeros = torch.zeros(len(targets), dtype=torch.float64)
-    adapter = resolve_adapter(model)
-    for j, layer in enumerate(layers):
-        if reporter is not None:
-            reporter.report("sparsify", step=j, total=len(layers), message=f"layer {j}: calibrate and prune")
-
-        def stop(module, args, output):
-            raise _StopForward
-
-        handle = layer.register_forward_hook(stop)
-        try:
-            with collect_scores_for_wanda(model, adapter) as col:
-                for ids, mask in batches:
-                    col.set_mask(mask)
-                    try:
-                        model(input_ids=ids, attention_mask=mask, use_cache=False)
-                    except _StopForward:
-                        pass
-        finally:
-            handle.remove()
-        norms = wanda_inputs_from_sums(col.result()[2].wanda_inputs)
-        zeros += prune_maps_([m for m in sparsifiable_maps(model) if m.layer == j], norms, targets)
-    return zeros
-
-
-def collect_scores_for_wanda(model: nn.Module, adapter):
-    """The calibration hooks that record Wanda's input norms (`collect_scores(want=("wanda",))`)."""
-    from compressor.importance.collect import collect_scores       # lazy: importance imports pandas
-    return collect_scores(model, adapter, want=("wanda",))
+    handle = layer.register_forward_hook(stop)
+    try:
+        for ids, mask in batches:
+            set_mask(mask)
+            try:
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()

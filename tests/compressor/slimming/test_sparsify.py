@@ -245,18 +245,17 @@ def test_sequential_uniform_needs_no_dense_norms_and_refuses_missing_batches():
         sparsify_(model, None, SparsifyConfig(sparsity=0.5), batches=[ids])
 
 
-def test_truncated_forwards_prune_the_same_weights_as_the_layer_loop():
-    """The whole-model calibration used for families whose layers pass state (`_sparsify_by_forwards`) equals the
-    layer-by-layer loop where both can run."""
-    from compressor.families import resolve_adapter
-    from compressor.slimming.sequential import _sparsify_by_forwards
+def test_truncated_forwards_prune_the_same_weights_as_the_layer_loop(monkeypatch):
+    """The whole-model walk used for families whose layers pass state (`walk_layers` on a family listed in
+    `STREAM_UNSUPPORTED`) equals the layer-by-layer walk where both can run."""
+    from compressor.families import catalog
     model = tiny_moe("qwen3_moe", layers=3)
     twin = copy.deepcopy(model)
     batches = [tiny_inputs(seq=16, seed=s) for s in range(2)]
     targets = torch.tensor([0.3, 0.5, 0.7], dtype=torch.float64)
     a = sparsify_sequentially_(model, batches, targets)
-    b = _sparsify_by_forwards(twin, resolve_adapter(twin).decoder_layers(twin), [(ids, None) for ids in batches],
-                              targets, None)
+    monkeypatch.setitem(catalog.STREAM_UNSUPPORTED, "qwen3_moe", "forced for the test")
+    b = sparsify_sequentially_(twin, batches, targets)
     assert torch.equal(a, b) and a.sum() > 0
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
 
