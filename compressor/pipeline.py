@@ -146,10 +146,14 @@ class _Job:
 def check_feasible(recipe: Recipe) -> None:
     """The feasibility rules (`compressor.feasibility`) on the model's config.json, before any weight is read."""
     from compressor.feasibility import ModelLimits, check_slimming
+    from compressor.quantize import check_group_sizes
     from compressor.sources import resolve_local
-    if recipe.slimming.is_identity:
+    if recipe.slimming.is_identity and recipe.quantize is None:
         return
     config = json.loads((resolve_local(recipe.model).local_dir / "config.json").read_text())
+    check_group_sizes(recipe.quantize, config, expert_keep_ratio=recipe.slimming.expert_keep_ratio)
+    if recipe.slimming.is_identity:
+        return
     check_slimming(ModelLimits.from_config(config), recipe.slimming, stages=recipe.stages)
 
 

@@ -81,6 +81,40 @@ def check_quantize(cfg: QuantizeConfig | None) -> None:
                          "pip install compressed-tensors==0.20.1")
 
 
+def check_group_sizes(cfg: QuantizeConfig | None, config: dict, *, expert_keep_ratio: float = 1.0) -> None:
+    """Refuse, from config.json alone (before any weight is read), int groups that would not divide the input size
+    of a weight they quantize: the hidden size (every projection that reads the residual stream), the attention
+    output's input (heads x head_dim), the experts' width after slimming (`compressor.estimate.kept_width`)."""
+    from compressor.estimate import kept_width
+    from compressor.feasibility import ModelLimits
+    from compressor.quantization.scheme import SCHEMES, scheme_named
+
+    if cfg is None or cfg.format != "compressed-tensors":
+        return
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    hidden, heads = text.get("hidden_size"), text.get("num_attention_heads")
+    head_dim = text.get("head_dim") or (hidden // heads if hidden and heads else None)
+    width = ModelLimits.from_config(config).width
+    sizes = {"experts": [("hidden_size", hidden)], "shared_experts": [("hidden_size", hidden)],
+             "dense_mlp": [("hidden_size", hidden)],
+             "attention": [("hidden_size", hidden), ("num_attention_heads x head_dim",
+                                                     heads * head_dim if heads and head_dim else None)]}
+    if width:
+        sizes["experts"].append(("expert width after slimming", kept_width(width, expert_keep_ratio)))
+    for klass, name in cfg.class_schemes().items():
+        if name is None or SCHEMES[name].type != "int":
+            continue
+        g = scheme_named(name, group_size=cfg.group_size).group_size
+        for what, n in sizes[klass]:
+            if g and isinstance(n, int) and n % g:
+                raise ValueError(f"quantize: {klass} {name} groups of {g} columns do not divide the {what} ({n}); "
+                                 f"set quantize.group_size to a divisor of {n} (e.g. {_divisor(n, g)}) or `channel`")
+
+
+def _divisor(n: int, g: int) -> int:
+    return next((d for d in (64, 32, 16, 8) if d < g and n % d == 0), 1)
+
+
 def saved_dtype(folder: str | Path) -> torch.dtype:
     """The floating dtype config.json names (`dtype` / `torch_dtype`), float32 when it names none."""
     try:
