@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from compressor.quantization.grid import QuantizedWeight, check_shape, column_params, fake_quantize, qparams, \
-    round_to_grid
+from compressor.quantization.grid import QuantizedWeight, check_shape, column_params, qparams, round_to_grid
 from compressor.quantization.scheme import WeightScheme
 
 
@@ -100,18 +99,3 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: WeightScheme, *, blo
 def reconstruction_error(w: torch.Tensor, w_hat: torch.Tensor, x: torch.Tensor) -> float:
     """||X W^T - X W_hat^T||_F for inputs x [n, C]: the layer-output error GPTQ minimises."""
     return float(torch.linalg.matrix_norm(x.float() @ (w.float() - w_hat.float()).T))
-
-
-def quantize_or_fallback(w: torch.Tensor, hs: HessianSum | None, scheme: WeightScheme, *, min_rows: int,
-                         **gptq_kwargs) -> tuple[QuantizedWeight, str]:
-    """GPTQ when at least `min_rows` calibration rows reached the weight, else round to nearest: (result,
-    "gptq" | "rtn")."""
-    from compressor.quantization.grid import rtn
-    scale_dtype = gptq_kwargs.get("scale_dtype")
-    if hs is None or hs.n < max(1, min_rows):
-        return rtn(w, scheme, scale_dtype=scale_dtype), "rtn"
-    return gptq_quantize(w, hs.hessian(), scheme, **gptq_kwargs), "gptq"
-
-
-__all__ = ["HessianSum", "gptq_quantize", "inverse_hessian_factor", "reconstruction_error", "quantize_or_fallback",
-           "fake_quantize"]
