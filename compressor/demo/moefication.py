@@ -7,6 +7,12 @@ outputs add up to the MLP exactly. Neurons that fire together go to the same gro
 |activation| profiles over calibration tokens), and a router predicts, per token, the k groups with the largest
 sum of |a_i| (MoEfication's target); only those k experts run.
 
+A few neurons carry most of the MLP's output on some tokens (massive activations: dropping them for one token
+wrecks the rest of the sequence), so `shared_neurons` picks S neurons by their RMS output contribution
+sqrt(mean_t (|a_i(t)| * ||W_down[:, i]||)^2) and copies them into every expert; with k experts chosen and weights
+1 / k each, the copies add up to the neuron once (their down columns carry no factor k, see below). The other
+I - S neurons are clustered into the E groups.
+
 The result is a `MixtralForCausalLM`: Llama attention (q/k/v/o without bias, RMSNorm, RoPE) is Mixtral's
 attention, so attention, norms and embeddings are copied unchanged. Mixtral weights each chosen expert by its
 renormalised softmax probability w_e (sum over the k chosen = 1), where MoEfication adds the chosen experts
@@ -18,6 +24,7 @@ order of the logits) does not depend on it; small values make the weights nearly
     perm = group_permutation(labels, groups=8)                    # [I] neurons ordered group by group
     w, losses = train_router(x, group_scores(acts, labels, groups=8), top_k=2)
     moe = moefy(dense, perms=[perm] * L, routers=[w] * L, top_k=2)    # MixtralForCausalLM
+    shared = shared_neurons(acts, down=W_down, count=64)          # [64] neurons copied into every expert
 """
 from __future__ import annotations
 
@@ -72,6 +79,22 @@ def _balanced_assign(sim: torch.Tensor, capacity: int) -> torch.Tensor:
     return labels
 
 
+def shared_neurons(acts: torch.Tensor, *, down: torch.Tensor, count: int) -> torch.Tensor:
+    """The `count` neurons of largest RMS output contribution sqrt(mean_t (|a_i(t)| ||W_down[:, i]||)^2):
+    acts [T, I], down [H, I] -> LongTensor [count], ascending."""
+    if count == 0:
+        return torch.zeros(0, dtype=torch.long)
+    score = acts.double().pow(2).mean(0).sqrt() * down.double().norm(dim=0)     # [I]
+    return score.topk(count).indices.sort().values
+
+
+def routed_neurons(width: int, shared: torch.Tensor) -> torch.Tensor:
+    """The neuron indices 0..width-1 not in `shared`, ascending."""
+    keep = torch.ones(width, dtype=torch.bool)
+    keep[shared] = False
+    return torch.nonzero(keep).flatten()
+
+
 def group_permutation(labels: torch.Tensor, *, groups: int) -> torch.Tensor:
     """Neuron indices ordered group 0 first, then 1, ... (ascending within a group): LongTensor [I].
     Expert e holds neurons perm[e * I/E : (e+1) * I/E]."""
@@ -122,19 +145,20 @@ def router_recall(x: torch.Tensor, weight: torch.Tensor, scores: torch.Tensor, *
     return float((pick * topk_targets(scores.float(), top_k=top_k)).sum(1).mean() / top_k)
 
 
-def moe_config(dense_config, *, experts: int, top_k: int):
+def moe_config(dense_config, *, experts: int, top_k: int, shared: int = 0):
     """The MixtralConfig that holds a Llama config's attention unchanged and its MLP as `experts` experts of
-    intermediate_size / experts neurons, top_k of them per token."""
+    (intermediate_size - shared) / experts routed neurons plus the `shared` ones, top_k of them per token."""
     from transformers import MixtralConfig
 
     c = dense_config
     if getattr(c, "mlp_bias", False) or getattr(c, "attention_bias", False) or c.hidden_act != "silu":
         raise ValueError("only a Llama without biases and with a SiLU-gated MLP maps onto Mixtral exactly")
-    if c.intermediate_size % experts or not 1 <= top_k <= experts:
-        raise ValueError(f"intermediate_size {c.intermediate_size} into {experts} experts, top-{top_k}: need a "
-                         "divisor and 1 <= top_k <= experts")
+    if (c.intermediate_size - shared) % experts or not 1 <= top_k <= experts:
+        raise ValueError(f"intermediate_size {c.intermediate_size} - {shared} shared into {experts} experts, "
+                         f"top-{top_k}: need a divisor and 1 <= top_k <= experts")
     return MixtralConfig(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size // experts,
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size,
+        intermediate_size=(c.intermediate_size - shared) // experts + shared,
         num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
         num_key_value_heads=c.num_key_value_heads, head_dim=c.head_dim, hidden_act="silu",
         max_position_embeddings=c.max_position_embeddings, rms_norm_eps=c.rms_norm_eps,
@@ -146,31 +170,46 @@ def moe_config(dense_config, *, experts: int, top_k: int):
 
 @torch.no_grad()
 def moefy(dense, *, perms: list[torch.Tensor], routers: list[torch.Tensor], top_k: int,
-          router_scale: float = 1.0):
-    """A MixtralForCausalLM equal to `dense` (a LlamaForCausalLM) except that layer l's MLP is split by perms[l]
-    into len(routers[l]) experts routed by router_scale * routers[l] [E, H], top_k per token; down projections
-    are multiplied by top_k (see the module doc). With top_k = E and a zero router it computes `dense` exactly.
+          shared: list[torch.Tensor] | None = None, router_scale: float = 1.0):
+    """A MixtralForCausalLM equal to `dense` (a LlamaForCausalLM) except that layer l's MLP becomes
+    E = len(routers[l]) experts routed by router_scale * routers[l] [E, H], top_k per token: expert e holds the
+    routed neurons perms[l][e * g:(e + 1) * g] (g = len(perms[l]) / E; their down columns times top_k) followed by
+    the shared neurons shared[l] (down columns as they are). perms[l] and shared[l] together must be a permutation
+    of the MLP's neurons. With top_k = E and a zero router it computes `dense` exactly (module doc).
     """
     from transformers import MixtralForCausalLM
 
     layers = dense.model.layers
-    if not len(perms) == len(routers) == len(layers):
-        raise ValueError(f"{len(layers)} layers but {len(perms)} permutations and {len(routers)} routers")
+    shared = shared if shared is not None else [torch.zeros(0, dtype=torch.long)] * len(layers)
+    if not len(perms) == len(routers) == len(shared) == len(layers):
+        raise ValueError(f"{len(layers)} layers but {len(perms)} permutations, {len(routers)} routers and "
+                         f"{len(shared)} shared sets")
     experts = routers[0].shape[0]
-    config = moe_config(dense.config, experts=experts, top_k=top_k)
+    full = dense.config.intermediate_size
+    for p, sh in zip(perms, shared):
+        if not torch.equal(torch.cat([p, sh]).sort().values, torch.arange(full)):
+            raise ValueError("a layer's routed and shared neurons are not a permutation of its MLP's neurons")
+    n_shared = len(shared[0])
+    config = moe_config(dense.config, experts=experts, top_k=top_k, shared=n_shared)
     moe = MixtralForCausalLM(config).to(next(dense.parameters()).dtype)
     state = {k: v for k, v in dense.state_dict().items() if ".mlp." not in k}
     missing, unexpected = moe.load_state_dict(state, strict=False)
     if unexpected or any(".mlp." not in k for k in missing if k != "lm_head.weight"):
         raise ValueError(f"dense weights do not map onto Mixtral: unexpected {unexpected[:3]}, missing {missing[:3]}")
-    width = config.intermediate_size
-    for layer, moe_layer, perm, router in zip(layers, moe.model.layers, perms, routers):
+    g = (full - n_shared) // experts
+    for layer, moe_layer, perm, sh, router in zip(layers, moe.model.layers, perms, shared, routers):
         mlp, block = layer.mlp, moe_layer.mlp
-        gate = mlp.gate_proj.weight[perm].view(experts, width, -1)          # [E, I/E, H]
-        up = mlp.up_proj.weight[perm].view(experts, width, -1)              # [E, I/E, H]
-        down = mlp.down_proj.weight[:, perm].view(-1, experts, width)       # [H, E, I/E]
-        block.experts.gate_up_proj.copy_(torch.cat([gate, up], dim=1))      # [E, 2 I/E, H]
-        block.experts.down_proj.copy_(down.permute(1, 0, 2) * top_k)        # [E, H, I/E]
+
+        def per_expert(w_rows: torch.Tensor, w_shared: torch.Tensor) -> torch.Tensor:   # [E, g + S, ...]
+            routed = w_rows.reshape(experts, g, *w_rows.shape[1:])
+            common = w_shared.unsqueeze(0).expand(experts, *w_shared.shape)
+            return torch.cat([routed, common], dim=1)
+
+        gate = per_expert(mlp.gate_proj.weight[perm], mlp.gate_proj.weight[sh])          # [E, g+S, H]
+        up = per_expert(mlp.up_proj.weight[perm], mlp.up_proj.weight[sh])                # [E, g+S, H]
+        down = per_expert(mlp.down_proj.weight[:, perm].T * top_k, mlp.down_proj.weight[:, sh].T)   # [E, g+S, H]
+        block.experts.gate_up_proj.copy_(torch.cat([gate, up], dim=1))                  # [E, 2(g+S), H]
+        block.experts.down_proj.copy_(down.transpose(1, 2))                              # [E, H, g+S]
         block.gate.weight.copy_(router * router_scale)
     if config.tie_word_embeddings:
         moe.tie_weights()

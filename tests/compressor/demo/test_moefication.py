@@ -83,3 +83,42 @@ def test_router_training_lowers_loss_and_predicts_groups():
     assert abs(losses[0] - 0.6931) < 1e-3
     assert sum(losses[-20:]) / 20 < 0.7 * losses[0]
     assert router_recall(x[3584:], w, scores[3584:], top_k=1) > 0.6     # chance: 0.25
+
+
+def test_shared_neurons_are_copied_into_every_expert_and_counted_once():
+    """S shared neurons in every expert: top_k = E with a zero router is still the dense model, and top-1 with any
+    router gives the chosen group's neurons plus the shared ones (the dense MLP with the other groups zeroed)."""
+    from compressor.demo.moefication import routed_neurons, shared_neurons
+    dense = tiny_llama()
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(64, 32, generator=gen)
+    mlp = dense.model.layers[0].mlp
+    acts = mlp_activations(x, gate=mlp.gate_proj.weight.detach(), up=mlp.up_proj.weight.detach())
+    shared = shared_neurons(acts, down=mlp.down_proj.weight.detach(), count=16)
+    contrib = (acts.pow(2).mean(0).sqrt() * mlp.down_proj.weight.detach().norm(dim=0))
+    assert set(shared.tolist()) == set(contrib.topk(16).indices.tolist())
+    routed = routed_neurons(48, shared)                                     # 32 neurons -> 4 experts of 8
+    perms = [routed for _ in dense.model.layers]
+    sh = [shared for _ in dense.model.layers]
+    ids = torch.randint(0, 64, (2, 12), generator=gen)
+    moe = moefy(dense, perms=perms, routers=[torch.zeros(4, 32)] * 2, shared=sh, top_k=4)
+    assert moe.config.intermediate_size == 24
+    with torch.no_grad():
+        torch.testing.assert_close(moe(ids).logits, dense(ids).logits, rtol=1e-5, atol=1e-5)
+    router = torch.randn(4, 32, generator=gen)
+    moe1 = moefy(dense, perms=perms, routers=[router] * 2, shared=sh, top_k=1)
+    block = moe1.model.layers[0].mlp
+    chosen = (x @ router.T).argmax(-1)                                      # [64] the expert of each token
+    groups = routed.view(4, 8)
+    expected = torch.stack([
+        (acts[t, torch.cat([groups[e], shared])] * mlp.down_proj.weight.detach()[:, torch.cat([groups[e], shared])]).sum(1)
+        for t, e in enumerate(chosen.tolist())])                            # [64, 32]
+    with torch.no_grad():
+        torch.testing.assert_close(block(x[None])[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_neurons_that_are_not_a_permutation_are_refused():
+    dense = tiny_llama()
+    bad = [torch.arange(40) for _ in dense.model.layers]       # 8 neurons missing
+    with pytest.raises(ValueError, match="not a permutation"):
+        moefy(dense, perms=bad, routers=[torch.zeros(4, 32)] * 2, top_k=2)
