@@ -97,8 +97,8 @@ def parse_source(text: str) -> ModelSource:
     raw = (text or "").strip()
     if not raw:
         raise SourceError(f"empty model source; accepted forms: {ACCEPTED_FORMS}")
-    if raw.lower() == "demo":
-        return ModelSource("demo", "demo")
+    if raw.lower() in ("demo", "demo-smollm"):   # demo-smollm: compressor/demo/smollm.py, assembled on first use
+        return ModelSource("demo", raw.lower())
     local = _local_source(Path(raw).expanduser(), raw)
     if local is not None:
         return local
@@ -243,7 +243,7 @@ def resolve_local(source: ModelSource | str, *, allow_pickle: bool = False, trus
     src = parse_source(source) if isinstance(source, str) else source
     rev = commit = None
     if src.kind == "demo":
-        local = _demo_dir()
+        local = _demo_dir(src.location)
     elif src.kind == "directory":
         local = Path(src.location)
     elif src.kind == "archive":
@@ -285,11 +285,11 @@ def load_model(source: ModelSource | str, *, dtype: torch.dtype | str | None = N
                        fingerprint=weights_fingerprint(local), revision=found.revision, commit=found.commit)
 
 
-def _demo_dir() -> Path:
+def _demo_dir(name: str = "demo") -> Path:
     try:
         from compressor.demo import demo_model_dir   # lazy: loading a user's model never needs the demo package
-        return Path(demo_model_dir())
-    except (ImportError, FileNotFoundError) as e:
+        return Path(demo_model_dir(name))
+    except (ImportError, FileNotFoundError, RuntimeError) as e:
         raise SourceError(f"the built-in demo model is not available ({e}); pass a model folder or archive "
                           "instead.") from e
 
