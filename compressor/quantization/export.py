@@ -238,8 +238,23 @@ def is_compressed_tensors_checkpoint(path: str | Path) -> bool:
     return (cfg.get("quantization_config") or {}).get("quant_method") == "compressed-tensors"
 
 
-def load_compressed(path: str | Path, *, dtype=None):
-    """A compressed-tensors checkpoint through stock `from_pretrained` (dequantized to `dtype` on the CPU)."""
+def load_compressed(path: str | Path, *, dtype=None, plain: bool = True):
+    """A compressed-tensors checkpoint through stock `from_pretrained` (dequantized to `dtype` on the CPU). With
+    `plain` every module is then decompressed and stripped of its quantization state (scales, scheme, wrapped
+    forward: compressed-tensors' `decompress_module(..., leave_decompressed=False)`), so the model holds exactly the
+    dequantized weights as ordinary parameters and parameter counts are those of the architecture."""
     import transformers as tf
+    from compressed_tensors.compressors import decompress_module
+    from compressed_tensors.quantization import QuantizationMetadata, QuantizationStatus
+
     kw = {"dtype": dtype} if dtype is not None else {}
-    return tf.AutoModelForCausalLM.from_pretrained(path, **kw).eval()
+    model = tf.AutoModelForCausalLM.from_pretrained(path, **kw).eval()
+    if plain:
+        for module in model.modules():
+            if not hasattr(module, "quantization_scheme"):
+                continue
+            if getattr(module, "quantization_status", None) == QuantizationStatus.COMPRESSED:
+                decompress_module(module, leave_decompressed=False)
+            else:
+                QuantizationMetadata.clear_quantization(module)
+    return model

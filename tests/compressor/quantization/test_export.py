@@ -90,3 +90,20 @@ def test_tied_head_is_saved_once(tmp_path):
         assert "lm_head.weight" not in set(f.keys()) and "model.embed_tokens.weight" in set(f.keys())
     reloaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path)
     assert torch.equal(reloaded.lm_head.weight, reloaded.model.embed_tokens.weight)
+
+
+def test_plain_reload_holds_only_the_architecture_parameters(tmp_path):
+    from compressor.quantization.export import load_compressed
+    model = tiny_moe("qwen3_moe")
+    n = sum(p.numel() for p in model.parameters())
+    ids = _ids()
+    _, params = quantize_model_(model, None, QuantPlan.of({"experts": W4, "attention": SCHEMES["W8A16"]},
+                                                          method="rtn"))
+    with torch.no_grad():
+        want = model(ids).logits
+    save_compressed(model, params, tmp_path, dtype=torch.float32)
+    plain = load_compressed(tmp_path)
+    assert sum(p.numel() for p in plain.parameters()) == n
+    assert not any(hasattr(m, "quantization_scheme") for m in plain.modules())
+    with torch.no_grad():
+        assert torch.allclose(plain(ids).logits, want, atol=1e-5)
