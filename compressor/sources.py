@@ -288,7 +288,7 @@ def load_model(source: ModelSource | str, *, dtype: torch.dtype | str | None = N
 def _demo_dir(name: str = "demo") -> Path:
     try:
         from compressor.demo import demo_model_dir   # lazy: loading a user's model never needs the demo package
-        return Path(demo_model_dir(name))
+        return Path(demo_model_dir() if name == "demo" else demo_model_dir(name))
     except (ImportError, FileNotFoundError, RuntimeError) as e:
         raise SourceError(f"the built-in demo model is not available ({e}); pass a model folder or archive "
                           "instead.") from e
