@@ -25,6 +25,7 @@ from compressor.recipe import CalibrationConfig
 from storage import catalog
 
 from .celery_app import get_app
+from .roots import check_run_source
 
 log = logging.getLogger(__name__)
 ANALYZE_TASK = "workers.analyze_model"
@@ -73,6 +74,7 @@ def analyze_model(self, model_id: int, settings: dict) -> dict:
         raise ValueError(f"model {model_id} is not in the catalogue; open it in the Model tab again")
     cfg = AnalysisSettings.from_dict(settings)
     t0 = time.perf_counter()
+    check_run_source(row.source)        # the roots rule again, links included: the folder may have changed
     self.update_state(state="PROGRESS", meta={"stage": "load", "fraction": 0.0, "message": f"preparing {row.source}"})
     inputs = _inputs(row.source, cfg)
     last = [0.0]

@@ -18,7 +18,10 @@ import time
 
 from celery import shared_task
 
+from storage.artifacts import artifacts_root
+
 from .celery_app import get_app
+from .roots import check_run_source
 
 COMPARE_TASK = "workers.compare_models"
 WAITING = {"PENDING": "waiting for the worker (it runs one job at a time)", "STARTED": "starting"}
@@ -26,6 +29,7 @@ WAITING = {"PENDING": "waiting for the worker (it runs one job at a time)", "STA
 
 def _load(source: str, label: str, report):
     from compressor.sources import load_model
+    check_run_source(source, extra_roots=(artifacts_root(),))   # the roots rule again, links included
     report(f"loading model {label}")
     return load_model(source)
 

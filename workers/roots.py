@@ -83,12 +83,13 @@ def _refuse_shadowed_hub_id(hub: str, roots: list[Path]) -> None:
                           "from another directory, or download the model into a model root.")
 
 
-def check_run_source(model: str) -> None:
+def check_run_source(model: str, *, extra_roots: tuple[Path, ...] = ()) -> None:
     """A queued run's model checked again by the worker, right before it is loaded. What exists on this machine under
     that name (a path wins over a hub id of the same shape when the pipeline parses it) must pass the folder rule
     of `allowed_source`: under a root, every link inside resolving under a root. "demo", a hub id and a name with
     nothing behind it are left to the pipeline, which loads the demo, downloads the hub id or says the folder is
-    missing. Raises SourceError."""
+    missing. `extra_roots`: folders allowed besides the model roots (Compare loads a run's checkpoint from the
+    artifacts folder). Raises SourceError."""
     from compressor.sources import parse_local_source
 
     raw = str(model or "").strip()
@@ -99,4 +100,4 @@ def check_run_source(model: str) -> None:
     except (OSError, ValueError):
         present = False
     if present:
-        parse_local_source(raw, allowed_model_roots(), hint=ROOTS_HINT)
+        parse_local_source(raw, [*allowed_model_roots(), *extra_roots], hint=ROOTS_HINT)

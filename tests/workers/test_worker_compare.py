@@ -5,6 +5,7 @@ loading weights made to raise, still shows a comparison because the worker compu
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 import uuid
@@ -36,11 +37,14 @@ def test_a_comparison_round_trips_through_json():
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """One real worker on the test Redis and a private PostgreSQL schema, with a private queue."""
+def cluster(tmp_path_factory, other_model):
+    """One real worker on the test Redis and a private PostgreSQL schema, with a private queue; its model roots hold
+    the second checkpoint (the worker checks every source against them before it loads it)."""
     home = tmp_path_factory.mktemp("compare")
+    roots = os.pathsep.join([str(home), str(other_model[0].parent)])
     with postgres_schema_url() as db_url, studio_env(home, DATABASE_URL=db_url, REDIS_URL=flushed_test_redis(),
-                                                     MOE_STUDIO_QUEUE=f"test-{uuid.uuid4().hex[:8]}"):
+                                                     MOE_STUDIO_QUEUE=f"test-{uuid.uuid4().hex[:8]}",
+                                                     MOE_STUDIO_MODEL_ROOTS=roots):
         db.init_db()
         with WorkerCluster(n=1) as workers:
             yield workers

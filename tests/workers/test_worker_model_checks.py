@@ -101,3 +101,19 @@ def test_the_embedded_worker_checks_against_the_apps_model_roots(db_url, tmp_pat
     env = EmbeddedServices(start_worker=False).worker_env()
     roots = env["MOE_STUDIO_MODEL_ROOTS"].split(os.pathsep)
     assert str(tmp_path) in roots and roots == [str(r) for r in allowed_model_roots()]
+
+
+def test_compare_and_explore_jobs_check_the_roots_again_before_loading(db_url, roots):
+    from compressor.sources import SourceError
+    from storage import catalog
+    from workers.analysis import analyze_model
+    from workers.compare_job import _load
+    root, outside = roots
+    (root / "m" / "chat_template.jinja").symlink_to(outside / "secret.jinja")
+    loads = []
+    with pytest.raises(SourceError, match="'chat_template.jinja' in the model folder links outside"):
+        _load(str(root / "m"), "A", loads.append)
+    assert loads == []                                   # refused before "loading model A"
+    model_id = catalog.upsert_model(source=str(root / "m"), fingerprint="f", summary={})
+    with pytest.raises(SourceError, match="'chat_template.jinja' in the model folder links outside"):
+        analyze_model.run(model_id, {})
