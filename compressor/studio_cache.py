@@ -32,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -245,12 +246,24 @@ def pinned_entries() -> set[str]:
     return {os.path.realpath(e) for entries in pins().values() for e in entries}
 
 
-def sync_pins(wanted: dict[str, str], *, prefix: str) -> None:
+PIN_GRACE_S = 60.0
+
+
+def sync_pins(wanted: dict[str, str], *, prefix: str, grace_s: float = PIN_GRACE_S) -> None:
     """Make the pins whose owner starts with `prefix` exactly `wanted` ({owner: source}): pins of owners that are
-    gone (a run that ended, was cancelled while queued or was deleted) are dropped, missing ones are made."""
+    gone (a run that ended, was cancelled while queued or was deleted) are dropped, missing ones are made. A pin
+    younger than `grace_s` stays even when it is not wanted: it may belong to a run enqueued after `wanted` was
+    read."""
+    folder = studio_cache_dir() / PINS
+    now = time.time()
     for owner in pins():
         if owner.startswith(prefix) and owner not in wanted:
-            unpin(owner)
+            try:
+                young = now - (folder / f"{owner}.json").stat().st_mtime < grace_s
+            except OSError:
+                continue
+            if not young:
+                unpin(owner)
     for owner, source in wanted.items():
         pin(owner, source)
 

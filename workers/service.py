@@ -71,7 +71,7 @@ def enqueue_run(recipe: dict | Recipe, *, name: str = "", parent_run_id: int | N
     run_id = repo.create_run(parsed.to_dict(), name=name, parent_run_id=parent_run_id)
     if pin_run(run_id, parsed.model) and not os.path.exists(parsed.model):
         unpin_run(run_id)
-        repo.mark_failed(run_id, error=f"the uploaded model was removed from the studio cache to make room before "
+        repo.mark_failed(run_id, error="the uploaded model was removed from the studio cache to make room before "
                                        "this run was queued; upload it again and enqueue again")
         return run_id
     try:

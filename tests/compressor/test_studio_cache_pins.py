@@ -65,6 +65,10 @@ def test_sync_pins_drops_ended_runs_and_pins_active_ones_only_for_its_prefix(cac
     pin("run-1", str(a))
     pin("other-1", str(a))
     sync_pins({"run-2": str(b), "run-3": "demo"}, prefix="run-")
+    assert sorted(pins()) == ["other-1", "run-1", "run-2"]      # run-1 was pinned just now: maybe a new run
+    old = time.time() - 120
+    os.utime(cache / studio_cache.PINS / "run-1.json", (old, old))
+    sync_pins({"run-2": str(b), "run-3": "demo"}, prefix="run-")
     assert sorted(pins()) == ["other-1", "run-2"]
     assert pins()["run-2"][0] == b
     with pytest.raises(ValueError, match="pin owner '../x'"):

@@ -3,6 +3,7 @@ model folder against the model roots again right before it loads it (links insid
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,8 @@ def test_the_reapers_sync_drops_pins_of_runs_that_ended_and_pins_queued_ones(db_
     cancelled = repo.create_run({"model": str(upload)})
     service.pin_run(cancelled, str(upload))
     repo.request_cancel(cancelled)                          # cancelled while queued, by another process
+    old = time.time() - 120
+    os.utime(cache / studio_cache.PINS / f"run-{cancelled}.json", (old, old))    # past the grace of a new pin
     service.sync_run_pins()
     assert sorted(studio_cache.pins()) == [f"run-{queued}"]
 
