@@ -15,12 +15,14 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from compressor.methods import DISTILL_LOSSES, EXPERT_SCORES, NEURON_SCORES, SPARSITY_ALLOCATIONS, literal
+from compressor.methods import (DISTILL_LOSSES, EXPERT_MERGES, EXPERT_SCORES, NEURON_SCORES, SPARSITY_ALLOCATIONS,
+                                literal)
 from compressor.quantization.scheme import SCHEME_NAMES
 
 # The choices come from the method registries (compressor/methods.py), so a new method needs no edit here.
 NeuronScore = literal(NEURON_SCORES)
 ExpertScore = literal(EXPERT_SCORES)
+ExpertMerge = literal(EXPERT_MERGES)
 SparsityAllocation = literal(SPARSITY_ALLOCATIONS)
 DistillLoss = literal(DISTILL_LOSSES)
 
@@ -73,6 +75,10 @@ class SlimmingConfig(_Strict):
     neuron_score: NeuronScore = Field("taylor", description=_choices(NEURON_SCORES))
     experts_keep: int | None = Field(None, ge=1, le=4096, description="experts kept per MoE layer; null = all")
     expert_score: ExpertScore = Field("reap", description=_choices(EXPERT_SCORES))
+    expert_merge: ExpertMerge | None = Field(
+        None, description="fold the experts into experts_keep instead of dropping them (null = prune by "
+                          "expert_score): " + _choices(EXPERT_MERGES))
+    merge_group_size: int = Field(16, ge=1, le=4096, description="REAM's C: the most experts folded into one")
     layers_drop: int = Field(0, ge=0, le=1024, description="decoder layers removed")
     sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="unstructured (Wanda) sparsity of the remaining linear maps")
     sparsity_allocation: SparsityAllocation = Field(
@@ -83,6 +89,17 @@ class SlimmingConfig(_Strict):
     sparsity_calibration: Literal["sequential", "dense"] = Field(
         "sequential", description="sequential = each layer's Wanda norms measured with the layers below already "
                                   "pruned (Wanda, OWL, DLP); dense = every layer's norms from the unpruned model")
+
+    @model_validator(mode="after")
+    def _merge_needs_a_count(self):
+        if self.expert_merge is not None and self.experts_keep is None:
+            raise ValueError(f"slimming.expert_merge ({self.expert_merge}) folds the experts into experts_keep: "
+                             "set slimming.experts_keep")
+        if self.expert_merge is not None and self.sparsity > 0:
+            raise ValueError("slimming.expert_merge and slimming.sparsity in one recipe: the sparsity's layer "
+                             "statistics would need the merged layers before they exist. Merge first, then sparsify "
+                             "the merged checkpoint with a second recipe (model: the first run's checkpoint)")
+        return self
 
     @property
     def is_identity(self) -> bool:

@@ -7,6 +7,7 @@ transformers loads) and DIR/slim_report.json (parameters before/after, time, the
     python -m compressor slim demo --expert-keep-ratio 0.75 --experts-keep 6 --layers-drop 1 --out slim/
     python -m compressor slim demo --sparsity 0.5 --allocation dlp --out sparse/
     python -m compressor slim demo --sparsity 0.5 --calibration dense --out sparse-dense/
+    python -m compressor slim demo --experts-keep 4 --merge ream --out merged/
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from compressor.methods import EXPERT_SCORES, NEURON_SCORES, SPARSITY_ALLOCATIONS, names
+from compressor.methods import EXPERT_MERGES, EXPERT_SCORES, NEURON_SCORES, SPARSITY_ALLOCATIONS, names
 from compressor.progress import Reporter
 from compressor.recipe import CalibrationConfig, SlimmingConfig
 
@@ -50,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--expert-score", choices=names(EXPERT_SCORES), default=_SLIM.expert_score,
                         help=f"expert score that ranks experts: {_legends(EXPERT_SCORES)} "
                              f"(default {_SLIM.expert_score})")
+    parser.add_argument("--merge", choices=names(EXPERT_MERGES), default=None,
+                        help=f"fold the experts into --experts-keep instead of dropping them: "
+                             f"{_legends(EXPERT_MERGES)} (default: prune by --expert-score)")
+    parser.add_argument("--merge-group-size", type=int, default=_SLIM.merge_group_size,
+                        help=f"REAM's C: the most experts folded into one (default {_SLIM.merge_group_size})")
     parser.add_argument("--layers-drop", type=int, default=0, help="decoder layers removed (lowest block influence)")
     parser.add_argument("--sparsity", type=float, default=0.0, help="unstructured Wanda sparsity, e.g. 0.5")
     parser.add_argument("--allocation", choices=names(SPARSITY_ALLOCATIONS), default=_SLIM.sparsity_allocation,
@@ -86,6 +92,7 @@ def _slimming_config(args) -> SlimmingConfig:
     try:
         return SlimmingConfig(expert_keep_ratio=args.expert_keep_ratio, neuron_score=args.neuron_score,
                               experts_keep=args.experts_keep, expert_score=args.expert_score,
+                              expert_merge=args.merge, merge_group_size=args.merge_group_size,
                               layers_drop=args.layers_drop, sparsity=args.sparsity,
                               sparsity_allocation=args.allocation, sparsity_dlp_statistic=args.dlp_statistic,
                               sparsity_calibration=args.calibration)
@@ -128,8 +135,9 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(found.source, dtype=args.dtype, device=args.device, **model_safety_kwargs(args))
     model = loaded.model
     batches, importance, scores_meta = None, None, {}
-    if analyze_cfg is not None:
+    if analyze_cfg is not None or cfg.expert_merge:
         batches = calibration_from_args(loaded.tokenizer, args, cal)
+    if analyze_cfg is not None:
         importance = load_or_analyze(model, batches, config=analyze_cfg, weights_fp=loaded.fingerprint,
                                      cache_dir=args.cache_dir, use_cache=args.cache, reporter=Reporter(_progress_line))
         scores_meta = {"analyze": analyze_cfg.to_dict(), "cache": importance.meta.get("cache"),
@@ -176,8 +184,9 @@ def _run_streamed(args, found, plan, cfg: SlimmingConfig, cal: CalibrationConfig
     out, ckpt = Path(args.out), Path(args.out) / "checkpoint"
     batches, importance, scores_meta = None, None, {}
     skeleton_model, tokenizer, weights_fp, analyzer = streamed_analysis(found, args)
-    if analyze_cfg is not None:
+    if analyze_cfg is not None or cfg.expert_merge:
         batches = calibration_from_args(tokenizer, args, cal)
+    if analyze_cfg is not None:
         importance = load_or_analyze(skeleton_model, batches, config=analyze_cfg, weights_fp=weights_fp,
                                      cache_dir=args.cache_dir, use_cache=args.cache, reporter=Reporter(_progress_line),
                                      analyzer=analyzer)

@@ -3,6 +3,9 @@
 Order (each step's scores stay valid for the next):
     1. slim_neurons_   neuron score `neuron_score` ([E, I] per MoE layer)     if expert_keep_ratio < 1
     2. prune_experts_  expert score `expert_score` ([E] per MoE layer)        if experts_keep is set
+       merge_experts_  instead, with `expert_merge` (REAM / HC-SMoE / M-SMoE): calibrated on `batches`, layer by
+                       layer on the model merged below, its own REAP / frequency (no score from the report); run
+                       after step 3, so each layer is calibrated on the layers that stay (as layer by layer)
     3. drop_layers_    block influence of the original layers ([L])          if layers_drop > 0
     4. sparsify_       Wanda norms of the model as it is now                  if sparsity > 0
 Steps 1-3 only read scores of layers / experts / neurons they keep, and those are unchanged by earlier steps. Step 4
@@ -27,8 +30,10 @@ from compressor.inspect import ParamCount, count_params
 from compressor.methods import EXPERT_SCORES, NEURON_SCORES
 from compressor.progress import Reporter
 from compressor.recipe import SlimmingConfig
-from compressor.slimming.config import ExpertPruneConfig, LayerDropConfig, NeuronSlimConfig, SparsifyConfig
+from compressor.slimming.config import (ExpertMergeConfig, ExpertPruneConfig, LayerDropConfig, NeuronSlimConfig,
+                                        SparsifyConfig)
 from compressor.slimming.experts import prune_experts_
+from compressor.slimming.merge import merge_experts_
 from compressor.slimming.layers import drop_layers_
 from compressor.slimming.neurons import slim_neurons_
 from compressor.slimming.sparsify import sparsify_
@@ -87,7 +92,8 @@ def apply_slimming_(model: nn.Module, importance, cfg: SlimmingConfig, *, batche
         used["neurons"] = cfg.neuron_score
         reports.append(slim_neurons_(model, neuron_scores_from(importance, cfg.neuron_score),
                                      NeuronSlimConfig(keep_ratio=cfg.expert_keep_ratio), reporter=reporter))
-    if cfg.experts_keep is not None:
+    merging = cfg.experts_keep is not None and cfg.expert_merge is not None
+    if cfg.experts_keep is not None and not merging:
         used["experts"] = cfg.expert_score
         reports.append(prune_experts_(model, expert_scores_from(importance, cfg.expert_score),
                                       ExpertPruneConfig(experts_keep=cfg.experts_keep), reporter=reporter))
@@ -95,6 +101,12 @@ def apply_slimming_(model: nn.Module, importance, cfg: SlimmingConfig, *, batche
         used["layers"] = "block_influence"
         reports.append(drop_layers_(model, layer_scores_from(importance), LayerDropConfig(layers_drop=cfg.layers_drop),
                                     reporter=reporter))
+    if merging:
+        used["experts"] = f"{cfg.expert_merge} merge"
+        merged = merge_experts_(model, batches, merge_config(cfg), reporter=reporter)
+        if cfg.layers_drop:
+            merged.renumber_(reports[-1].kept)          # groups keyed by the layers' original indices
+        reports.append(merged)
     if cfg.sparsity > 0:
         scfg = sparsify_config(cfg)
         inputs, dense = None, None
@@ -108,8 +120,16 @@ def apply_slimming_(model: nn.Module, importance, cfg: SlimmingConfig, *, batche
                           reports=reports, scores_used=used)
 
 
+def merge_config(cfg: SlimmingConfig) -> ExpertMergeConfig:
+    """The recipe's merge fields as the `merge_experts_` config."""
+    return ExpertMergeConfig(experts_keep=cfg.experts_keep, method=cfg.expert_merge, group_size=cfg.merge_group_size)
+
+
 def check_sparsity_batches(cfg: SlimmingConfig, batches) -> None:
-    """Refuse, before any cut, sequential sparsity calibration without calibration batches."""
+    """Refuse, before any cut, sequential sparsity calibration or expert merging without calibration batches."""
+    if cfg.expert_merge is not None and batches is None:
+        raise ValueError(f"expert merging ({cfg.expert_merge}) calibrates every layer on the model merged below it: "
+                         "pass calibration batches")
     if cfg.sparsity > 0 and cfg.sparsity_calibration == "sequential" and batches is None:
         raise ValueError("sequential sparsity calibration measures each layer's Wanda norms on the model pruned below "
                          "it: pass calibration batches, or set sparsity_calibration to dense")
@@ -147,7 +167,8 @@ def wanda_inputs_for(importance, reports: list, batches) -> tuple[dict | None, s
 def analysis_needs(cfg: SlimmingConfig) -> tuple[tuple[str, ...], bool]:
     """What `apply_slimming_(model, report, cfg)` needs scored: (score kinds, whether a Taylor pass is needed).
 
-    neurons if expert_keep_ratio < 1; experts if experts_keep is set; layers if layers_drop > 0; Wanda input norms
+    neurons if expert_keep_ratio < 1; experts if experts_keep is set and the experts are pruned (a merge scores
+    them itself, layer by layer on the merged model); layers if layers_drop > 0; Wanda input norms
     only when nothing structural is cut (otherwise `apply_slimming_` recollects them on the cut model). Taylor only
     when the chosen neuron or expert score needs one (`Method.taylor` in compressor/methods.py) and that cut is made.
 
@@ -156,7 +177,7 @@ def analysis_needs(cfg: SlimmingConfig) -> tuple[tuple[str, ...], bool]:
     want = []
     if cfg.expert_keep_ratio < 1.0:
         want.append("neurons")
-    if cfg.experts_keep is not None:
+    if cfg.experts_keep is not None and cfg.expert_merge is None:
         want.append("experts")
     if cfg.layers_drop:
         want.append("layers")

@@ -220,42 +220,53 @@ def merge_experts_(model: nn.Module, batches, cfg: ExpertMergeConfig, *,
     from compressor.slimming.sequential import walk_layers
 
     t0 = time.perf_counter()
+    E = check_mergeable(model, cfg)
+    adapter = resolve_adapter(model)
+    blocks = adapter.moe_blocks(model)
+    by_layer = {b.layer: b for b in blocks}
+    report = ExpertMergeReport(params_before=count_params(model), params_after=count_params(model), seconds=0.0,
+                               config=cfg, experts_before=E, experts_after=cfg.experts_keep)
+    for j, layer, feed, _ in walk_layers(model, batches):
+        blk = by_layer.get(j)
+        if blk is None or cfg.experts_keep == E:
+            continue
+        if reporter is not None:
+            reporter.report("slim", step=len(report.groups), total=len(blocks),
+                            message=f"layer {j}: merge {E} -> {cfg.experts_keep} experts ({cfg.method})")
+        merge_block_(blk, feed, cfg, report)
+    adapter.set_num_experts_(model.config, cfg.experts_keep)
+    check_structure(model)
+    report.params_after, report.seconds = count_params(model), time.perf_counter() - t0
+    return report
+
+
+def check_mergeable(model: nn.Module, cfg: ExpertMergeConfig) -> int:
+    """The expert count E of `model`'s MoE layers, after refusing (ValueError, model untouched) what merging cannot
+    do: layers with different counts, counts the routing cannot take or routers it cannot slice (the rules of expert
+    pruning), and DeepSeek-style routing groups."""
     adapter = resolve_adapter(model)
     config = model.config
     blocks = adapter.moe_blocks(model)
     counts = {b.num_experts for b in blocks}
     if len(counts) != 1:
         raise ValueError(f"MoE layers disagree on the expert count ({sorted(counts)}); one count is required")
-    E, n = counts.pop(), cfg.experts_keep
-    adapter.check_expert_count(config, n)
+    adapter.check_expert_count(config, cfg.experts_keep)
     adapter.check_prunable(blocks)
     if adapter.num_groups(config) > 1:
         raise ValueError(f"{adapter.family}: experts are routed in {adapter.num_groups(config)} groups; merging "
                          "would fold experts of different groups together. Prune experts instead "
                          "(slimming.expert_merge: null), which keeps every group intact")
-    plan_of = method(EXPERT_MERGES, cfg.method).load()
-    by_layer = {b.layer: b for b in blocks}
-    before = count_params(model)
-    report = ExpertMergeReport(params_before=before, params_after=before, seconds=0.0, config=cfg,
-                               experts_before=E, experts_after=n)
-    done = 0
-    for j, layer, feed, _ in walk_layers(model, batches):
-        blk = by_layer.get(j)
-        if blk is None or n == E:
-            continue
-        if reporter is not None:
-            reporter.report("slim", step=done, total=len(blocks), message=f"layer {j}: merge {E} -> {n} experts "
-                                                                           f"({cfg.method})")
-        with MergeCollector(blk, cfg.samples) as col:
-            feed(col.set_mask)
-        inputs = col.inputs()
-        plan = plan_of(inputs, cfg)
-        groups = plan.groups()
-        report.weights[j] = fold_block_(blk, inputs, plan)
-        report.groups[j] = groups
-        report.similarity[j] = [round(float(plan.similarity[g[0], g].mean()), 6) for g in groups]
-        done += 1
-    adapter.set_num_experts_(config, n)
-    check_structure(model)
-    report.params_after, report.seconds = count_params(model), time.perf_counter() - t0
-    return report
+    return counts.pop()
+
+
+def merge_block_(blk: MoEBlock, feed, cfg: ExpertMergeConfig, report: ExpertMergeReport) -> None:
+    """Calibrate one block (`feed(set_mask)` runs its layer on its inputs), plan with `cfg.method`, fold and cut
+    it, and record its groups, fold weights and similarities in `report` (both drivers call this)."""
+    with MergeCollector(blk, cfg.samples) as col:
+        feed(col.set_mask)
+    inputs = col.inputs()
+    plan = method(EXPERT_MERGES, cfg.method).load()(inputs, cfg)
+    groups = plan.groups()
+    report.weights[blk.layer] = fold_block_(blk, inputs, plan)
+    report.groups[blk.layer] = groups
+    report.similarity[blk.layer] = [round(float(plan.similarity[g[0], g].mean()), 6) for g in groups]

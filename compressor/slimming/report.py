@@ -111,9 +111,17 @@ class ExpertMergeReport(_Report):
     config: object
     experts_before: int
     experts_after: int
-    groups: dict[int, list[list[int]]] = field(default_factory=dict)     # layer -> groups, centroid first (old ids)
+    groups: dict[int, list[list[int]]] = field(default_factory=dict)     # layer (original index) -> groups,
+    #                                                                     centroid first (original expert ids)
     similarity: dict[int, list[float]] = field(default_factory=dict)    # layer -> mean similarity inside each group
     weights: dict[int, list[list[float]]] = field(default_factory=dict)  # layer -> fold weights, as `groups`
+
+    def renumber_(self, source: list[int]) -> None:
+        """Key the layers by their index before a layer drop (`source[j]`: the original index of layer j)."""
+        for table in (self.groups, self.similarity, self.weights):
+            moved = {source[j]: v for j, v in table.items()}
+            table.clear()
+            table.update(moved)
 
     def merged_into(self, layer: int) -> dict[int, int]:
         """{old expert id: new expert id} of one layer (new ids follow the centroids' order)."""

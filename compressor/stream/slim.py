@@ -33,7 +33,7 @@ from compressor.importance.collect import ScoreCollector
 from compressor.inspect import ParamCount, count_params
 from compressor.progress import Reporter
 from compressor.recipe import SlimmingConfig
-from compressor.slimming.apply import (check_sparsity_batches, expert_scores_from, layer_scores_from,
+from compressor.slimming.apply import (check_sparsity_batches, expert_scores_from, layer_scores_from, merge_config,
                                        neuron_scores_from, sparsify_config, sparsity_label, wanda_inputs_for)
 from compressor.slimming.config import ExpertPruneConfig, LayerDropConfig, NeuronSlimConfig
 from compressor.slimming.experts import prune_experts_
@@ -99,9 +99,14 @@ def stream_slim(folder: Path | str, importance, cfg: SlimmingConfig, out_dir: Pa
     keep = cuts["layers"]
     targets, spars, inputs, sequential = None, None, None, False
     recover = block_distill is not None and block_distill.steps > 0
+    merge = cuts.get("merge")
     if recover and (batches is None or cfg.sparsity > 0):
         raise ValueError("block distillation needs calibration batches and cannot follow sparsity (training would "
                          "refill the pruned weights); pass batches, or set sparsity to 0")
+    if merge is not None and (batches is None or recover):
+        raise ValueError("expert merging calibrates each layer on the layers merged below it: it needs calibration "
+                         "batches, and layer by layer it does not combine with block distillation yet (use global "
+                         "distillation in memory, or prune the experts)")
     if cfg.sparsity > 0:
         check_sparsity_batches(cfg, batches)
         scfg = sparsify_config(cfg)
@@ -118,7 +123,8 @@ def stream_slim(folder: Path | str, importance, cfg: SlimmingConfig, out_dir: Pa
         raise FileExistsError(f"{out} is not empty; choose an empty folder for the slimmed checkpoint")
     zeros, weights = (torch.zeros(len(keep), dtype=torch.float64) for _ in range(2))
     layer_seconds, recovered = [], []
-    carry = recover or (targets is not None and sequential)          # activations move along with the layers
+    seq_sparsity = targets is not None and sequential
+    carry = recover or seq_sparsity or merge is not None             # activations move along with the layers
     try:
         with ShardWriter(out, model=plan.model) as writer:
             plan.load_globals_()
@@ -130,6 +136,8 @@ def stream_slim(folder: Path | str, importance, cfg: SlimmingConfig, out_dir: Pa
                 reporter.report("slim", j, len(keep), message=f"layer {i} -> {j}: cut and write")
                 if recover:
                     recovered.append(_cut_and_recover_(src, plan, i, j, cuts, acts, block_distill))
+                elif merge is not None:
+                    _cut_and_merge_(src, plan, i, j, cuts, acts, merge)
                 else:
                     _materialize_cut_(src, plan, i, j, cuts)
                 if targets is not None:
@@ -138,6 +146,8 @@ def stream_slim(folder: Path | str, importance, cfg: SlimmingConfig, out_dir: Pa
                     weights[j] = sum(m.weight.numel() for m in maps)
                     zeros += (prune_layer_calibrated_(plan.layers[j], view, acts, j, targets) if sequential
                               else prune_maps_(maps, inputs, targets))
+                if merge is not None and not seq_sparsity:
+                    advance_(plan.layers[j], acts, j)
                 layer = plan.layers[j]
                 writer.write({f"model.layers.{j}.{k}": v for k, v in layer.state_dict().items()})
                 release_(layer)
@@ -171,7 +181,11 @@ def _plan_structure_(model, importance, cfg: SlimmingConfig) -> tuple[list, dict
         reports.append(r)
         if r.width != r.width_before:
             cuts["neurons"] = r.kept
-    if cfg.experts_keep is not None:
+    if cfg.experts_keep is not None and cfg.expert_merge is not None:
+        used["experts"] = f"{cfg.expert_merge} merge"
+        cuts["merge"] = _plan_merge_(model, merge_config(cfg))
+        reports.append(cuts["merge"][1])
+    elif cfg.experts_keep is not None:
         used["experts"] = cfg.expert_score
         r = prune_experts_(model, expert_scores_from(importance, cfg.expert_score),
                            ExpertPruneConfig(experts_keep=cfg.experts_keep))
@@ -184,6 +198,44 @@ def _plan_structure_(model, importance, cfg: SlimmingConfig) -> tuple[list, dict
         reports.append(r)
         cuts["layers"] = list(r.kept)
     return reports, used, cuts
+
+
+def _plan_merge_(model, mcfg) -> tuple:
+    """The meta plan of a merge: every MoE block keeps `experts_keep` expert slots (which experts fold into them is
+    decided per layer on its calibration, `_cut_and_merge_`); returns (config, the report the write loop fills)."""
+    from compressor.slimming.merge import check_mergeable
+    from compressor.slimming.report import ExpertMergeReport
+
+    E = check_mergeable(model, mcfg)
+    adapter = resolve_adapter(model)
+    before = count_params(model)
+    for blk in adapter.moe_blocks(model):
+        if mcfg.experts_keep != E:
+            blk.keep_experts_(torch.arange(mcfg.experts_keep))
+    adapter.set_num_experts_(model.config, mcfg.experts_keep)
+    return mcfg, ExpertMergeReport(params_before=before, params_after=count_params(model), seconds=0.0, config=mcfg,
+                                   experts_before=E, experts_after=mcfg.experts_keep)
+
+
+def _cut_and_merge_(src: Skeleton, plan: Skeleton, i: int, j: int, cuts: dict, acts, merge: tuple) -> None:
+    """Source layer i, loaded and cut (neurons), has its experts merged on the current activations
+    (`merge_block_`, the in-memory step), then becomes plan layer j; the caller moves the activations on."""
+    from compressor.slimming.merge import merge_block_
+    from compressor.stream.sweep import observe
+
+    mcfg, report = merge
+    layer = src.load_layer_(i)
+    view = src.layer_view(i)
+    blk = next((b for b in resolve_adapter(view).moe_blocks(view, required=False) if b.layer == i), None)
+    if blk is not None:
+        if i in cuts["neurons"]:
+            blk.keep_neurons_(cuts["neurons"][i])
+        if blk.num_experts != mcfg.experts_keep:
+            t0 = time.perf_counter()
+            merge_block_(blk, lambda set_mask: observe(layer, acts, j, before_batch=lambda b: set_mask(acts.masks[b])),
+                         mcfg, report)
+            report.seconds += time.perf_counter() - t0
+    _cut_into_plan_(src, plan, i, j, {**cuts, "neurons": {}})
 
 
 def _materialize_cut_(src: Skeleton, plan: Skeleton, i: int, j: int, cuts: dict) -> None:

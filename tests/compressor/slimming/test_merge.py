@@ -134,3 +134,32 @@ def test_merging_is_refused_for_group_routing_and_impossible_counts():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="unknown expert merge"):
         ExpertMergeConfig(experts_keep=4, method="average")
+
+
+def test_the_recipe_asks_for_a_count_and_refuses_merge_with_sparsity():
+    from compressor.recipe import SlimmingConfig
+    assert SlimmingConfig(experts_keep=4, expert_merge="hc_smoe").merge_group_size == 16
+    with pytest.raises(ValueError, match="set slimming.experts_keep"):
+        SlimmingConfig(expert_merge="ream")
+    with pytest.raises(ValueError, match="second recipe"):
+        SlimmingConfig(experts_keep=4, expert_merge="ream", sparsity=0.5)
+
+
+def test_slim_command_merges_and_reports_the_groups(tmp_path, capsys):
+    """`slim --experts-keep N --merge ream` writes N experts per layer, the groups in slim_report.json."""
+    import json
+
+    from compressor import cli
+    from compressor.testing import char_tokenizer
+    src = tmp_path / "m"
+    tiny_moe("qwen3_moe", layers=2).save_pretrained(src)
+    char_tokenizer().save_pretrained(src)
+    assert cli.main(["slim", str(src), "--experts-keep", "4", "--merge", "ream", "--merge-group-size", "3",
+                     "--tokens", "256", "--seq-len", "32", "--no-cache", "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "slim_report.json").read_text())
+    op = report["operations"][0]
+    assert (op["operation"], op["method"], op["experts_after"]) == ("merge_experts", "ream", 4)
+    assert all(len(layer["groups"]) == 4 and max(len(g) for g in layer["groups"]) <= 3 for layer in op["layers"])
+    assert report["scores_used"]["experts"] == "ream merge"
+    config = json.loads((tmp_path / "out" / "checkpoint" / "config.json").read_text())
+    assert config["num_experts"] == 4

@@ -80,3 +80,37 @@ def test_a_non_empty_output_folder_is_refused_and_kept(scored, tmp_path):
     with pytest.raises(FileExistsError, match="is not empty"):
         stream_slim(folder, report, CUTS["neurons"], out)
     assert (out / "mine.txt").read_text() == "keep me"
+
+
+MERGES = {
+    "ream": SlimmingConfig(experts_keep=4, expert_merge="ream", merge_group_size=4),
+    "merge_all": SlimmingConfig(expert_keep_ratio=0.5, neuron_score="activation", experts_keep=5,
+                                expert_merge="m_smoe", layers_drop=1),
+}
+
+
+@pytest.mark.parametrize("cut", sorted(MERGES))
+def test_streamed_merging_is_bitwise_the_in_memory_one(scored, cut, tmp_path):
+    """Expert merging layer by layer: each loaded layer calibrated on the activations of the layers merged below,
+    as `merge_experts_` does in memory; routing groups (deepseek_v3) refused by both before any work."""
+    family, folder, model, report = scored
+    cfg = MERGES[cut]
+    want = copy.deepcopy(model)
+    if family == "deepseek_v3":
+        for run in (lambda: stream_slim(folder, report, cfg, tmp_path / "out", batches=padded_batches()),
+                    lambda: apply_slimming_(want, report, cfg, batches=padded_batches())):
+            with pytest.raises(ValueError, match="groups"):
+                run()
+        assert not (tmp_path / "out").exists()
+        return
+    result = stream_slim(folder, report, cfg, tmp_path / "out", batches=padded_batches())
+    expected = apply_slimming_(want, report, cfg, batches=padded_batches())
+    got = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32,
+                                               experts_implementation=model.config._experts_implementation)
+    a, b = got.state_dict(), want.state_dict()
+    assert a.keys() == b.keys()
+    for k in b:
+        assert torch.equal(a[k], b[k]), f"{family} {cut}: {k}"
+    merged = [r for r in result.reports if r.config.kind == "merge_experts"][0]
+    assert merged.groups == [r for r in expected.reports if r.config.kind == "merge_experts"][0].groups
+    assert result.params_after == expected.params_after
