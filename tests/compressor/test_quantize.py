@@ -84,7 +84,7 @@ def test_recipe_gptq_w4a16_ships_a_compressed_tensors_checkpoint(tmp_path):
                            "distill": {"steps": 0}, "evaluate": {"tokens": 256, "seq_len": 32, "speed": False},
                            "quantize": {"scheme": "W4A16", "group_size": 16, "attention": "W8A16",
                                         "gptq": {"min_expert_tokens": 8}}})
-    run_recipe(recipe, tmp_path / "run")
+    res = run_recipe(recipe, tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoint"
     assert is_compressed_tensors_checkpoint(ckpt) and (ckpt / "tokenizer.json").is_file()
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -93,6 +93,8 @@ def test_recipe_gptq_w4a16_ships_a_compressed_tensors_checkpoint(tmp_path):
     assert q["quantized"] == {"linear": 8, "expert_tensors": 2 * 6 * 3}
     assert m["checkpoint_bytes"] == q["checkpoint_bytes_after"] < 0.6 * m["unquantized_checkpoint_bytes"]
     assert q["max_abs_logit_diff"] < 1e-2 and m["perplexity"] > 0
+    assert m["params_total"] == res.metrics["params_total"] < m["baseline_params_total"]   # no scales counted
+    assert q["params_quantized"] + q["params_kept"] == m["params_total"]
     model = AutoModelForCausalLM.from_pretrained(ckpt)                      # stock transformers
     assert model.model.layers[0].mlp.experts.gate_up_proj.shape[0] == 6
     with torch.no_grad():
