@@ -32,6 +32,13 @@ Target (issue 3): (e) within 10% of the original perplexity and better than ever
 
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python -m bench.quality            # about 50 min on 2 quiet cores (85 under load)
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python -m bench.quality --quick    # smoke run, about 3 min
+
+Another model: `--model demo-smollm` (any source `python -m compressor` takes); `--lm-eval-limit N` adds the shipped
+offline lm-eval tasks (N items each, original and compressed) and a per-task recovery % table
+(`compressor.evaluate.recovery`); the rows a6 / b6 / c75 cut 25% (keep 6 of 8 experts; neuron keep 0.75):
+
+    OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python -m bench.quality --model demo-smollm --rows a6,b6,c75,a,b,c \
+        --lm-eval-limit 100 --out bench/results/quality-smollm.md
 """
 from __future__ import annotations
 
@@ -55,7 +62,10 @@ def _extra(p):
     p.add_argument("--steps", type=int, default=None,
                    help="total distillation steps of rows (d) and (e) (default 150; 6 with --quick)")
     p.add_argument("--rows", default=None,
-                   help="comma-separated row keys to run (a,b,c,d,e,v,cs,f,c25,d25,e25,w); default all")
+                   help="comma-separated row keys to run (a,b,c,a6,b6,c75,d,e,v,cs,f,c25,d25,e25,w); default all")
+    p.add_argument("--model", default="demo", help="model source of every row (default: the built-in demo)")
+    p.add_argument("--lm-eval-limit", type=int, default=None,
+                   help="run the shipped offline lm-eval tasks on N items each and report recovery %% per task")
     p.add_argument("--seeds", default="0,1,2",
                    help="recipe seeds for rows d, e, d25, e25 (comma-separated; the first also serves the other rows)")
 
@@ -86,6 +96,10 @@ def rows(steps: int, quick: bool) -> list[tuple[str, str, dict]]:
         ("a", "(a) drop 4/8 experts by frequency", {"slimming": {"experts_keep": 4, "expert_score": "frequency"}}),
         ("b", "(b) drop 4/8 experts by REAP", {"slimming": {"experts_keep": 4, "expert_score": "reap"}}),
         ("c", "(c) one-shot neuron slimming (keep 0.5), no distillation", {"slimming": half}),
+        ("a6", "(a6) drop 2/8 experts by frequency", {"slimming": {"experts_keep": 6, "expert_score": "frequency"}}),
+        ("b6", "(b6) drop 2/8 experts by REAP", {"slimming": {"experts_keep": 6, "expert_score": "reap"}}),
+        ("c75", "(c75) one-shot neuron slimming (keep 0.75), no distillation",
+         {"slimming": {"expert_keep_ratio": 0.75, "neuron_score": "taylor"}}),
         ("d", f"(d) one-shot slimming + distillation ({steps} steps)",
          {"slimming": half, "distill": {"steps": steps}}),
         ("e", f"(e) 3-stage slimming + distillation ({split} steps)",
@@ -109,11 +123,14 @@ def rows(steps: int, quick: bool) -> list[tuple[str, str, dict]]:
     return out
 
 
-def recipe_for(overrides: dict, quick: bool, seed: int = 0):
+def recipe_for(overrides: dict, quick: bool, seed: int = 0, model: str = "demo", lm_eval_limit: int | None = None):
+    from compressor.evaluate.local_tasks import LOCAL_TASKS
     from compressor.recipe import Recipe
-    data = {"model": "demo", "stages": 1, "seed": seed,
+    data = {"model": model, "stages": 1, "seed": seed,
             "distill": {"steps": 0},
             "evaluate": {"perplexity": True, "speed": False}}
+    if lm_eval_limit:
+        data["evaluate"]["lm_eval"] = {"tasks": list(LOCAL_TASKS), "limit": lm_eval_limit, "backend": "hf"}
     if quick:
         data["calibration"] = {"tokens": 2048, "seq_len": 256}
         data["evaluate"].update(tokens=2048, seq_len=256)
@@ -143,7 +160,10 @@ def run_row(label: str, recipe, work: Path) -> dict:
            "kl": m.get("kl_to_baseline"), "params_total": m["params_total"], "params_active": m["params_active"],
            "baseline_perplexity": m["baseline_perplexity"], "baseline_total": m["baseline_params_total"],
            "baseline_active": m["baseline_params_active"], "seconds": time.perf_counter() - t0,
-           "timings": m["timings"], "stages": res.stages}
+           "timings": m["timings"], "stages": res.stages,
+           "lm_eval": {k.split(":", 1)[1]: v for k, v in m.items() if k.startswith("lm_eval:") and v is not None},
+           "baseline_lm_eval": {k.split(":", 1)[1]: v for k, v in m.items()
+                                if k.startswith("baseline_lm_eval:") and v is not None}}
     if recipe.execution.streaming == "on":
         q = fp32_quality(res.checkpoint_dir, recipe)
         row.update(engine_perplexity=m["perplexity"], engine_baseline_perplexity=m["baseline_perplexity"],
@@ -278,7 +298,9 @@ def main() -> None:
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     if not seeds:
         raise SystemExit("--seeds needs at least one seed, e.g. --seeds 0 or --seeds 0,1,2")
-    wanted = set(args.rows.split(",")) if args.rows else {k for k, _, _ in rows(steps, args.quick)}
+    quarter_cut = ("a6", "b6", "c75")     # run on the demo only when asked, so its default table stays as it was
+    wanted = set(args.rows.split(",")) if args.rows else {k for k, _, _ in rows(steps, args.quick)
+                                                          if args.model != "demo" or k not in quarter_cut}
     run = start()
     work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
     os.environ["MOE_STUDIO_CACHE"] = str(work / "cache")      # fresh score cache, shared by the rows of this run
@@ -289,7 +311,7 @@ def main() -> None:
                 continue
             for seed in (seeds if key in SEEDED else seeds[:1]):
                 log(f"row {label}, seed {seed}")
-                r = run_row(label, recipe_for(over, args.quick, seed), work)
+                r = run_row(label, recipe_for(over, args.quick, seed, args.model, args.lm_eval_limit), work)
                 r["seed"] = seed
                 if key == "w":
                     r.update(sparsity=over["slimming"]["sparsity"],
@@ -302,12 +324,13 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     base = next(iter(results.values()), [None])[0] or wanda[0]
     ppl0 = base["baseline_perplexity"]
-    rec = recipe_for({}, args.quick, seeds[0])
+    rec = recipe_for({}, args.quick, seeds[0], args.model)
     d, c = rec.distill, rec.calibration
     bw, per = blockwise_steps(steps, args.quick), min(c.batch_size, c.tokens // c.seq_len) * c.seq_len
     sections = [
         "## Setup\n"
-        f"- Demo model (Qwen3-MoE, 4 layers, 8 experts, top-2, expert width 384), loaded in float32.\n"
+        + (f"- Demo model (Qwen3-MoE, 4 layers, 8 experts, top-2, expert width 384), loaded in float32.\n"
+           if args.model == "demo" else f"- Model `{args.model}`, loaded in float32.\n") +
         f"- Calibration: {rec.calibration.tokens:,} tokens ({rec.calibration.seq_len}-token windows of the train "
         f"split); held-out evaluation: {rec.evaluate.tokens // rec.evaluate.seq_len} windows of "
         f"{rec.evaluate.seq_len} tokens spread over the test split, the same for every row and seed.\n"
@@ -328,6 +351,8 @@ def main() -> None:
         "## 50% of expert parameters\n" + _rows_table(results, ("a", "b", "c", "d", "e", "v", "cs", "f"), base)
         + _engine_note(results),
     ]
+    if any(k in results for k in ("a6", "b6", "c75")):
+        sections.append("## 25% of expert parameters\n" + _rows_table(results, ("a6", "b6", "c75"), base))
     if "e" in results:
         sections.append(f"### Stages of (e), seed {results['e'][0]['seed']}\n" + _stage_table(results["e"][0]))
     if "v" in results:
@@ -340,7 +365,25 @@ def main() -> None:
     sections.append("## Target\n" + verdict(results, ppl0))
     if wanda:
         sections.append("## Wanda sparsity (perplexity, no distillation)\n" + _wanda_table(wanda, ppl0))
-    write_result(args, "Quality: the demo model at 50% of expert parameters", sections, run)
+    if args.lm_eval_limit:
+        sections.append(recovery_section(results, args.lm_eval_limit))
+    title = "the demo model" if args.model == "demo" else f"`{args.model}`"
+    write_result(args, f"Quality: {title} at 50% of expert parameters", sections, run)
+
+
+def recovery_section(results: dict, limit: int) -> str:
+    """Recovery % per task (compressor.evaluate.recovery): each row's runs (seeds) against the original's scores."""
+    from compressor.evaluate.recovery import recovery_table, render_recovery
+    out = [f"## Recovery % per task (lm-eval acc on {limit} items per task; perplexity inverted)"]
+    for key, runs in results.items():
+        original = {"perplexity": runs[0]["baseline_perplexity"], **runs[0]["baseline_lm_eval"]}
+        zero = sorted(t for t, v in original.items() if not v > 0)      # recovery of a zero score is undefined
+        original = {t: v for t, v in original.items() if t not in zero}
+        seeds = [{"perplexity": r["perplexity"], **r["lm_eval"]} for r in runs]
+        rows_ = recovery_table(original, seeds, metrics={"perplexity": "perplexity"})
+        note = f"\n\nNo recovery for {', '.join(zero)}: the original scored 0." if zero else ""
+        out.append(f"### {runs[0]['label']}\n" + render_recovery(rows_) + note)
+    return "\n\n".join(out)
 
 
 if __name__ == "__main__":
