@@ -360,14 +360,11 @@ def _stage_slimming(final: SlimmingConfig, target: StageTarget, model, *, droppe
     that applying it reaches `target`: keep ratio = target width / current width, and so on."""
     blk = resolve_adapter(model).moe_blocks(model)[0]
     width, experts = blk.intermediate_size, blk.num_experts
-    return SlimmingConfig(
+    return final.model_copy(update=dict(
         expert_keep_ratio=target.width / width if target.width is not None and target.width < width else 1.0,
-        neuron_score=final.neuron_score,
         experts_keep=target.experts if target.experts is not None and target.experts < experts else None,
-        expert_score=final.expert_score,
         layers_drop=max(0, target.layers_dropped - dropped),
-        sparsity=target.sparsity, sparsity_allocation=final.sparsity_allocation,
-        sparsity_dlp_statistic=final.sparsity_dlp_statistic, sparsity_calibration=final.sparsity_calibration)
+        sparsity=target.sparsity))          # every other field (scores, merge, sparsity settings) as the recipe's
 
 
 def _data(recipe: Recipe, tokenizer):

@@ -163,3 +163,17 @@ def test_slim_command_merges_and_reports_the_groups(tmp_path, capsys):
     assert report["scores_used"]["experts"] == "ream merge"
     config = json.loads((tmp_path / "out" / "checkpoint" / "config.json").read_text())
     assert config["num_experts"] == 4
+
+
+def test_every_stage_of_a_recipe_keeps_its_merge_settings():
+    """Regression: the pipeline restated each stage's slimming field by field and lost expert_merge, so a recipe
+    with expert_merge pruned by REAP instead (bench.merge showed equal perplexities for all four methods)."""
+    from compressor.distill import plan_stages
+    from compressor.pipeline import _stage_slimming
+    from compressor.recipe import SlimmingConfig
+    model = tiny_moe("qwen3_moe")
+    final = SlimmingConfig(experts_keep=4, expert_merge="hc_smoe", merge_group_size=3, neuron_score="activation")
+    for target in plan_stages(final, stages=2, num_experts=8, width=16):
+        stage = _stage_slimming(final, target, model, dropped=0)
+        assert (stage.expert_merge, stage.merge_group_size, stage.neuron_score) == ("hc_smoe", 3, "activation")
+        assert stage.experts_keep == target.experts
