@@ -28,6 +28,10 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from compressor.quiet import silence_import_noise  # noqa: E402
+
+silence_import_noise()              # torchao's CUDA-extension and torch's pytree warnings, before anything imports them
+
 import gradio as gr  # noqa: E402
 
 from ui import compare, compare_runs, compress, download, explore, model, runs  # noqa: E402

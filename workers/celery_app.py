@@ -17,7 +17,11 @@ import threading
 
 from celery import Celery, bootsteps
 
+from compressor.quiet import silence_import_noise
+
 from .settings import WorkerSettings
+
+silence_import_noise()              # a worker imports transformers (and through it torchao) for every job
 
 RUN_TASK = "workers.run_job"
 # Every worker registers these, however it is started (embedded, or `celery -A workers worker` elsewhere).
