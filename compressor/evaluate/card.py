@@ -49,6 +49,26 @@ def _distill_loss_line(recipe: Recipe) -> str:
             f"{d.ce_weight / t2:.3g} would next to TRL's unscaled KD term.")
 
 
+def merge_lines(stages: list[dict]) -> list[str]:
+    """Which experts were folded into which, per stage and MoE layer (original expert ids, centroid first), for
+    runs whose slimming merged experts (`slimming.expert_merge`)."""
+    lines = []
+    for s in stages:
+        for op in (s.get("slimming") or {}).get("operations", []):
+            if op.get("operation") != "merge_experts":
+                continue
+            lines += ["", f"### Merged experts (stage {s['stage']}, {op['method']}: {op['experts_before']} -> "
+                          f"{op['experts_after']} per layer)", "",
+                      "Each group folded into its first expert (original ids; weights in brackets, mean similarity "
+                      "to the centroid after the bar).", "", "| layer | groups |", "|---:|---|"]
+            for layer in op["layers"]:
+                groups = ", ".join(
+                    "{" + " ".join(f"{e} ({w:.2f})" for e, w in zip(g, ws)) + f" | {sim:.2f}" + "}"
+                    for g, ws, sim in zip(layer["groups"], layer["weights"], layer["similarity"]))
+                lines.append(f"| {layer['layer']} | {groups} |")
+    return lines
+
+
 def pipeline_card(recipe: Recipe, metrics: dict, stages: list[dict]) -> str:
     lines = ["## How this model was made", "",
              f"Compressed from `{recipe.model}` with `python -m compressor run recipe.yaml`, in {recipe.stages} "
@@ -88,6 +108,7 @@ def pipeline_card(recipe: Recipe, metrics: dict, stages: list[dict]) -> str:
             loss = (f"{_num(dist.get('first_loss'))} -> {_num(dist.get('last_loss'))}" if dist else "-")
             lines.append(f"| {s['stage']} | {_num(tgt.get('width'))} | {_num(tgt.get('experts'))} | "
                          f"{_num(s.get('perplexity'))} | {_num(s.get('top1_agreement'))} | {loss} |")
+    lines += merge_lines(stages)
     timings = metrics.get("timings") or {}
     if timings:
         lines += ["", "### Wall time (s)", "", " · ".join(f"{k} {v:.1f}" for k, v in timings.items())]

@@ -177,3 +177,15 @@ def test_every_stage_of_a_recipe_keeps_its_merge_settings():
         stage = _stage_slimming(final, target, model, dropped=0)
         assert (stage.expert_merge, stage.merge_group_size, stage.neuron_score) == ("hc_smoe", 3, "activation")
         assert stage.experts_keep == target.experts
+
+
+def test_the_model_card_says_which_experts_were_merged_into_which():
+    from compressor.evaluate.card import merge_lines
+    model = tiny_moe("qwen3_moe", layers=2)
+    report = merge_experts_(model, [tiny_inputs(seq=16)], ExpertMergeConfig(experts_keep=4, group_size=3))
+    lines = merge_lines([{"stage": 1, "slimming": {"operations": [report.to_dict()]}}])
+    assert "ream: 8 -> 4 per layer" in lines[1]
+    rows = [line for line in lines if line.startswith("| 0 |") or line.startswith("| 1 |")]
+    assert len(rows) == 2 and all(line.count("{") == 4 for line in rows)
+    first = report.groups[0][0]
+    assert "{" + f"{first[0]} (" in rows[0]
