@@ -3,6 +3,7 @@
 # W4A16 checkpoint (compressed-tensors) served by vLLM, with generation throughput and GPU memory for each.
 #
 #   OUT=/some/dir bash bench/gpu_check.sh          # the GPU tool sets $OUT; default bench/results/gpu
+#   VLLM_INSTALL=0 PYTHON=.venv/bin/python bash bench/gpu_check.sh    # a dry run of the other steps on a CPU
 #
 # Every step has its own time limit and is recorded as ok / failed / skipped in $OUT/summary.md, so one failure
 # (no network for `pip install vllm`, an old driver) does not stop the rest. About 6-8 minutes on an H100 when vLLM
@@ -18,12 +19,14 @@ export PYTHONPATH=. HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 step() {   # step NAME SECONDS COMMAND...: run, log to $OUT/NAME.log, record the outcome
   local name=$1 limit=$2; shift 2
-  local t0=$SECONDS
-  if timeout "$limit" "$@" >"$OUT/$name.log" 2>&1; then
+  local t0=$SECONDS rc=0
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1 || rc=$?
+  if [ "$rc" = 0 ]; then
     echo "| $name | ok | $((SECONDS - t0)) s |" >>"$SUMMARY"
     return 0
   fi
-  echo "| $name | failed (exit $?; see $name.log) | $((SECONDS - t0)) s |" >>"$SUMMARY"
+  [ "$rc" = 124 ] && rc="timed out after $limit s" || rc="exit $rc"
+  echo "| $name | failed ($rc; see $name.log) | $((SECONDS - t0)) s |" >>"$SUMMARY"
   return 1
 }
 
@@ -31,7 +34,7 @@ step() {   # step NAME SECONDS COMMAND...: run, log to $OUT/NAME.log, record the
   echo "# GPU check ($(date -u '+%Y-%m-%d %H:%M UTC'))"
   echo
   echo '```'
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || echo "nvidia-smi: not found"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi: not found"
   "$PY" -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available()); print("transformers", transformers.__version__)' 2>&1
   echo '```'
   echo
@@ -43,11 +46,17 @@ step() {   # step NAME SECONDS COMMAND...: run, log to $OUT/NAME.log, record the
 step cuda_tests 240 "$PY" -m pytest -q -x tests/compressor/test_device.py tests/compressor/quantization/test_cuda.py \
   tests/compressor/evaluate/test_harness.py
 
-# 2. vLLM: installed, or pip-installed (fails offline: recorded, the rest goes on)
+# 2. vLLM: installed, or pip-installed into a throwaway venv under $WORK (never into the interpreter the project
+#    runs on: vllm pins its own torch / transformers). Offline, pip fails fast: recorded, the rest goes on.
+VPY="$PY"
 if "$PY" -c 'import vllm' 2>/dev/null; then
   echo "| vllm | preinstalled $("$PY" -c 'import vllm; print(vllm.__version__)' 2>/dev/null) | 0 s |" >>"$SUMMARY"
   HAVE_VLLM=1
-elif step pip_install_vllm 240 "$PY" -m pip install -q vllm; then
+elif [ "${VLLM_INSTALL:-1}" = 0 ]; then
+  echo "| vllm | not installed (VLLM_INSTALL=0) |  |" >>"$SUMMARY"
+  HAVE_VLLM=0
+elif "$PY" -m venv --system-site-packages "$WORK/vllm-venv" >/dev/null 2>&1 && VPY="$WORK/vllm-venv/bin/python" \
+    && step pip_install_vllm 240 "$VPY" -m pip install -q --retries 0 --timeout 15 vllm; then
   HAVE_VLLM=1
 else
   echo "| vllm | not available: pip install vllm failed (offline?); the serving figures are skipped |  |" >>"$SUMMARY"
@@ -74,7 +83,7 @@ if [ "$HAVE_VLLM" = 1 ]; then
   for pair in "original:$DEMO_DIR" "slim:$WORK/slim/checkpoint" "w4a16:$WORK/w4a16" "slim-w4a16:$WORK/slim-w4a16"; do
     label=${pair%%:*}; path=${pair#*:}
     [ -f "$path/config.json" ] || { echo "| vllm_$label | skipped (no checkpoint) |  |" >>"$SUMMARY"; continue; }
-    step "vllm_$label" 180 env VLLM_ENABLE_V1_MULTIPROCESSING=0 "$PY" - "$label" "$path" "$OUT/vllm.jsonl" <<'PYEOF'
+    step "vllm_$label" 180 env VLLM_ENABLE_V1_MULTIPROCESSING=0 "$VPY" - "$label" "$path" "$OUT/vllm.jsonl" <<'PYEOF'
 import json, logging, re, sys, time
 import torch
 from vllm import LLM, SamplingParams
@@ -105,7 +114,7 @@ print(row)
 PYEOF
   done
   # lm-eval through its vllm backend on the W4A16 checkpoint (one shipped task, 100 examples)
-  step lm_eval_vllm_w4a16 180 "$PY" -m compressor eval "$WORK/w4a16" --lm-eval sotu_cloze --lm-eval-limit 100 \
+  step lm_eval_vllm_w4a16 180 "$VPY" -m compressor eval "$WORK/w4a16" --lm-eval sotu_cloze --lm-eval-limit 100 \
     --lm-eval-backend vllm --no-speed --no-perplexity --no-progress
 fi
 
