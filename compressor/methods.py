@@ -95,9 +95,17 @@ EXPERT_MERGES = _registry(
            "frequency-weighted fold", f"{_MERGE}:plan_m_smoe"),
 )
 
+_QUANT = "compressor.quantization"
+QUANT_METHODS = _registry(
+    Method("rtn", "round to nearest", "w_hat = s * (clamp(round(w / s + z)) - z), min / max scale per group",
+           f"{_QUANT}.grid:rtn"),
+    Method("gptq", "GPTQ", "round column by column, each error spread over the later columns by H = 2 X X^T "
+                           "(Frantar et al. 2022)", f"{_QUANT}.gptq:gptq_quantize"),
+)
+
 REGISTRIES = {"expert score": EXPERT_SCORES, "neuron score": NEURON_SCORES,
               "sparsity allocation": SPARSITY_ALLOCATIONS, "distillation loss": DISTILL_LOSSES,
-              "expert merge": EXPERT_MERGES}
+              "expert merge": EXPERT_MERGES, "quantization method": QUANT_METHODS}
 
 
 def names(registry: dict[str, Method]) -> tuple[str, ...]:

@@ -15,8 +15,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from compressor.methods import (DISTILL_LOSSES, EXPERT_MERGES, EXPERT_SCORES, NEURON_SCORES, SPARSITY_ALLOCATIONS,
-                                literal)
+from compressor.methods import (DISTILL_LOSSES, EXPERT_MERGES, EXPERT_SCORES, NEURON_SCORES, QUANT_METHODS,
+                                SPARSITY_ALLOCATIONS, literal)
 from compressor.quantization.scheme import SCHEME_NAMES
 
 # The choices come from the method registries (compressor/methods.py), so a new method needs no edit here.
@@ -25,6 +25,7 @@ ExpertScore = literal(EXPERT_SCORES)
 ExpertMerge = literal(EXPERT_MERGES)
 SparsityAllocation = literal(SPARSITY_ALLOCATIONS)
 DistillLoss = literal(DISTILL_LOSSES)
+QuantMethod = literal(QUANT_METHODS)
 
 
 def _choices(registry) -> str:
@@ -202,7 +203,7 @@ class QuantizeConfig(_Strict):
     always kept."""
 
     scheme: Literal[SCHEME_NAMES] = "W4A16"
-    method: Literal["rtn", "gptq"] = Field("gptq", description="rtn = round to nearest; gptq = Frantar et al. 2022")
+    method: QuantMethod = Field("gptq", description=_choices(QUANT_METHODS))
     format: Literal["compressed-tensors", "torchao"] = "compressed-tensors"
     group_size: int | Literal["channel"] | None = Field(
         None, description="int schemes: columns per scale (a divisor of every quantized weight's input size) or "

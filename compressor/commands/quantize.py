@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="'demo', a model folder, a .zip/.tar.gz of one, or a hub id")
     parser.add_argument("--out", required=True, type=Path, help="output folder (a Hugging Face checkpoint)")
     parser.add_argument("--scheme", choices=SCHEME_NAMES, default="W4A16", help="scheme of every class (W4A16)")
-    parser.add_argument("--method", choices=("gptq", "rtn"), default="gptq", help="gptq (default) or rtn")
+    from compressor.methods import QUANT_METHODS
+    parser.add_argument("--method", choices=tuple(QUANT_METHODS), default="gptq",
+                        help="; ".join(m.legend for m in QUANT_METHODS.values()) + " (default gptq)")
     parser.add_argument("--format", choices=("compressed-tensors", "torchao"), default="compressed-tensors")
     for klass in CLASSES:
         parser.add_argument(f"--{klass.replace('_', '-')}", choices=SCHEME_NAMES + ("keep",), default=None,

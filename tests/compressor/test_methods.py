@@ -10,7 +10,7 @@ from compressor import methods
 from compressor.cli import build_parser
 from compressor.distill.losses import divergence, kl
 from compressor.importance import AnalyzeConfig, analyze
-from compressor.recipe import DistillConfig, SlimmingConfig
+from compressor.recipe import DistillConfig, QuantizeConfig, SlimmingConfig
 from compressor.slimming.apply import analysis_needs
 from compressor.slimming.config import SparsifyConfig
 from compressor.slimming.sparsify import allocate
@@ -18,7 +18,8 @@ from compressor.testing import tiny_inputs, tiny_moe
 
 FIELDS = [(SlimmingConfig, "neuron_score", methods.NEURON_SCORES), (SlimmingConfig, "expert_score", methods.EXPERT_SCORES),
           (SlimmingConfig, "sparsity_allocation", methods.SPARSITY_ALLOCATIONS),
-          (DistillConfig, "loss", methods.DISTILL_LOSSES)]
+          (DistillConfig, "loss", methods.DISTILL_LOSSES),
+          (QuantizeConfig, "method", methods.QUANT_METHODS)]
 
 
 @pytest.mark.parametrize("kind,registry", list(methods.REGISTRIES.items()))
