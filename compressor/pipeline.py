@@ -25,6 +25,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from transformers.utils import logging as hf_logging
@@ -330,9 +331,11 @@ def _stage(job: _Job, i: int, target: StageTarget, batches: list[dict], teacher,
     if not cfg.is_identity:
         with t("calibrate"):
             want, taylor = analysis_needs(cfg)
-            importance = load_or_analyze(model, job.calib, config=AnalyzeConfig(want=want, taylor=taylor),
-                                         weights_fp=weights_fp, reporter=reporter.span(0, .15))
-            row["scores_cache_hit"] = bool(importance.meta.get("cache", {}).get("hit"))
+            importance = None                     # an expert merge alone scores its layers itself, as it merges
+            if want:
+                importance = load_or_analyze(model, job.calib, config=AnalyzeConfig(want=want, taylor=taylor),
+                                             weights_fp=weights_fp, reporter=reporter.span(0, .15))
+            row["scores_cache_hit"] = bool(importance and importance.meta.get("cache", {}).get("hit"))
         with t("slim"):
             res = apply_slimming_(model, importance, cfg, batches=job.calib, reporter=reporter.span(.15, .2))
             for rep in res.reports:
@@ -399,13 +402,20 @@ def _reference(model, tokenizer, windows: torch.Tensor, local_dir: Path, cfg: Ev
 
 
 def _source_dtype(local_dir: Path) -> torch.dtype:
+    """The dtype the export writes: the rule both drivers share (`stream.skeleton.checkpoint_dtype`: config.json's
+    dtype, else the most common floating dtype stored, as `from_pretrained(dtype="auto")`); float32 for a folder
+    without a readable config.json or safetensors headers (pickle checkpoints)."""
+    from compressor.stream.shards import ShardError, ShardIndex
+    from compressor.stream.skeleton import checkpoint_dtype
+
     try:
         cfg = json.loads((Path(local_dir) / "config.json").read_text())
-    except (OSError, ValueError):
+        index = ShardIndex.open(local_dir)
+    except (OSError, ValueError, ShardError):
         return torch.float32
-    name = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
-    dtype = getattr(torch, str(name), None)
-    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
+    named = cfg.get("dtype") or cfg.get("torch_dtype")
+    dtype = checkpoint_dtype(SimpleNamespace(dtype=named), index)
+    return dtype if dtype.is_floating_point else torch.float32
 
 
 def _quantize(ckpt: Path, staging: Path, cfg, windows: torch.Tensor):

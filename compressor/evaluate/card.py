@@ -57,7 +57,8 @@ def merge_lines(stages: list[dict]) -> list[str]:
         for op in (s.get("slimming") or {}).get("operations", []):
             if op.get("operation") != "merge_experts":
                 continue
-            lines += ["", f"### Merged experts (stage {s['stage']}, {op['method']}: {op['experts_before']} -> "
+            stage = s.get("index", s["stage"])
+            lines += ["", f"### Merged experts (stage {stage}, {op['method']}: {op['experts_before']} -> "
                           f"{op['experts_after']} per layer)", "",
                       "Each group folded into its first expert (original ids; weights in brackets, mean similarity "
                       "to the centroid after the bar).", "", "| layer | groups |", "|---:|---|"]

@@ -55,6 +55,7 @@ def run_streamed_recipe(recipe: Recipe, staging: Path, reporter: Reporter, found
     calib = calibration_for(tokenizer, c, seed=recipe.seed)
     windows = eval_windows(tokenizer, tokens=e.tokens, seq_len=e.seq_len)
     want, taylor = analysis_needs(recipe.slimming)
+    base_fp = weights_fingerprint(local)     # the base model's identity, as the in-memory driver records it
     importance = None
     ts = time.perf_counter()
     if want:
@@ -64,7 +65,7 @@ def run_streamed_recipe(recipe: Recipe, staging: Path, reporter: Reporter, found
             return stream_analyze(local, batches, device=device, spill=spill, **kw)
 
         importance = load_or_analyze(skeleton.model, calib, config=AnalyzeConfig(want=want, taylor=taylor),
-                                     weights_fp=weights_fingerprint(local), analyzer=analyzer,
+                                     weights_fp=base_fp, analyzer=analyzer,
                                      reporter=reporter.span(0.0, 0.45))
     timings["calibrate"] = time.perf_counter() - ts
     ts = time.perf_counter()
@@ -89,7 +90,7 @@ def run_streamed_recipe(recipe: Recipe, staging: Path, reporter: Reporter, found
                "evaluation": report.to_dict(), "eval_set": EvalSet.of(windows, text=HELDOUT_TEXT).model_dump(),
                "execution": {**plan.to_dict(), "device": device, "spill": spill.stats()}, "speed_not_measured": "a layer-by-layer run does not hold the model "
                                                                    "in memory to time it",
-               "source": {"model": recipe.model, "fingerprint": sizes[1]["fingerprint"], "dtype": sizes[1]["dtype"]}}
+               "source": {"model": recipe.model, "fingerprint": base_fp, "dtype": sizes[1]["dtype"]}}
     (ckpt / "README.md").write_text(model_card(Skeleton.open(ckpt).model, pipeline_card(recipe, metrics, [stage])))
     (staging / "recipe.yaml").write_text(recipe.to_yaml())
     (staging / "metrics.json").write_text(json.dumps({**metrics, "stages": [stage]}, indent=2, default=str))

@@ -183,9 +183,31 @@ def test_the_model_card_says_which_experts_were_merged_into_which():
     from compressor.evaluate.card import merge_lines
     model = tiny_moe("qwen3_moe", layers=2)
     report = merge_experts_(model, [tiny_inputs(seq=16)], ExpertMergeConfig(experts_keep=4, group_size=3))
-    lines = merge_lines([{"stage": 1, "slimming": {"operations": [report.to_dict()]}}])
+    lines = merge_lines([{"stage": "stage 1/1", "index": 1, "slimming": {"operations": [report.to_dict()]}}])
     assert "ream: 8 -> 4 per layer" in lines[1]
     rows = [line for line in lines if line.startswith("| 0 |") or line.startswith("| 1 |")]
     assert len(rows) == 2 and all(line.count("{") == 4 for line in rows)
     first = report.groups[0][0]
     assert "{" + f"{first[0]} (" in rows[0]
+
+
+def test_a_recipe_that_only_merges_runs_end_to_end_with_stock_reload(tmp_path, monkeypatch):
+    """Regression: with nothing else to cut, the pipeline asked the analysis for no score and failed."""
+    from transformers import AutoModelForCausalLM
+
+    from compressor.pipeline import run_recipe
+    from compressor.recipe import Recipe
+    from compressor.testing import char_tokenizer
+    monkeypatch.setenv("MOE_STUDIO_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "m"
+    tiny_moe("qwen3_moe", layers=2).save_pretrained(src)
+    char_tokenizer().save_pretrained(src)
+    rec = Recipe.parse({"model": str(src), "stages": 1, "calibration": {"tokens": 256, "seq_len": 32},
+                        "slimming": {"experts_keep": 4, "expert_merge": "ream", "merge_group_size": 3},
+                        "distill": {"steps": 0}, "evaluate": {"tokens": 256, "seq_len": 32, "speed": False}})
+    res = run_recipe(rec, tmp_path / "run")
+    ops = res.stages[0]["slimming"]["operations"]
+    assert [o["operation"] for o in ops] == ["merge_experts"] and res.stages[0]["slimming"]["scores_used"] == \
+        {"experts": "ream merge"}
+    assert AutoModelForCausalLM.from_pretrained(res.checkpoint_dir).config.num_experts == 4
+    assert "Merged experts (stage 1, ream: 8 -> 4 per layer)" in (res.checkpoint_dir / "README.md").read_text()

@@ -37,6 +37,29 @@ def test_streamed_recipe_gives_the_in_memory_checkpoint_and_figures(tiny_dir, tm
     assert (tmp_path / "on" / "recipe.yaml").is_file() and (tmp_path / "on" / "checkpoint" / "README.md").is_file()
     fractions = [e.fraction for e in events]
     assert fractions == sorted(fractions) and events[-1].stage == "done"
+    assert on.result.base_model.fingerprint == off.result.base_model.fingerprint     # comparable both ways
+    assert on.result.comparable_with(off.result) is None
+
+
+def test_both_drivers_export_the_stored_dtype_when_config_names_none(tmp_path):
+    """config.json without a dtype and bf16 weights: both drivers write bf16 (the export wrote float32 in memory
+    and bfloat16 layer by layer, a checkpoint twice the size depending on the machine's memory)."""
+    from safetensors import safe_open
+
+    from compressor.testing import char_tokenizer
+    src = tmp_path / "src"
+    tiny_moe("qwen3_moe", layers=2, dtype=torch.bfloat16).save_pretrained(src)
+    char_tokenizer().save_pretrained(src)
+    config = json.loads((src / "config.json").read_text())
+    config.pop("dtype", None), config.pop("torch_dtype", None)
+    (src / "config.json").write_text(json.dumps(config))
+    for mode in ("on", "off"):
+        run_recipe(_recipe(src, mode), tmp_path / mode)
+        dtypes = set()
+        for shard in (tmp_path / mode / "checkpoint").glob("*.safetensors"):
+            with safe_open(shard, "pt") as f:
+                dtypes |= {f.get_slice(k).get_dtype() for k in f.keys()}
+        assert dtypes == {"BF16"}, mode
 
 
 def test_what_needs_the_whole_model_is_refused_before_any_work(tiny_dir, tmp_path):
