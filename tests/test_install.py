@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _locked(name: str) -> dict[str, Version]:
     text = (ROOT / name).read_text()
     return {re.sub(r"[-_.]+", "-", n).lower(): Version(v)
-            for n, v in re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+) \\$", text, re.M)}
+            for n, v in re.findall(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==(\S+) \\$", text, re.M)}
 
 
 def _ranges(name: str) -> list[Requirement]:
@@ -46,8 +46,8 @@ def test_the_dev_lock_adds_test_tools_to_the_same_versions():
 def test_every_locked_package_has_a_hash_and_no_machine_path():
     for lock in ("requirements.lock", "requirements-dev.lock"):
         text = (ROOT / lock).read_text()
-        blocks = re.findall(r"^([A-Za-z0-9_.\-]+==\S+)((?: \\\n\s+--hash=sha256:[0-9a-f]{64})+)", text, re.M)
-        assert len(blocks) == len(re.findall(r"^[A-Za-z0-9_.\-]+==", text, re.M)) > 100
+        blocks = re.findall(r"^([A-Za-z0-9_.\-\[\],]+==\S+)((?: \\\n\s+--hash=sha256:[0-9a-f]{64})+)", text, re.M)
+        assert len(blocks) == len(re.findall(r"^[A-Za-z0-9_.\-\[\],]+==", text, re.M)) > 100
         assert not re.search(r"file://|--find-links|--index-url|--extra-index-url", text)
 
 
