@@ -64,6 +64,8 @@ def _extra(p):
     p.add_argument("--rows", default=None,
                    help="comma-separated row keys to run (a,b,c,a6,b6,c75,d,e,v,cs,f,c25,d25,e25,w); default all")
     p.add_argument("--model", default="demo", help="model source of every row (default: the built-in demo)")
+    p.add_argument("--tokens", type=int, default=None,
+                   help="calibration and evaluation tokens of every row (default: the recipe's, 32768 / 16384)")
     p.add_argument("--lm-eval-limit", type=int, default=None,
                    help="run the shipped offline lm-eval tasks on N items each and report recovery %% per task")
     p.add_argument("--seeds", default="0,1,2",
@@ -123,12 +125,16 @@ def rows(steps: int, quick: bool) -> list[tuple[str, str, dict]]:
     return out
 
 
-def recipe_for(overrides: dict, quick: bool, seed: int = 0, model: str = "demo", lm_eval_limit: int | None = None):
+def recipe_for(overrides: dict, quick: bool, seed: int = 0, model: str = "demo", lm_eval_limit: int | None = None,
+               tokens: int | None = None):
     from compressor.evaluate.local_tasks import LOCAL_TASKS
     from compressor.recipe import Recipe
     data = {"model": model, "stages": 1, "seed": seed,
             "distill": {"steps": 0},
             "evaluate": {"perplexity": True, "speed": False}}
+    if tokens:
+        data["calibration"] = {"tokens": tokens}
+        data["evaluate"]["tokens"] = tokens
     if lm_eval_limit:
         data["evaluate"]["lm_eval"] = {"tasks": list(LOCAL_TASKS), "limit": lm_eval_limit, "backend": "hf"}
     if quick:
@@ -311,7 +317,8 @@ def main() -> None:
                 continue
             for seed in (seeds if key in SEEDED else seeds[:1]):
                 log(f"row {label}, seed {seed}")
-                r = run_row(label, recipe_for(over, args.quick, seed, args.model, args.lm_eval_limit), work)
+                r = run_row(label, recipe_for(over, args.quick, seed, args.model, args.lm_eval_limit,
+                                                 args.tokens), work)
                 r["seed"] = seed
                 if key == "w":
                     r.update(sparsity=over["slimming"]["sparsity"],
@@ -324,7 +331,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     base = next(iter(results.values()), [None])[0] or wanda[0]
     ppl0 = base["baseline_perplexity"]
-    rec = recipe_for({}, args.quick, seeds[0], args.model)
+    rec = recipe_for({}, args.quick, seeds[0], args.model, tokens=args.tokens)
     d, c = rec.distill, rec.calibration
     bw, per = blockwise_steps(steps, args.quick), min(c.batch_size, c.tokens // c.seq_len) * c.seq_len
     sections = [
