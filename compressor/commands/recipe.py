@@ -23,7 +23,7 @@ HEADER = """\
 # stages: the target is reached in this many geometric steps, each scored, slimmed, distilled and evaluated
 # distill.steps: optimizer steps over all stages (0 = no distillation); loss: forward_kl | reverse_kl | jsd
 # distill.final_stage_share: the last stage's share of the steps (0.8: 300 steps in 3 stages -> 30, 30, 240)
-# quantize (null = off): e.g. {scheme: W4A16, method: gptq, attention: W8A16, group_size: 64} writes the
+# quantize (null = off): e.g. {{scheme: W4A16, method: gptq, attention: W8A16, group_size: 64}} writes the
 #   checkpoint in the compressed-tensors format vLLM serves (docs/quantization.md); schemes W4A16 | W8A16 | FP8 |
 #   FP8_BLOCK, per class: experts, shared_experts, attention, dense_mlp (a scheme or keep)
 """
