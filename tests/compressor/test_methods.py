@@ -66,10 +66,20 @@ def report():
 
 def test_every_score_is_computed_through_its_entry(report):
     L, E, I = report.neurons.abs_sum.shape
-    for name, m in methods.EXPERT_SCORES.items():
+    x = report.experts
+    n = x.counts.double()
+    by_hand = {                      # each entry's formula from the raw sums (it compared the entry with itself)
+        "reap": torch.where(n > 0, x.reap_sum / n.clamp(min=1), torch.zeros_like(n)),
+        "frequency": n / x.tokens, "weighted_frequency": x.gate_sum.double() / x.tokens,
+        "man": torch.where(n > 0, x.man_sum / n.clamp(min=1), torch.zeros_like(n)), "ean_sum": x.man_sum.double(),
+        "taylor": x.taylor_sum.double() / x.taylor_tokens,
+        "taylor_per_batch": x.taylor_per_batch_sum.double() / x.taylor_tokens}
+    assert set(by_hand) == set(methods.EXPERT_SCORES)
+    for name in methods.EXPERT_SCORES:
         s = report.experts.score(name)
         assert s.shape == (L, E) and torch.isfinite(s).all(), name
-        assert torch.equal(s, m.load()(report.experts))
+        torch.testing.assert_close(s.double(), by_hand[name], rtol=1e-12, atol=0, msg=name)
+    assert torch.allclose(report.experts.score("frequency").sum(1), torch.tensor(2.0, dtype=torch.float64))
     for name in methods.NEURON_SCORES:
         assert report.neurons.score(name).shape == (L, E, I)
     with pytest.raises(ValueError, match="unknown expert score 'nope'; choose one of reap"):
