@@ -440,6 +440,7 @@ def _quantize_compressed(job: _Job, ckpt: Path, staging: Path, reporter: Reporte
                                            check_ids=job.windows[:1, :32], reporter=reporter)
     shutil.rmtree(ckpt)
     os.replace(tmp, ckpt)
+    model.to(next(job.model.parameters()).device)          # evaluated where the run works (a GPU run: the GPU)
     safe_default_kernel_(model)
     return model, report
 

@@ -147,7 +147,8 @@ def quantize_to_compressed(model: nn.Module, batches: list | None, cfg: Quantize
     want = None
     if check_ids is not None:
         with torch.no_grad():
-            want = model(input_ids=check_ids, use_cache=False).logits.float()
+            dev = next(model.parameters()).device
+            want = model(input_ids=check_ids.to(dev), use_cache=False).logits.float().cpu()
     info = save_compressed(model, params, out, dtype=dtype, tokenizer=tokenizer)
     reloaded = load_compressed(out, dtype=torch.float32)
     diff = None

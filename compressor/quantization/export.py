@@ -137,7 +137,7 @@ def compressed_tensors(model, params: QuantizedParams, *, dtype: torch.dtype, co
             zp = rz[k].to(torch.int8 if scheme.type == "int" else dtype)
             packed = compressor.compress({"weight": rw[k].float(), "weight_scale": rs[k].to(dtype),
                                           "weight_zero_point": zp}, cts)
-            out[k] = {s: t.contiguous() for s, t in packed.items()}
+            out[k] = {s: t.detach().cpu().contiguous() for s, t in packed.items()}
             out_schemes[k] = scheme
     return out, out_schemes
 

@@ -205,6 +205,9 @@ def quantize_model_(model: nn.Module, batches: list | None, plan: QuantPlan, *, 
     params = QuantizedParams()
     acts = None
     if plan.method == "gptq":
+        dev = next(model.parameters()).device
+        batches = [{k: v.to(dev) if torch.is_tensor(v) else v for k, v in b.items()} if isinstance(b, dict) else b
+                   for b in batches]                      # the batches on the model's device (a GPU run)
         acts = capture_inputs(model, batches)
         report.calibration_tokens = int(sum(ids.numel() for ids in acts.input_ids))
     layers = adapter.decoder_layers(model)

@@ -37,7 +37,7 @@ def test_tiny_model_quantized_on_cuda_reloads(tmp_path):
     assert report.gptq_matrices > 0
     with torch.no_grad():
         want = model(ids).logits.float().cpu()
-    save_compressed(model.cpu(), params, tmp_path, dtype=torch.float32)
+    save_compressed(model, params, tmp_path, dtype=torch.float32)            # from the GPU
     with torch.no_grad():
         got = tf.AutoModelForCausalLM.from_pretrained(tmp_path)(ids.cpu()).logits
     assert torch.allclose(got, want, atol=1e-3)
