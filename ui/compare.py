@@ -175,12 +175,36 @@ def _settings(max_new, sample, temperature, top_p, top_k, seed):
 _OUTPUTS = 10   # status, A text, B text, agreement, position slider, top-5 figure, metrics, steps, job, timer
 
 
+def base_of(choice: str, model: dict | None) -> tuple[str, str | None]:
+    """(source, weights fingerprint or None) of the base model one side comes from: the opened model for the
+    original, the base model a run's result recorded (its recipe's model for older results)."""
+    run = _run_of(choice)
+    if run is None:
+        return (model or {}).get("source", ""), None
+    ref = RunResult.read(run.metrics).base_model
+    return (ref.source or (run.recipe or {}).get("model", "")), ref.fingerprint
+
+
+def why_not_same_base(a: str, b: str, model: dict | None) -> str | None:
+    """None when A and B come from one base model, else what differs. Two runs compare by the weights fingerprint
+    their results recorded (by source when either has none); the original against a run, by the run's source."""
+    (sa, fa), (sb, fb) = base_of(a, model), base_of(b, model)
+    if fa and fb:
+        return None if fa == fb else f"{_label(a)} was made from {sa}, {_label(b)} from {sb} (other weights)"
+    return None if sa == sb else f"{_label(a)} comes from {sa}, {_label(b)} from {sb}"
+
+
 @guard(outputs=_OUTPUTS, status=0)
 def run_compare(model: dict | None, a: str, b: str, prompt: str, max_new, sample, temperature, top_p, top_k, seed):
     """Queue the comparison on the workers and switch the poll timer on; the metrics (from the runs table) show at
-    once, the generations when `poll_compare` finds the job done. Outputs: see `_OUTPUTS`."""
+    once, the generations when `poll_compare` finds the job done. A and B of different base models are refused
+    (agreement and B / A between two unrelated models read as findings). Outputs: see `_OUTPUTS`."""
     if not model:
         raise ValueError("open a model first (tab 1): it is the original")
+    why = why_not_same_base(a, b, model)
+    if why:
+        raise ValueError(f"A and B are not the same base model: {why}. Compare a run with its own original (open "
+                         "its model in tab 1) or two runs of one model")
     settings = _settings(max_new, sample, temperature, top_p, top_k, seed)
     task = services.start_compare(a, b, original=model["source"], prompt=prompt, settings=settings)
     job = {"task": task, "prompt": prompt, "names": (f"A · {_label(a)}", f"B · {_label(b)}")}

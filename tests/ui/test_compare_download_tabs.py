@@ -109,3 +109,18 @@ def test_download_zip_by_run_id_loads_in_transformers(studio, finished_run, tmp_
 def test_download_takes_run_ids_only(studio, bad):
     status, _ = studio.client().predict(bad, api_name="/download_zip")
     assert "msg-error" in status
+
+
+def test_compare_refuses_two_sides_of_different_base_models(studio, workbench):
+    """Issue 27: the demo's original against a run of another model was compared silently (a green 'Top-1
+    agreement 0%', a blank perplexity, B / A 26.7). It is refused before anything is queued, naming both models."""
+    c = studio.client()
+    open_demo(c)
+    out = c.predict("original", f"run:{workbench.other}", "x", 4, False, 0.8, 0.95, 0, 0, api_name="/compare")
+    assert "msg-error" in out[0] and "not the same base model" in out[0], out[0]
+    assert "comes from demo" in out[0] and "other-moe" in out[0]
+    out = c.predict(f"run:{workbench.narrow}", f"run:{workbench.other}", "x", 4, False, 0.8, 0.95, 0, 0,
+                    api_name="/compare")
+    assert "msg-error" in out[0] and "other weights" in out[0], out[0]
+    _, out, _ = compare(c, "original", f"run:{workbench.narrow}", "The economy", 4, False, 0.8, 0.95, 0, 0)
+    assert "msg-ok" in out[0]                                          # a run against its own original still runs
