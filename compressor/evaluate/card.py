@@ -89,7 +89,13 @@ def pipeline_card(recipe: Recipe, metrics: dict, stages: list[dict]) -> str:
     if lm:
         lines += ["", f"lm-eval {lm.get('num_fewshot') or 0}-shot on the `{lm.get('backend')}` backend."]
     q = metrics.get("quantize")
-    if q:
+    if q and q.get("format") == "compressed-tensors":
+        lines += ["", f"Quantized {q['scheme']} ({q['method']}, {q['library']}, compressed-tensors format): "
+                      f"{q['quantized']['linear']} linear weights and {q['quantized']['expert_tensors']} expert "
+                      f"matrices ({q['params_quantized']:,} parameters); embeddings, LM head, routers and norms kept. "
+                      f"Checkpoint {q['checkpoint_bytes_before']:,} -> {q['checkpoint_bytes_after']:,} bytes. Loads "
+                      "in stock `from_pretrained` (with the compressed-tensors package) and vLLM."]
+    elif q:
         lines += ["", f"Quantized {q['scheme']} ({q['method']}, {q['library']}): {q['quantized']['linear']} linear "
                       f"weights and {q['quantized']['expert_tensors']} fused expert tensors "
                       f"({q['params_quantized']:,} parameters); embeddings, LM head, routers and norms kept. "

@@ -65,7 +65,9 @@ def streaming_problems(recipe) -> list[str]:
         problems.append("evaluate.lm_eval.tasks run the whole model (lm-eval's HFLM or vLLM): remove them, and run "
                         "`python -m compressor eval CHECKPOINT --lm-eval ...` on a machine where it fits")
     if recipe.quantize is not None:
-        problems.append("quantize reloads the whole checkpoint through transformers' TorchAoConfig: set it to null")
+        problems.append("quantize is evaluated on the reloaded quantized model, which the layer-by-layer engine cannot "
+                        "read yet: set it to null, then quantize the run's checkpoint layer by layer with `python -m "
+                        "compressor quantize CHECKPOINT --streaming on --out DIR` (GPTQ or RTN, compressed-tensors)")
     if recipe.slimming.is_identity:
         problems.append("slimming cuts nothing")
     return problems

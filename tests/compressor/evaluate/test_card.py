@@ -21,3 +21,13 @@ def test_card_names_the_one_kernel_and_says_when_the_speed_up_is_noise():
     card = pipeline_card(Recipe.model_validate({}), {"evaluation": {"speed": speed}}, [])
     assert "both models in eager/float32, interleaved with" in card
     assert "prefill 1.29x (rounds 1.10-1.41); decode 1.02x (rounds 0.95-1.08), within the machine's noise" in card
+
+
+def test_card_of_a_compressed_tensors_checkpoint_says_where_it_loads():
+    q = {"format": "compressed-tensors", "scheme": "W4A16", "method": "gptq", "library": "compressed-tensors 0.20.1",
+         "quantized": {"linear": 16, "expert_tensors": 96}, "params_quantized": 1000, "checkpoint_bytes_before": 10,
+         "checkpoint_bytes_after": 4, "experts_implementation": "eager"}
+    card = pipeline_card(Recipe.model_validate({}), {"quantize": q}, [])
+    assert "compressed-tensors format" in card and "vLLM" in card and "torchao installed" not in card
+    old = pipeline_card(Recipe.model_validate({}), {"quantize": {**q, "format": "torchao"}}, [])
+    assert "torchao installed" in old and "fused expert tensors" in old
