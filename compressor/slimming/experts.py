@@ -45,6 +45,20 @@ def select_experts(*, scores: torch.Tensor, keep: int, groups: int = 1) -> torch
     return torch.cat(chosen).sort().values
 
 
+def checked_expert_count(model: nn.Module, keep: int) -> int:
+    """E, the expert count every MoE layer of `model` shares, after refusing (ValueError, model untouched) layers
+    that disagree, a count `keep` the routing cannot take and routers whose rows cannot be sliced (the rules expert
+    pruning and merging share)."""
+    adapter = resolve_adapter(model)
+    blocks = adapter.moe_blocks(model)
+    counts = {b.num_experts for b in blocks}
+    if len(counts) != 1:
+        raise ValueError(f"MoE layers disagree on the expert count ({sorted(counts)}); one count is required")
+    adapter.check_expert_count(model.config, keep)
+    adapter.check_prunable(blocks)
+    return counts.pop()
+
+
 def _checked_scores(expert_scores: Mapping[int, torch.Tensor], blocks) -> dict[int, torch.Tensor]:
     out = {}
     for blk in blocks:
@@ -65,16 +79,10 @@ def prune_experts_(model: nn.Module, expert_scores: Mapping[int, torch.Tensor], 
                    reporter: Reporter | None = None) -> ExpertPruneReport:
     """Keep `cfg.experts_keep` experts per MoE layer (highest `expert_scores[layer]` [E]), in place."""
     t0 = time.perf_counter()
+    E, n = checked_expert_count(model, cfg.experts_keep), cfg.experts_keep
     adapter = resolve_adapter(model)
     config = model.config
     blocks = adapter.moe_blocks(model)
-    counts = {b.num_experts for b in blocks}
-    if len(counts) != 1:
-        raise ValueError(f"MoE layers disagree on the expert count ({sorted(counts)}); one count is required")
-    E = counts.pop()
-    n = cfg.experts_keep
-    adapter.check_expert_count(config, n)
-    adapter.check_prunable(blocks)
     groups = adapter.num_groups(config)
     scores = _checked_scores(expert_scores, blocks)
     before = count_params(model)

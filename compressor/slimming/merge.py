@@ -244,19 +244,15 @@ def check_mergeable(model: nn.Module, cfg: ExpertMergeConfig) -> int:
     """The expert count E of `model`'s MoE layers, after refusing (ValueError, model untouched) what merging cannot
     do: layers with different counts, counts the routing cannot take or routers it cannot slice (the rules of expert
     pruning), and DeepSeek-style routing groups."""
-    adapter = resolve_adapter(model)
-    config = model.config
-    blocks = adapter.moe_blocks(model)
-    counts = {b.num_experts for b in blocks}
-    if len(counts) != 1:
-        raise ValueError(f"MoE layers disagree on the expert count ({sorted(counts)}); one count is required")
-    adapter.check_expert_count(config, cfg.experts_keep)
-    adapter.check_prunable(blocks)
+    from compressor.slimming.experts import checked_expert_count
+
+    E = checked_expert_count(model, cfg.experts_keep)
+    adapter, config = resolve_adapter(model), model.config
     if adapter.num_groups(config) > 1:
         raise ValueError(f"{adapter.family}: experts are routed in {adapter.num_groups(config)} groups; merging "
                          "would fold experts of different groups together. Prune experts instead "
                          "(slimming.expert_merge: null), which keeps every group intact")
-    return counts.pop()
+    return E
 
 
 def merge_block_(blk: MoEBlock, feed, cfg: ExpertMergeConfig, report: ExpertMergeReport) -> None:
