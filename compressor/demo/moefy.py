@@ -38,15 +38,15 @@ REBUILD_COMMAND = "python -m compressor.demo.moefy"
 
 @dataclass
 class MoefyConfig:
-    candidates: tuple[tuple[int, int], ...] = ((8, 2), (8, 4), (16, 4), (16, 8))
+    candidates: tuple[tuple[int, int], ...] = ((8, 2), (8, 4), (8, 6))
     choose: tuple[int, int, float] = (8, 4, FLAT_SCALE)   # (E, k, router_scale) written to the parts file
-    shared: int = 64                               # neurons copied into every expert (moefication.shared_neurons)
+    shared: int = 256                              # neurons copied into every expert (moefication.shared_neurons)
     cal_tokens: int = 16384
     cluster_tokens: int = 4096
     seq_len: int = 512
-    eval_tokens: int = 8192
+    eval_tokens: int = 4096
     router_steps: int = 300
-    scales: tuple[float, ...] = (1.0, FLAT_SCALE)    # router scales measured for every candidate
+    scales: tuple[float, ...] = (FLAT_SCALE,)         # router scales measured for every candidate
     seed: int = 0
 
     def __post_init__(self):
@@ -130,13 +130,13 @@ def save_parts(folder: Path, *, perms, shared, routers, experts: int, top_k: int
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m compressor.demo.moefy", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=PARTS_DIR, help="folder for the parts (default: the shipped one)")
-    ap.add_argument("--candidates", default="8x2,8x4,16x4,16x8", help="E x k pairs to measure, e.g. 8x2,8x4")
+    ap.add_argument("--candidates", default="8x2,8x4,8x6", help="E x k pairs to measure, e.g. 8x2,8x4,16x8")
     ap.add_argument("--choose", default=f"8x4@{FLAT_SCALE:g}", help="E x k @ router_scale written to the parts file")
     ap.add_argument("--shared", type=int, default=MoefyConfig.shared, help="neurons copied into every expert")
     ap.add_argument("--cal-tokens", type=int, default=MoefyConfig.cal_tokens)
     ap.add_argument("--eval-tokens", type=int, default=MoefyConfig.eval_tokens)
     ap.add_argument("--router-steps", type=int, default=MoefyConfig.router_steps)
-    ap.add_argument("--scales", default=f"1,{FLAT_SCALE:g}", help="router scales to measure, e.g. 1,0.001")
+    ap.add_argument("--scales", default=f"{FLAT_SCALE:g}", help="router scales to measure, e.g. 1,0.001")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     try:
