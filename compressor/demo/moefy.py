@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m compressor.demo.moefy", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=PARTS_DIR, help="folder for the parts (default: the shipped one)")
     ap.add_argument("--candidates", default="8x2,8x4,8x6", help="E x k pairs to measure, e.g. 8x2,8x4,16x8")
-    ap.add_argument("--choose", default=f"8x4@{FLAT_SCALE:g}", help="E x k @ router_scale written to the parts file")
+    ap.add_argument("--choose", default=f"8x4@{FLAT_SCALE:g}",
+                    help=f"E x k [@ router_scale, default {FLAT_SCALE:g}] written to the parts file")
     ap.add_argument("--shared", type=int, default=MoefyConfig.shared, help="neurons copied into every expert")
     ap.add_argument("--cal-tokens", type=int, default=MoefyConfig.cal_tokens)
     ap.add_argument("--eval-tokens", type=int, default=MoefyConfig.eval_tokens)
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cands = tuple(tuple(int(v) for v in c.lower().split("x")) for c in args.candidates.split(","))
-        ek, scale = args.choose.split("@") if "@" in args.choose else (args.choose, "1.0")
+        ek, scale = args.choose.split("@") if "@" in args.choose else (args.choose, str(FLAT_SCALE))
         choose = (*[int(v) for v in ek.lower().split("x")], float(scale))
         cfg = MoefyConfig(candidates=cands, choose=choose, shared=args.shared, cal_tokens=args.cal_tokens, eval_tokens=args.eval_tokens,
                           router_steps=args.router_steps,
