@@ -68,6 +68,8 @@ def _extra(p):
                    help="calibration and evaluation tokens of every row (default: the recipe's, 32768 / 16384)")
     p.add_argument("--lm-eval-limit", type=int, default=None,
                    help="run the shipped offline lm-eval tasks on N items each and report recovery %% per task")
+    p.add_argument("--seed-all-rows", action="store_true",
+                   help="run every row once per seed of --seeds (default: only d, e, c', f, d25, e25)")
     p.add_argument("--seeds", default="0,1,2",
                    help="recipe seeds for rows d, e, d25, e25 (comma-separated; the first also serves the other rows)")
 
@@ -315,7 +317,7 @@ def main() -> None:
         for key, label, over in rows(steps, args.quick):
             if key not in wanted:
                 continue
-            for seed in (seeds if key in SEEDED else seeds[:1]):
+            for seed in (seeds if key in SEEDED or args.seed_all_rows else seeds[:1]):
                 log(f"row {label}, seed {seed}")
                 r = run_row(label, recipe_for(over, args.quick, seed, args.model, args.lm_eval_limit,
                                                  args.tokens), work)
