@@ -8,6 +8,8 @@ The web process loads no weights: Compare queues a short job on the workers (wor
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from html import escape
 
@@ -130,7 +132,14 @@ def _fmt(name: str, v) -> str:
 
 
 def _run_of(choice: str):
-    return None if choice == services.ORIGINAL else services.get_run(int(choice.split(":")[1]))
+    """The run a choice names, None for the original; any other text is refused as `services.compare_source`
+    refuses it."""
+    if choice == services.ORIGINAL:
+        return None
+    m = re.fullmatch(r"run:(\d+)", choice or "")
+    if not m:
+        raise ValueError(f"choose the original or a finished run, not {choice!r}")
+    return services.get_run(int(m.group(1)))
 
 
 def metrics_frame(a: str, b: str, model: dict | None) -> pd.DataFrame:
