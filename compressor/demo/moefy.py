@@ -1,7 +1,7 @@
 """Rebuild the shipped MoEfication parts of `demo-smollm` (neuron partitions and routers) from the GGUF.
 
     python -m compressor.demo.moefy                      # measure the (E, k) candidates, write the chosen parts
-    python -m compressor.demo.moefy --candidates 8x2 --out /tmp/parts
+    python -m compressor.demo.moefy --candidates 8x2 --choose 8x2 --out out/parts
 
 Steps (one thread, a few minutes): SmolLM2-135M-Instruct from its GGUF (`smollm_weights`); every layer's MLP
 input on `--cal-tokens` tokens of the sotu train split; per layer and per E, balanced k-means of the neurons'
