@@ -18,7 +18,8 @@ import gradio as gr
 from ui import services
 from ui.common import box, card, fmt_bytes, fmt_count, guard
 
-KINDS = {"Demo model (built in)": "demo", "Local folder": "folder", "Upload": "upload", "Hub id": "hub"}
+KINDS = {"Demo model (built in)": "demo", "Pretrained demo (SmolLM2 as MoE, fetched on first use)": "demo-smollm",
+         "Local folder": "folder", "Upload": "upload", "Hub id": "hub"}
 UPLOAD_TYPES = [".zip", ".gz", ".tgz", ".tar", ".safetensors", ".json", ".model", ".txt", ".jinja", ".bin", ".pt",
                 ".pth", ".pkl"]
 
@@ -85,8 +86,8 @@ def summary_card(opened: dict) -> str:
 def _source_text(kind: str, path: str, hub: str, files, staged: dict) -> str:
     """The source string to open: "demo", a folder / archive under the model roots, a hub id, or a staged upload."""
     k = KINDS.get(kind, kind)
-    if k == "demo":
-        return "demo"
+    if k in ("demo", "demo-smollm"):
+        return k
     if k == "folder":
         return services.allowed_source(path, kind="folder")
     if k == "hub":

@@ -126,7 +126,7 @@ def open_model(text: str, *, discard_on_failure: bool = False) -> OpenedModel:
     fingerprint = summary.pop("fingerprint")
     with _CATALOG_LOCK:     # catalog.upsert_model is select-then-insert: two opens of one model must not race
         model_id = catalog.upsert_model(source=source, fingerprint=fingerprint, summary=summary)
-    label = "demo" if src.kind == "demo" else (Path(source).name if src.kind != "hub" else source)
+    label = src.location if src.kind == "demo" else (Path(source).name if src.kind != "hub" else source)
     return OpenedModel(source=source, label=label, summary=summary, fingerprint=fingerprint, model_id=model_id)
 
 

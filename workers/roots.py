@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from compressor.demo import DEMO_NAMES   # the built-in models' names (a torch-free module)
 from compressor.studio_cache import CACHE_PARTS, studio_cache_dir
 from storage import artifacts
 from storage.db import studio_home
@@ -53,8 +54,8 @@ def allowed_source(text: str, *, kind: str = "any") -> str:
         raise ValueError(f"unknown source kind {kind!r}; use 'folder', 'hub' or 'any'")
     raw = (text or "").strip()
     roots = allowed_model_roots()
-    if kind == "any" and raw.lower() == "demo":
-        return "demo"
+    if kind == "any" and raw.lower() in DEMO_NAMES:
+        return raw.lower()
     if kind == "hub" or (kind == "any" and not Path(raw).is_absolute()):
         try:
             hub = str(parse_hub_id(raw))
@@ -93,7 +94,7 @@ def check_run_source(model: str, *, extra_roots: tuple[Path, ...] = ()) -> None:
     from compressor.sources import parse_local_source
 
     raw = str(model or "").strip()
-    if raw.lower() == "demo":
+    if raw.lower() in DEMO_NAMES:
         return
     try:
         present = os.path.lexists(Path(raw).expanduser())
