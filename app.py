@@ -224,8 +224,9 @@ def _check_worker(services) -> None:
     try:
         services.wait_ready(120)
         logging.info("embedded worker ready")
-    except RuntimeError as exc:
-        logging.error("%s", exc)
+    except Exception as exc:        # noqa: BLE001 - a thread's error must not end as a traceback on the console
+        if services.running:        # a stop in progress takes the broker away: that is not the worker's failure
+            logging.error("the embedded worker did not become ready: %s", exc)
 
 
 def _interrupt(signum, frame):
@@ -233,4 +234,8 @@ def _interrupt(signum, frame):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:       # Ctrl-C or SIGTERM: main's with-blocks have stopped Gradio, the worker and Redis
+        logging.info("studio stopped")
+        sys.exit(130)

@@ -83,14 +83,16 @@ def _die_with_parent() -> None:
 
 def start_redis_server(exe: str, port: int, *, workdir: Path, log_path: Path) -> subprocess.Popen:
     """Start `exe` (a redis-server) on 127.0.0.1:`port` without persistence, dying with the thread that starts it,
-    and wait (10 s at most) until it answers; raise RuntimeError otherwise."""
+    in a session of its own (a terminal's Ctrl-C would otherwise stop it under the studio, whose supervisor then
+    started it again during shutdown), and wait (10 s at most) until it answers; raise RuntimeError otherwise."""
     workdir.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(
             [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(workdir), "--daemonize", "no", "--protected-mode", "yes"],
-            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            start_new_session=True)     # a Ctrl-C at the studio's terminal reaches the studio, which stops Redis
     client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
     deadline = time.monotonic() + 10
     try:
@@ -192,6 +194,11 @@ class EmbeddedServices:
             self.stop()
             raise
         return self
+
+    @property
+    def running(self) -> bool:
+        """Started and not (being) stopped."""
+        return self._started
 
     def stop(self) -> None:
         if not self._started:

@@ -113,3 +113,35 @@ def test_the_studio_empties_its_gradio_temp_folder_when_it_starts_and_when_it_st
             proc.wait(timeout=10)
     assert proc.returncode is not None
     assert not during.exists() and list(gtmp.iterdir()) == [], log.read_text()[-3000:]
+
+
+def test_ctrl_c_stops_the_studio_without_a_traceback_or_a_redis_restart(tmp_path):
+    """Issue 27, item 10: SIGINT printed a KeyboardInterrupt traceback, and the terminal's Ctrl-C also reached the
+    embedded Redis, which the supervisor started again during the shutdown."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.ui.conftest import REPO, _free_port, _wait_http
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MOE_STUDIO_", "GRADIO_")) and k not in ("REDIS_URL", "DATABASE_URL")}
+    env.update(MOE_STUDIO_HOME=str(tmp_path / "home"), MOE_STUDIO_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1",
+               GRADIO_ANALYTICS_ENABLED="False")
+    port, log = _free_port(), tmp_path / "app.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port)], cwd=REPO, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/", proc, log, timeout=120)
+        os.killpg(proc.pid, signal.SIGINT)           # what a terminal's Ctrl-C sends: the whole foreground group
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    text = log.read_text()
+    assert proc.returncode == 130, text[-3000:]
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    assert "restarted" not in text and "starting it again" not in text, text[-3000:]
+    assert "studio stopped" in text
