@@ -86,22 +86,11 @@ def test_the_studio_empties_its_gradio_temp_folder_when_it_starts_and_when_it_st
     # Issue 28: 40 MB of uploads and CSV exports stayed in Gradio's temp folder after a stop.
     import signal
     import subprocess
-    import sys
-
-    from tests.ui.conftest import REPO, _free_port, _wait_http
 
     home, gtmp = tmp_path / "home", tmp_path / "home" / "gradio-tmp"
     stale = _file(gtmp / "0123abcd" / "left-by-a-killed-studio.zip")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MOE_STUDIO_", "GRADIO_")) and k not in ("REDIS_URL", "DATABASE_URL")}
-    env.update(MOE_STUDIO_HOME=str(home), MOE_STUDIO_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1",
-               GRADIO_ANALYTICS_ENABLED="False")
-    port, log = _free_port(), tmp_path / "app.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port)], cwd=REPO, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc, log = _start_studio(tmp_path)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/", proc, log, timeout=120)
         assert not stale.exists() and gtmp.is_dir()
         during = _file(gtmp / "4567ef01" / "runs.csv")
     finally:
@@ -119,6 +108,25 @@ def test_ctrl_c_stops_the_studio_without_a_traceback_or_a_redis_restart(tmp_path
     """Issue 27, item 10: SIGINT printed a KeyboardInterrupt traceback, and the terminal's Ctrl-C also reached the
     embedded Redis, which the supervisor started again during the shutdown."""
     import signal
+
+    proc, log = _start_studio(tmp_path)
+    try:
+        os.killpg(proc.pid, signal.SIGINT)           # what a terminal's Ctrl-C sends: the whole foreground group
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    text = log.read_text()
+    assert proc.returncode == 130, text[-3000:]
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    assert "restarted" not in text and "starting it again" not in text, text[-3000:]
+    assert "studio stopped" in text
+
+
+def _start_studio(tmp_path):
+    """`python app.py` with its home under `tmp_path`, in a session of its own, once its page answers: (process,
+    log path)."""
     import subprocess
     import sys
 
@@ -132,16 +140,5 @@ def test_ctrl_c_stops_the_studio_without_a_traceback_or_a_redis_restart(tmp_path
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port)], cwd=REPO, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/", proc, log, timeout=120)
-        os.killpg(proc.pid, signal.SIGINT)           # what a terminal's Ctrl-C sends: the whole foreground group
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-    text = log.read_text()
-    assert proc.returncode == 130, text[-3000:]
-    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
-    assert "restarted" not in text and "starting it again" not in text, text[-3000:]
-    assert "studio stopped" in text
+    _wait_http(f"http://127.0.0.1:{port}/", proc, log, timeout=120)
+    return proc, log
