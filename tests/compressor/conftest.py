@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,3 +12,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """A private studio cache (uploads/ and archives/ made) with a 10 kB quota: its folder."""
+    monkeypatch.setenv("MOE_STUDIO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MOE_STUDIO_CACHE_QUOTA", "10kb")
+    for part in ("uploads", "archives"):
+        (tmp_path / "cache" / part).mkdir(parents=True)
+    return tmp_path / "cache"

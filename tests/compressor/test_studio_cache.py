@@ -14,15 +14,6 @@ from compressor.studio_cache import CacheFullError, discard_staged, make_room, p
 SHA_A, SHA_B = "a" * 64, "b" * 64
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("MOE_STUDIO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("MOE_STUDIO_CACHE_QUOTA", "10kb")
-    for part in ("uploads", "archives"):
-        (tmp_path / "cache" / part).mkdir(parents=True)
-    return tmp_path / "cache"
-
-
 def _entry(path: Path, size: int, age_s: float) -> Path:
     """A cache entry of `size` bytes (a file, or a folder with one file) last used `age_s` seconds ago."""
     if path.suffix:

@@ -19,15 +19,6 @@ SHA_A, SHA_B = "a" * 64, "b" * 64
 KIB = 1024
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("MOE_STUDIO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("MOE_STUDIO_CACHE_QUOTA", "10kb")
-    for part in ("uploads", "archives"):
-        (tmp_path / "cache" / part).mkdir(parents=True)
-    return tmp_path / "cache"
-
-
 def _old_file(path: Path, size: int, age_s: float = 1000) -> Path:
     path.write_bytes(b"x" * size)
     t = time.time() - age_s

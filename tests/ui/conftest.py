@@ -65,35 +65,58 @@ class Studio:
         return Client(self.url, verbose=False)
 
 
-@pytest.fixture(scope="session")
-def studio(tmp_path_factory):
-    """`python app.py --port P` with its own home; stopped with SIGTERM (which also stops Redis and the worker)."""
-    home = tmp_path_factory.mktemp("studio")
-    port = _free_port()
+def studio_env(home: Path, **extra: str) -> dict:
+    """The environment of a private studio: this one's, without studio settings, a broker or a database URL, with
+    its home (and cache) under `home`, offline."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MOE_STUDIO_") and k not in ("REDIS_URL", "DATABASE_URL")}
-    (home / "tmp").mkdir()
-    env.update(TMPDIR=str(home / "tmp"), GRADIO_TEMP_DIR=str(home / "tmp" / "gradio"))
-    env.update(MOE_STUDIO_HOME=str(home), MOE_STUDIO_CACHE=str(home / "cache"), MOE_STUDIO_MAX_UPLOAD=MAX_UPLOAD,
-               MOE_STUDIO_PROGRESS_EVERY_S="0.5", HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
-    log = home / "app.log"
+           if not k.startswith(("MOE_STUDIO_", "GRADIO_")) and k not in ("REDIS_URL", "DATABASE_URL")}
+    env.update(MOE_STUDIO_HOME=str(home), MOE_STUDIO_CACHE=str(home / "cache"), HF_HUB_OFFLINE="1",
+               GRADIO_ANALYTICS_ENABLED="False",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p), **extra)
+    return env
+
+
+def start_app(env: dict, log: Path) -> tuple[subprocess.Popen, str]:
+    """`python app.py --port P` in a session of its own, once its page answers: (process, url)."""
+    port = _free_port()
     with open(log, "wb") as out:
-        t0 = time.monotonic()
         proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port)], cwd=REPO, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     try:
         _wait_http(url, proc, log, timeout=120)
+    except BaseException:
+        stop_app(proc)
+        raise
+    return proc, url
+
+
+def stop_app(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    """Send `sig` (SIGTERM: the studio stops Redis and the worker); SIGKILL the session after `timeout` s."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def studio(tmp_path_factory):
+    """`python app.py --port P` with its own home; stopped with SIGTERM (which also stops Redis and the worker)."""
+    home = tmp_path_factory.mktemp("studio")
+    (home / "tmp").mkdir()
+    env = studio_env(home, TMPDIR=str(home / "tmp"), GRADIO_TEMP_DIR=str(home / "tmp" / "gradio"),
+                     MOE_STUDIO_MAX_UPLOAD=MAX_UPLOAD, MOE_STUDIO_PROGRESS_EVERY_S="0.5")
+    log = home / "app.log"
+    t0 = time.monotonic()
+    proc, url = start_app(env, log)
+    try:
         studio = Studio(url, home, time.monotonic() - t0, log)
         yield studio
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_app(proc)
     lines = "".join(f"  {k}: {v:.3f}\n" for k, v in studio.timings.items())
     print(f"\nUI timings:\n{lines}")
 
@@ -108,6 +131,21 @@ def finished_run(studio) -> int:
     row = wait_run(c, run_id)
     assert "succeeded" in row["status"], row
     return run_id
+
+
+@pytest.fixture
+def guarded(monkeypatch):
+    """The studio's Blocks served in this process with --auth alice:s3cret (login back-off base 1 s): its URL."""
+    import app
+    from ui import login
+    monkeypatch.setattr(login, "BASE_S", 1.0)
+    demo = app.build_app()
+    port = _free_port()
+    app.launch(demo, host="127.0.0.1", port=port, auth=[("alice", "s3cret")], block=False)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        demo.close()
 
 
 @pytest.fixture(scope="session")

@@ -75,25 +75,15 @@ def test_the_page_does_not_wait_for_torch():
     assert out.stdout.strip() == "False", out.stderr[-2000:]
 
 
-def test_basic_auth_guards_the_studio():
+def test_basic_auth_guards_the_studio(guarded):
     """With --auth, the page and the API answer only after login."""
-    import socket
     import urllib.error
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = app.build_app()
-    app.launch(demo, host="127.0.0.1", port=port, auth=[("alice", "s3cret")], block=False)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        with pytest.raises(urllib.error.HTTPError) as denied:
-            urllib.request.urlopen(f"{url}/config", timeout=10)
-        assert denied.value.code == 401
-        from gradio_client import Client
-        with pytest.raises(Exception):
-            Client(url, verbose=False)
-        assert Client(url, auth=("alice", "s3cret"), verbose=False).view_api(return_format="dict")
-    finally:
-        demo.close()
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(f"{guarded}/config", timeout=10)
+    assert denied.value.code == 401
+    from gradio_client import Client
+    with pytest.raises(Exception):
+        Client(guarded, verbose=False)
+    assert Client(guarded, auth=("alice", "s3cret"), verbose=False).view_api(return_format="dict")

@@ -1,16 +1,11 @@
 """Issue 28: with --auth, the login page publishes no API description and failed logins back off per address."""
 from __future__ import annotations
 
-import json
-import socket
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
-import pytest
-
-import app
 from ui import login
 
 
@@ -21,20 +16,6 @@ def _login(url: str, password: str) -> tuple[int, dict]:
             return r.status, dict(r.headers)
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers)
-
-
-@pytest.fixture
-def guarded(monkeypatch):
-    monkeypatch.setattr(login, "BASE_S", 1.0)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = app.build_app()
-    app.launch(demo, host="127.0.0.1", port=port, auth=[("alice", "s3cret")], block=False)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        demo.close()
 
 
 def test_the_login_page_lists_no_endpoint_and_signed_in_clients_still_call_them(guarded):

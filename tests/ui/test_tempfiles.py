@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from gradio.utils import is_allowed_file
 
 import app
 from storage import artifacts, repo
+from tests.ui.conftest import start_app, stop_app, studio_env
 from ui import runs, services, tempfiles
 
 
@@ -84,22 +86,14 @@ def test_the_studio_uses_its_own_gradio_temp_folder_unless_one_is_set(studio_hom
 
 def test_the_studio_empties_its_gradio_temp_folder_when_it_starts_and_when_it_stops(tmp_path):
     # Issue 28: 40 MB of uploads and CSV exports stayed in Gradio's temp folder after a stop.
-    import signal
-    import subprocess
-
-    home, gtmp = tmp_path / "home", tmp_path / "home" / "gradio-tmp"
+    gtmp = tmp_path / "home" / "gradio-tmp"
     stale = _file(gtmp / "0123abcd" / "left-by-a-killed-studio.zip")
     proc, log = _start_studio(tmp_path)
     try:
         assert not stale.exists() and gtmp.is_dir()
         during = _file(gtmp / "4567ef01" / "runs.csv")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_app(proc)
     assert proc.returncode is not None
     assert not during.exists() and list(gtmp.iterdir()) == [], log.read_text()[-3000:]
 
@@ -107,16 +101,9 @@ def test_the_studio_empties_its_gradio_temp_folder_when_it_starts_and_when_it_st
 def test_ctrl_c_stops_the_studio_without_a_traceback_or_a_redis_restart(tmp_path):
     """Issue 27, item 10: SIGINT printed a KeyboardInterrupt traceback, and the terminal's Ctrl-C also reached the
     embedded Redis, which the supervisor started again during the shutdown."""
-    import signal
-
     proc, log = _start_studio(tmp_path)
-    try:
-        os.killpg(proc.pid, signal.SIGINT)           # what a terminal's Ctrl-C sends: the whole foreground group
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+    os.killpg(proc.pid, signal.SIGINT)               # what a terminal's Ctrl-C sends: the whole foreground group
+    stop_app(proc, timeout=60)                       # waits; SIGKILLs the session if it did not stop
     text = log.read_text()
     assert proc.returncode == 130, text[-3000:]
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
@@ -125,20 +112,7 @@ def test_ctrl_c_stops_the_studio_without_a_traceback_or_a_redis_restart(tmp_path
 
 
 def _start_studio(tmp_path):
-    """`python app.py` with its home under `tmp_path`, in a session of its own, once its page answers: (process,
-    log path)."""
-    import subprocess
-    import sys
-
-    from tests.ui.conftest import REPO, _free_port, _wait_http
-
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MOE_STUDIO_", "GRADIO_")) and k not in ("REDIS_URL", "DATABASE_URL")}
-    env.update(MOE_STUDIO_HOME=str(tmp_path / "home"), MOE_STUDIO_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1",
-               GRADIO_ANALYTICS_ENABLED="False")
-    port, log = _free_port(), tmp_path / "app.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port)], cwd=REPO, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    _wait_http(f"http://127.0.0.1:{port}/", proc, log, timeout=120)
+    """`python app.py` with its home under `tmp_path` (`start_app`): (process, log path)."""
+    log = tmp_path / "app.log"
+    proc, _ = start_app(studio_env(tmp_path / "home"), log)
     return proc, log
