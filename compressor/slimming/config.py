@@ -46,6 +46,11 @@ class _Config:
                              f"version {SLIMMING_CONFIG_VERSION}")
 
 
+def _check_positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 @dataclass(frozen=True)
 class NeuronSlimConfig(_Config):
     """Keep `keep_ratio` of the intermediate neurons of every routed expert (one width for the whole model)."""
@@ -74,8 +79,7 @@ class ExpertPruneConfig(_Config):
 
     def __post_init__(self):
         self._check_version()
-        if not isinstance(self.experts_keep, int) or isinstance(self.experts_keep, bool) or self.experts_keep < 1:
-            raise ValueError(f"experts_keep must be a positive integer, got {self.experts_keep!r}")
+        _check_positive_int("experts_keep", self.experts_keep)
 
 
 MERGE_METHODS = names(EXPERT_MERGES)        # the registry: compressor/methods.py
@@ -97,12 +101,10 @@ class ExpertMergeConfig(_Config):
 
     def __post_init__(self):
         self._check_version()
-        if not isinstance(self.experts_keep, int) or isinstance(self.experts_keep, bool) or self.experts_keep < 1:
-            raise ValueError(f"experts_keep must be a positive integer, got {self.experts_keep!r}")
+        _check_positive_int("experts_keep", self.experts_keep)
         if self.method not in MERGE_METHODS:
             raise ValueError(f"unknown expert merge {self.method!r}; choose one of {', '.join(MERGE_METHODS)}")
-        if not isinstance(self.group_size, int) or self.group_size < 1:
-            raise ValueError(f"group_size must be a positive integer, got {self.group_size!r}")
+        _check_positive_int("group_size", self.group_size)
         if not isinstance(self.samples, int) or self.samples < 8:
             raise ValueError(f"samples must be an integer >= 8, got {self.samples!r}")
 
