@@ -100,7 +100,8 @@ def test_sigkill_of_the_process_running_a_job_is_reaped_and_the_worker_goes_on(c
     settings = WorkerSettings.from_env()
     assert run.status == "failed" and run.error.startswith("worker lost: no heartbeat from")
     assert took < settings.stale_after_s + settings.reap_every_s + settings.heartbeat_s + 2.0
-    assert not artifacts.run_dir(run_id).exists()
+    # the reaper marks the run failed, then removes its folder: give the removal the moment it takes
+    wait_for(lambda: not artifacts.run_dir(run_id).exists(), timeout=5, what="the reaper to remove the partial files")
     after = enqueue_run({"model": "test:steps=2"})
     assert wait_for(lambda: _finished(after), timeout=30, what="the next run").status == "succeeded"
 
