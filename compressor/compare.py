@@ -124,7 +124,7 @@ def _generation_config(model, tokenizer, s: DecodeSettings) -> GenerationConfig:
     return GenerationConfig(**kw)
 
 
-@torch.inference_mode()
+@torch.no_grad()            # not inference_mode: torchao's tensors cannot make the per-expert views it forbids
 def generate(model, tokenizer, prompt: str, *, settings: DecodeSettings) -> Generation:
     """Continue `prompt` with `settings`; sampling is reseeded with `settings.seed` first, so it repeats."""
     ids = _encode(tokenizer, prompt)
@@ -141,7 +141,7 @@ def _top(probs: torch.Tensor, tokenizer, k: int) -> list[tuple[str, float]]:
     return [(tokenizer.decode([int(i)]), float(v)) for v, i in zip(p, idx)]
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def teacher_forced_steps(model_a, model_b, tokenizer, ids: torch.Tensor, *, start: int, k: int = 5) -> list[Step]:
     """For every position t in [start, T) of `ids` [1, T]: top-1 agreement of A and B on x_<t, and both top-k."""
     probs_a = model_a(input_ids=ids).logits[0].float().softmax(-1)               # [T, V]
@@ -160,7 +160,11 @@ def teacher_forced_steps(model_a, model_b, tokenizer, ids: torch.Tensor, *, star
 
 
 def compare_models(model_a, model_b, tokenizer, prompt: str, *, settings: DecodeSettings, k: int = 5) -> Comparison:
-    """Generate with both models (same settings, same seed), then score both on prompt + A's continuation."""
+    """Generate with both models (same settings, same seed), then score both on prompt + A's continuation. A
+    torchao-quantized model runs the experts kernel its tensors support (`eager_experts_if_quantized_`)."""
+    from compressor.quantize import eager_experts_if_quantized_
+    for model in (model_a, model_b):
+        eager_experts_if_quantized_(model)
     ids = _encode(tokenizer, prompt)
     gen_a = generate(model_a, tokenizer, prompt, settings=settings)
     gen_b = generate(model_b, tokenizer, prompt, settings=settings)

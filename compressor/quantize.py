@@ -23,7 +23,9 @@ What is quantized, by exact parameter name (torchao's `FqnToConfig`):
 
 Round to nearest (rtn) is the only method here (llm-compressor's GPTQ needs transformers <= 5.17; torchao's runs on
 CUDA only). Quantized experts run with transformers' `eager` experts implementation (torchao's tensors do not
-implement the transposes `grouped_mm` needs).
+implement the transposes `grouped_mm` needs): the saved config.json says `"experts_implementation": "eager"`, which
+`from_pretrained` reads, so a stock `from_pretrained(path)` with no arguments runs it; `eager_experts_if_quantized_`
+switches a model loaded from a checkpoint written before that key.
 
     report = quantize_checkpoint("out/run1/checkpoint", "out/run1/w8", QuantizeConfig(scheme="W8A16"))
     report.checkpoint_bytes_after, report.quantized["expert_tensors"]
@@ -222,6 +224,32 @@ def load_quantized(path: Path, *, dtype=None):
                                                    **kw).eval()
 
 
+def _pin_experts_implementation(out: Path) -> None:
+    """Name the experts kernel torchao's tensors run in config.json (transformers' config reads the key)."""
+    path = out / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["experts_implementation"] = QUANT_EXPERTS_IMPLEMENTATION
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def _holds_torchao_tensors(model: nn.Module) -> bool:
+    """Any parameter a tensor subclass that stores other tensors (torchao's int8 / fp8 data + scales)."""
+    return any(type(p.data) is not torch.Tensor and hasattr(p.data, "__tensor_flatten__") for p in model.parameters())
+
+
+def eager_experts_if_quantized_(model: nn.Module) -> bool:
+    """Switch `model` to the `eager` experts kernel when its weights are torchao tensors and it runs another one
+    (a checkpoint quantized before config.json named the kernel); True when it switched.
+
+        eager_experts_if_quantized_(AutoModelForCausalLM.from_pretrained("runs/7/checkpoint"))
+    """
+    current = getattr(model.config, "_experts_implementation", None)
+    if current in (None, QUANT_EXPERTS_IMPLEMENTATION) or not _holds_torchao_tensors(model):
+        return False
+    model.set_experts_implementation(QUANT_EXPERTS_IMPLEMENTATION)
+    return True
+
+
 def is_quantized_checkpoint(path: Path) -> bool:
     try:
         cfg = json.loads((Path(path) / "config.json").read_text())
@@ -254,6 +282,7 @@ def quantize_checkpoint(src: str | Path, out: str | Path, cfg: QuantizeConfig, *
             raise RuntimeError(f"torchao left {len(missed)} targeted tensors unquantized (e.g. {missed[0]})")
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out)
+    _pin_experts_implementation(out)
     for name in _COPIED:
         if (src / name).is_file():
             shutil.copy2(src / name, out / name)

@@ -28,11 +28,29 @@ class DownloadTab:
 LOAD_SNIPPET = """from transformers import AutoModelForCausalLM, AutoTokenizer
 
 path = "run-{id}/checkpoint"          # after unzipping run-{id}.zip
-model = AutoModelForCausalLM.from_pretrained(path)
+{note}model = AutoModelForCausalLM.from_pretrained(path{kwargs})
 tokenizer = AutoTokenizer.from_pretrained(path)
 print(tokenizer.decode(model.generate(**tokenizer("The state of our union is", return_tensors="pt"),
                                       max_new_tokens=20)[0]))
 """
+
+
+# What a quantized checkpoint needs beyond stock transformers, by the format `metrics["quantize"]` names.
+_FORMAT_NOTES = {
+    "torchao": ("# {scheme} torchao checkpoint: needs `pip install torchao==0.18.0`. Its experts run transformers'\n"
+                "# eager kernel (torchao's int8 / fp8 tensors cannot run grouped_mm); config.json says so, and the\n"
+                "# argument below keeps checkpoints from before that working.\n", ', experts_implementation="eager"'),
+    "compressed-tensors": ("# {scheme} compressed-tensors checkpoint: needs `pip install compressed-tensors`; "
+                           "vLLM serves it as is.\n", ""),
+}
+
+
+def load_snippet(run_id, metrics: dict | None = None) -> str:
+    """The Download tab's Python that loads the run's unzipped checkpoint and generates, with what its
+    quantization format needs (`_FORMAT_NOTES`)."""
+    q = (metrics or {}).get("quantize") or {}
+    note, kwargs = _FORMAT_NOTES.get(q.get("format") or "", ("", ""))
+    return LOAD_SNIPPET.format(id=run_id, note=note.format(scheme=q.get("scheme", "")), kwargs=kwargs)
 
 
 def build() -> DownloadTab:
@@ -46,7 +64,7 @@ def build() -> DownloadTab:
             status = gr.HTML("", elem_classes="status-box")
         with gr.Column(scale=3):
             info = gr.HTML("")
-    howto = gr.Code(LOAD_SNIPPET.format(id="N"), language="python", label="load it", interactive=False)
+    howto = gr.Code(load_snippet("N"), language="python", label="load it", interactive=False)
     return DownloadTab(run, info, prepare, file, status, howto)
 
 
@@ -64,7 +82,7 @@ def describe(run_id):
     """(status, info html, hidden download button, load snippet) for the chosen run."""
     if run_id in (None, ""):
         return "", box("No finished run yet: enqueue one in Compress.", "info"), gr.update(visible=False), \
-            LOAD_SNIPPET.format(id="N")
+            load_snippet("N")
     r = services.get_run(run_id_of(run_id))
     art = services.checkpoint_artifact(r.id)
     size = f"{fmt_bytes(art.bytes)} · sha256 {art.sha256[:16]}…" if art else "no artifact recorded"
@@ -74,7 +92,7 @@ def describe(run_id):
             + headline_card(r.metrics or {}) +
             f"<details><summary>all metrics</summary><pre style='font-size:12px'>{html.escape(metrics)}</pre>"
             "</details>")
-    return "", info, gr.update(visible=False), LOAD_SNIPPET.format(id=r.id)
+    return "", info, gr.update(visible=False), load_snippet(r.id, r.metrics)
 
 
 def headline_card(m: dict) -> str:

@@ -100,7 +100,11 @@ def pipeline_card(recipe: Recipe, metrics: dict, stages: list[dict]) -> str:
                       f"weights and {q['quantized']['expert_tensors']} fused expert tensors "
                       f"({q['params_quantized']:,} parameters); embeddings, LM head, routers and norms kept. "
                       f"Checkpoint {q['checkpoint_bytes_before']:,} -> {q['checkpoint_bytes_after']:,} bytes. Load "
-                      f"with stock `from_pretrained` (torchao installed); experts run `{q['experts_implementation']}`."]
+                      f"with stock `from_pretrained` (torchao installed). The experts must run transformers' "
+                      f"`{q['experts_implementation']}` kernel (torchao's tensors cannot run `grouped_mm`): config.json "
+                      f"sets `experts_implementation: {q['experts_implementation']}`, so `from_pretrained(path)` "
+                      f"needs no argument; pass `experts_implementation=\"{q['experts_implementation']}\"` if you "
+                      f"override the config."]
     sp = RunResult.read(metrics).speed
     if sp is not None:
         st = ((metrics.get("evaluation") or {}).get("speed") or {}).get("settings", {})

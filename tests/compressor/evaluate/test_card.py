@@ -31,3 +31,4 @@ def test_card_of_a_compressed_tensors_checkpoint_says_where_it_loads():
     assert "compressed-tensors format" in card and "vLLM" in card and "torchao installed" not in card
     old = pipeline_card(Recipe.model_validate({}), {"quantize": {**q, "format": "torchao"}}, [])
     assert "torchao installed" in old and "fused expert tensors" in old
+    assert "config.json sets `experts_implementation: eager`" in old and "cannot run `grouped_mm`" in old
