@@ -2,13 +2,18 @@
 model's size is allocated, so a 60 GB checkpoint opens in about a second and a few hundred megabytes.
 
 Checks, in this order, each before anything larger is built (a refusal names the field and the tensor):
-1. config.json's own numbers: positive integers within generous bounds (layers <= 1,024, hidden <= 65,536,
+1. config.json's own numbers: positive integers (widths: or one per layer, as Hunyuan's) within generous bounds (layers <= 1,024, hidden <= 65,536,
    experts <= 4,096, vocab <= 4,194,304), top-k <= the expert count;
 2. against the headers: decoder layers stored == `num_hidden_layers`, the embedding is [vocab_size, hidden_size];
 3. structure: every stored tensor, as a meta tensor of its header's shape, goes through transformers' checkpoint
    conversion into the meta-device model that config.json builds; a missing, unexpected or differently shaped
    tensor is refused (so `num_experts_per_tok`, widths and expert counts that disagree with the tensors are found).
 Then the summary is `inspect_model` of that meta model, and the fingerprint `quick_fingerprint`.
+
+A quantized checkpoint (FP8, MXFP4, compressed-tensors; `compressor.formats`) is checked through its logical
+(dequantized) tensors, and the summary says how it is stored: `quantization` {method, format, bits, block, ...}
+(None for plain weights), `checkpoint_bytes` (on disk) and `dequantized_bytes` (its weights in the compute dtype,
+what a layer-by-layer run holds per layer and an in-memory load in all).
 
     info = describe_checkpoint(Path("my-model"))      # {"family", "num_layers", "params_total", ...}
 """
@@ -25,6 +30,7 @@ from compressor.stream.shards import ShardError, ShardIndex
 LIMITS = {"num_hidden_layers": 1024, "hidden_size": 65536, "vocab_size": 4_194_304, "num_experts": 4096,
           "num_local_experts": 4096, "n_routed_experts": 4096, "moe_num_experts": 4096,
           "intermediate_size": 1_048_576, "moe_intermediate_size": 1_048_576, "num_attention_heads": 4096}
+PER_LAYER_FIELDS = ("intermediate_size", "moe_intermediate_size")   # real configs may give one value per layer
 TOP_K_FIELDS = ("num_experts_per_tok", "moe_k", "top_k")
 EXPERT_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 _SAMPLES, _SAMPLE_BYTES = 16, 1 << 16
@@ -41,9 +47,11 @@ def check_config_numbers(config: dict) -> None:
         v = cfg.get(key)
         if v is None:
             continue
-        if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= top:
+        values = v if isinstance(v, list) and v and key in PER_LAYER_FIELDS else [v]   # Hunyuan: one per layer
+        if not all(isinstance(x, int) and not isinstance(x, bool) and 0 < x <= top for x in values):
             raise CheckpointError(f"config.json: {key} = {str(v)[:40]} is not a plausible value (a positive integer "
-                                  f"up to {top:,}); fix config.json or use the model's original one.")
+                                  f"up to {top:,}{', or a list of them, one per layer' if key in PER_LAYER_FIELDS else ''}"
+                                  "); fix config.json or use the model's original one.")
     given = {f: cfg[f] for f in EXPERT_FIELDS if isinstance(cfg.get(f), int) and cfg[f] > 0}
     if len(set(given.values())) > 1:
         raise CheckpointError(f"config.json names the expert count twice with different values "
@@ -130,7 +138,9 @@ def describe_checkpoint(folder: Path | str, *, dtype: torch.dtype | None = None)
     summary = inspect_model(skeleton.model)
     verify_first_moe_layer(skeleton, summary["moe_layers"][0])
     summary["tie_word_embeddings"] = bool(getattr(config, "tie_word_embeddings", False))
-    summary["checkpoint_bytes"] = sum((folder / f).stat().st_size for f in {t.file for t in index.tensors.values()})
+    summary["checkpoint_bytes"] = sum((folder / f).stat().st_size for f in index.files())
+    summary["quantization"] = index.quantization.to_dict() if index.quantization is not None else None
+    summary["dequantized_bytes"] = index.bytes_of(index.tensors)
     summary["fingerprint"] = quick_fingerprint(folder, index)
     return summary
 
@@ -156,7 +166,7 @@ def quick_fingerprint(folder: Path, index: ShardIndex) -> str:
     for a checkpoint (any re-save, re-shard or edit of a header changes it), not a proof that no byte changed;
     score caches keep using the full `weights_fingerprint`."""
     h = hashlib.sha256(b"moe-studio/quick/v1\0")
-    for name in sorted({t.file for t in index.tensors.values()}):
+    for name in index.files():
         path = folder / name
         size = path.stat().st_size
         h.update(f"{name}\0{size}\0".encode())

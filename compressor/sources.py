@@ -24,6 +24,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,8 @@ class LoadedModel:
     fingerprint: str             # weights_fingerprint(local_dir)
     revision: str | None = None  # hub: the revision asked for ("main" when none was pinned)
     commit: str | None = None    # hub: the commit that revision resolved to
+    quantization: dict | None = None  # a quantized input's format (compressor.formats.QuantInfo.to_dict()); the
+    notes: tuple[str, ...] = ()        # model holds it dequantized, and `notes` says so in words
 
 
 def shown(text: object, limit: int = SHOWN_CHARS) -> str:
@@ -275,14 +278,40 @@ def load_model(source: ModelSource | str, *, dtype: torch.dtype | str | None = N
     found = resolve_local(source, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, revision=revision,
                           work_dir=work_dir)
     local = found.local_dir
+    quant = _quantization(local) if found.weights == "safetensors" else None
     model = _load_weights(local, found.weights, dtype=dtype, trust_remote_code=trust_remote_code,
-                          experts_implementation=experts_implementation)
+                          experts_implementation=experts_implementation, quantized=quant is not None)
     model.eval()
     if target != "cpu":
         model.to(target)
     tokenizer = load_tokenizer(local, trust_remote_code=trust_remote_code)
+    notes = (dequantized_note(quant, model),) if quant is not None else ()
+    for note in notes:
+        warnings.warn(note, QuantizedInputWarning, stacklevel=2)
     return LoadedModel(model=model, tokenizer=tokenizer, source=found.source, local_dir=local,
-                       fingerprint=weights_fingerprint(local), revision=found.revision, commit=found.commit)
+                       fingerprint=weights_fingerprint(local), revision=found.revision, commit=found.commit,
+                       quantization=quant.to_dict() if quant is not None else None, notes=notes)
+
+
+class QuantizedInputWarning(UserWarning):
+    """A quantized checkpoint was loaded dequantized: what is written from it is not in the input's format."""
+
+
+def _quantization(local: Path):
+    """config.json's quantization (`compressor.formats.quantization_of`), None for plain weights."""
+    from compressor.formats import QuantFormatError, quantization_of
+    try:
+        return quantization_of(json.loads((local / "config.json").read_text(encoding="utf-8")))
+    except QuantFormatError as e:
+        raise SourceError(f"{local}: {e}") from e
+
+
+def dequantized_note(quant, model) -> str:
+    """The message a dequantized load carries: the input's format, the dtype the model holds, and what follows."""
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return (f"the input is quantized ({quant.label}, {quant.method}) and was dequantized to {dtype} on load; "
+            f"slimmed checkpoints are written unquantized ({dtype}), so one can be larger on disk than the input. "
+            "Re-quantize the output (compressor quantize) to shrink it again.")
 
 
 def _demo_dir(name: str = "demo") -> Path:
@@ -409,15 +438,43 @@ def _check_config(local: Path, *, trust_remote_code: bool) -> None:
             raise SourceError(f"{path}: not valid JSON ({e})") from e
         if not isinstance(config, dict):
             raise SourceError(f"{path}: expected a JSON object")
-        if "auto_map" in config and not trust_remote_code:
+        if "auto_map" in config and not trust_remote_code and name == "config.json":
+            _check_remote_config(local, config)
+        elif "auto_map" in config and not trust_remote_code:
             raise SourceError(f"{local}: {name} has 'auto_map', so the model needs its own Python code "
                               f"({', '.join(sorted(map(str, config['auto_map'])))}). Read that code, then pass "
                               "--trust-remote-code (trust_remote_code=True) to run it; it is off by default.")
 
 
+# Remote-code configs whose architecture transformers has under another model_type (the config's own fields fit)
+NATIVE_ALIASES = {"kimi_k2": "deepseek_v3"}
+
+
+def _check_remote_config(local: Path, config: dict) -> None:
+    """config.json with `auto_map` and no trust_remote_code: a model_type transformers has natively (DeepSeek-V3/R1's
+    `deepseek_v3`, MiniMax-M2's `minimax_m2`) opens with transformers' own code, which `from_pretrained` uses when
+    remote code is not trusted, so nothing of the repository runs; any other is refused with the setting that works."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        return
+    alias = NATIVE_ALIASES.get(model_type) if isinstance(model_type, str) else None
+    code = ", ".join(sorted(map(str, config["auto_map"])))
+    if alias is not None:
+        raise SourceError(f"{local}: config.json has model_type {model_type!r}, which transformers does not know, and "
+                          f"'auto_map' ({code}) to run the repository's own Python code. Its architecture is "
+                          f"transformers' {alias!r}: set \"model_type\": \"{alias}\" in config.json (and delete "
+                          "'auto_map') to open it with transformers' own code, or read the repository's code and "
+                          "pass --trust-remote-code (trust_remote_code=True) to run it.")
+    raise SourceError(f"{local}: config.json has 'auto_map', so the model needs its own Python code ({code}), and "
+                      f"transformers has no built-in model_type {str(model_type)[:60]!r}. Read that code, then pass "
+                      "--trust-remote-code (trust_remote_code=True) to run it; it is off by default.")
+
+
 # --------------------------------------------------------------------------------------------------------- loading
 def _load_weights(local: Path, weights: str, *, dtype, trust_remote_code: bool,
-                  experts_implementation: str | None) -> torch.nn.Module:
+                  experts_implementation: str | None, quantized: bool = False) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "output_loading_info": True}
@@ -428,6 +485,8 @@ def _load_weights(local: Path, weights: str, *, dtype, trust_remote_code: bool,
     try:
         if weights == "pt":
             model, info = _load_pt(local, kwargs)
+        elif quantized:   # FP8 / MXFP4 / compressed-tensors, dequantized (compressor.formats.load)
+            model, info = _dequantized(local, kwargs)
         else:
             model, info = AutoModelForCausalLM.from_pretrained(local, local_files_only=True, weights_only=True,
                                                                use_safetensors=weights == "safetensors", **kwargs)
@@ -444,6 +503,20 @@ def _load_weights(local: Path, weights: str, *, dtype, trust_remote_code: bool,
         raise SourceError(f"{local}: the checkpoint lacks {len(missing)} weights the model needs (e.g. "
                           f"{', '.join(missing[:3])}); the weights do not match config.json.")
     return model
+
+
+def _dequantized(local: Path, kwargs: dict[str, Any]) -> tuple[torch.nn.Module, dict]:
+    """`compressor.formats.load.load_dequantized` with `_load_weights`'s kwargs; (model, loading info)."""
+    from compressor.formats.load import load_dequantized
+    from compressor.stream.shards import ShardError
+
+    try:
+        loaded, how = load_dequantized(local, dtype=kwargs.get("dtype"),
+                                       experts_implementation=kwargs.get("experts_implementation"),
+                                       kwargs={"output_loading_info": True})
+    except ShardError as e:
+        raise SourceError(str(e)) from e
+    return loaded if how == "transformers" else (loaded, {})
 
 
 def _load_pt(local: Path, kwargs: dict[str, Any]) -> tuple[torch.nn.Module, dict]:

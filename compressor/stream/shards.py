@@ -4,6 +4,11 @@ A folder holds either one `model.safetensors` or shards listed by `model.safeten
 tensor name -> file). When neither the index nor the single file is there, every `*.safetensors` file is read.
 Tensors are read with `safe_open` (memory-mapped), one group at a time.
 
+A quantized checkpoint (config.json's `quantization_config`: block / per-tensor FP8, MXFP4, compressed-tensors;
+`compressor.formats`) is seen through its logical tensors: `tensors` holds what `from_pretrained` would hold after
+dequantizing (names, shapes, the compute dtype), `stored` the headers as written, and `read` dequantizes each
+requested tensor from its stored parts (one group at a time, so a decoder layer costs its dequantized size).
+
     index = ShardIndex.open(Path("my-model"))
     index.shape("model.embed_tokens.weight")        # (vocab, hidden), from the header
     index.layer_names(3)                            # every tensor of decoder layer 3
@@ -24,7 +29,8 @@ SINGLE_FILE = "model.safetensors"
 _LAYER = re.compile(r"^(?:model\.)?(?:language_model\.)?layers\.(\d+)\.")
 _DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+           "F8_E8M0": torch.float8_e8m0fnu, "U32": torch.uint32}
 
 
 class ShardError(ValueError):
@@ -48,8 +54,11 @@ class TensorInfo:
 class ShardIndex:
     """Tensor name -> (shard file, dtype, shape) for one checkpoint folder."""
 
-    def __init__(self, folder: Path, tensors: dict[str, TensorInfo]):
+    def __init__(self, folder: Path, tensors: dict[str, TensorInfo], *, stored: dict[str, TensorInfo] | None = None,
+                 quant=None):
         self.folder, self.tensors = Path(folder), tensors
+        self.stored = stored if stored is not None else tensors     # the headers as written
+        self.quant = quant                                         # compressor.formats.layout.QuantLayout or None
 
     @classmethod
     def open(cls, folder: Path | str) -> "ShardIndex":
@@ -68,7 +77,7 @@ class ShardIndex:
                                  f"{wanted[missing[0]]!r}, but that file does not hold it"
                                  + (f" (+{len(missing) - 1} more missing)" if len(missing) > 1 else "")
                                  + "; the download is incomplete or the shards are from another model.")
-        return cls(folder, tensors)
+        return _quantized_view(cls(folder, tensors))
 
     # -- queries ------------------------------------------------------------------------------------------------
     def __contains__(self, name: str) -> bool:
@@ -106,12 +115,42 @@ class ShardIndex:
     def bytes_of(self, names) -> int:
         return sum(self.info(n).nbytes for n in names)
 
+    def files(self) -> list[str]:
+        """The shard files that hold the checkpoint."""
+        return sorted({t.file for t in self.stored.values()})
+
+    @property
+    def quantization(self):
+        """`compressor.formats.QuantInfo` of a quantized checkpoint, else None."""
+        return self.quant.info if self.quant is not None else None
+
     # -- data ---------------------------------------------------------------------------------------------------
     def read(self, names) -> dict[str, torch.Tensor]:
-        """The named tensors, in their stored dtype, grouped by shard (each shard opened once)."""
+        """The named tensors, in their stored dtype (a quantized checkpoint's: dequantized to the compute dtype)."""
+        if self.quant is None:
+            return self.read_stored(names)
+        names = list(names)
+        for n in names:
+            self.info(n)
+        raw = self.read_stored([s for n in names for s in self.quant.sources[n]])
+        out = {}
+        for n in names:
+            try:
+                out[n] = self.quant.dequantize(n, raw)
+            except (ValueError, RuntimeError, KeyError) as e:
+                raise ShardError(f"{self.folder.name}: cannot dequantize {n} ({self.quant.info.label}: {e})") from e
+            for s in self.quant.sources[n]:
+                raw.pop(s, None)                      # the stored parts go as soon as their tensor is built
+        return out
+
+    def read_stored(self, names) -> dict[str, torch.Tensor]:
+        """The named stored tensors, as written, grouped by shard (each shard opened once)."""
         by_file: dict[str, list[str]] = {}
         for n in names:
-            by_file.setdefault(self.info(n).file, []).append(n)
+            t = self.stored.get(n)
+            if t is None:
+                raise ShardError(f"{self.folder.name}: no stored tensor {n!r} in any shard")
+            by_file.setdefault(t.file, []).append(n)
         out = {}
         for file, keys in by_file.items():
             try:
@@ -122,6 +161,38 @@ class ShardIndex:
                 raise ShardError(f"{self.folder.name}/{file}: cannot read tensor data ({e}); the file is "
                                  "truncated or corrupt. Download or copy it again.") from e
         return out
+
+
+def _quantized_view(index: ShardIndex) -> ShardIndex:
+    """The index of a quantized checkpoint's logical tensors (module docstring), or `index` itself when config.json
+    names no quantization (or is absent: a bare folder of shards)."""
+    from compressor.formats import QuantFormatError, quantization_of
+    from compressor.formats.layout import QuantLayout
+
+    try:
+        config = json.loads((index.folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return index
+    if not isinstance(config, dict):
+        return index
+    try:
+        info = quantization_of(config)
+    except QuantFormatError as e:
+        raise ShardError(f"{index.folder.name}: {e}") from e
+    if info is None:
+        return index
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    named = config.get("dtype") or config.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
+    dtype = getattr(torch, str(named), None) if named else None
+    dtype = dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.bfloat16
+    qcfg = config.get("quantization_config") or text.get("quantization_config")
+    try:
+        layout = QuantLayout.build(info, index.tensors, dtype=dtype, read=index.read_stored,
+                                   quantization_config=qcfg)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ShardError(f"{index.folder.name}: the {info.label} weights do not match config.json's "
+                         f"quantization_config ({type(e).__name__}: {str(e)[:200]})") from e
+    return ShardIndex(index.folder, layout.logical, stored=index.tensors, quant=layout)
 
 
 def _shard_files(folder: Path) -> list[str]:

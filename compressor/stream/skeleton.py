@@ -11,6 +11,10 @@ exactly as `from_pretrained` builds them; the dtype rules are `from_pretrained`'
     layer = sk.load_layer_(3)                       # decoder layer 3 with real tensors (on `sk.device`)
     view = sk.layer_view(3)                         # a model-shaped wrapper holding only layer 3 (for hooks/cuts)
     sk.release_layer_(3)                            # back to meta: its memory is freed
+
+A quantized checkpoint (FP8, MXFP4, compressed-tensors: `compressor.formats`) is read through its index's logical
+tensors, dequantized per layer to the compute dtype; the skeleton's config drops `quantization_config` (what it
+builds and what a writer saves from it hold plain weights), and `sk.quantization` says what the input was.
 """
 from __future__ import annotations
 
@@ -58,6 +62,19 @@ def checkpoint_dtype(config, index: ShardIndex) -> torch.dtype:
     return max(counts, key=counts.get)
 
 
+def plain_config(config):
+    """`config` without `quantization_config` (a copy when it had one, else itself): the model built from it holds
+    plain weights in the compute dtype, which is what the dequantized tensors load into."""
+    if getattr(config, "quantization_config", None) is None and getattr(
+            getattr(config, "get_text_config", lambda: None)(), "quantization_config", None) is None:
+        return config
+    config = copy.deepcopy(config)
+    for c in {id(config): config, id(config.get_text_config()): config.get_text_config()}.values():
+        if hasattr(c, "quantization_config"):
+            delattr(c, "quantization_config")
+    return config
+
+
 class Skeleton:
     """A causal LM built on the meta device from a checkpoint folder's config, plus its shard index."""
 
@@ -77,7 +94,7 @@ class Skeleton:
 
         folder = Path(folder)
         index = index or ShardIndex.open(folder)
-        config = config or AutoConfig.from_pretrained(folder, local_files_only=True)
+        config = plain_config(config or AutoConfig.from_pretrained(folder, local_files_only=True))
         dtype = dtype or checkpoint_dtype(config, index)
         with params_on_meta():
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -85,6 +102,11 @@ class Skeleton:
         return cls(folder, model, index, dtype, device)
 
     # -- structure ------------------------------------------------------------------------------------------------
+    @property
+    def quantization(self):
+        """The input's `compressor.formats.QuantInfo` (its tensors are dequantized as they load), else None."""
+        return self.index.quantization
+
     @property
     def config(self):
         return self.model.config

@@ -239,6 +239,7 @@ def test_remote_code_needs_the_flag(tmp_path, tiny):
     shutil.copytree(folder, remote)
     config = json.loads((remote / "config.json").read_text())
     config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    config["model_type"] = "evil_moe"                  # not a model type transformers has
     (remote / "config.json").write_text(json.dumps(config))
     with pytest.raises(SourceError, match="config.json has 'auto_map'.*--trust-remote-code"):
         load_model(str(remote))
@@ -250,6 +251,33 @@ def test_remote_code_needs_the_flag(tmp_path, tiny):
     (remote_tok / "tokenizer_config.json").write_text(json.dumps(tok_config))
     with pytest.raises(SourceError, match="tokenizer_config.json has 'auto_map'"):
         load_model(str(remote_tok))
+
+
+def test_remote_code_config_of_a_native_model_type_opens_with_transformers_code(tmp_path, tiny):
+    """DeepSeek-V3/R1 and MiniMax-M2 ship `auto_map` although transformers has their model_type: the folder opens
+    with transformers' own class and the repository's code never runs (issue 22, real configs)."""
+    _, folder = tiny
+    remote = tmp_path / "native"
+    shutil.copytree(folder, remote)
+    marker = tmp_path / "ran"
+    (remote / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    config = json.loads((remote / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "modeling_evil.EvilConfig", "AutoModelForCausalLM": "modeling_evil.Evil"}
+    (remote / "config.json").write_text(json.dumps(config))
+    loaded = load_model(str(remote))
+    assert type(loaded.model).__module__.startswith("transformers.models.")
+    assert not marker.exists()
+
+
+def test_kimi_k2_is_refused_with_the_setting_that_opens_it(tmp_path, tiny):
+    _, folder = tiny
+    kimi = tmp_path / "kimi"
+    shutil.copytree(folder, kimi)
+    config = json.loads((kimi / "config.json").read_text())
+    config.update(model_type="kimi_k2", auto_map={"AutoModelForCausalLM": "modeling_deepseek.DeepseekV3ForCausalLM"})
+    (kimi / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SourceError, match="set \"model_type\": \"deepseek_v3\".*--trust-remote-code"):
+        load_model(str(kimi))
 
 
 def test_folder_without_config_or_weights(tmp_path, tiny):
