@@ -281,7 +281,7 @@ class QuantizeConfig(_Strict):
 
 
 class ExecutionConfig(_Strict):
-    """How the job runs: `streaming` auto | on | off (`compressor.stream.budget`: layer by layer, one decoder layer in
+    """How the job runs: `streaming` auto | on | off (`compressor.engine.residency`: layer by layer, one decoder layer in
     memory, when the model does not fit comfortably). Streamed jobs score, cut and evaluate; global distillation and
     multi-stage slimming need the whole model in memory and are refused for them before any work.
 
@@ -295,7 +295,7 @@ class ExecutionConfig(_Strict):
     spill_mb: int | None = Field(None, ge=0, le=2**30,
                                  description="layer by layer: activations between layers past this many MB go to "
                                              "memory-mapped files in the run's folder (compressor.stream.spill); "
-                                             "null = $MOE_STUDIO_SPILL_MB, else a quarter of the memory available; "
+                                             "null = $MOE_STUDIO_SPILL_MB, else a quarter of the machine's memory; "
                                              "0 = always")
 
     @model_validator(mode="after")

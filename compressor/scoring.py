@@ -82,7 +82,7 @@ def analyze_source(inputs: ScoringInputs, *, streaming: str = "auto", reporter=N
     from compressor.importance import load_or_analyze
     from compressor.sources import load_model
     from compressor.stream.analyze import stream_analyze
-    from compressor.stream.budget import plan_execution
+    from compressor.engine.plan import plan_execution
 
     import torch
     local = inputs.found.local_dir

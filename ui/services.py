@@ -226,10 +226,10 @@ def estimate_quantized_bytes(summary: dict, slimming: dict, scheme: str) -> int:
 
 def streamed_refusal(summary: dict, recipe: Recipe) -> str | None:
     """What a layer-by-layer run of `recipe` would refuse, when this machine would run it layer by layer
-    (`compressor.stream.rules`, the pipeline's own rule); None when it runs in memory or has nothing to refuse."""
-    from compressor.stream.rules import mode_streams, streaming_problems
-    streams, reason = mode_streams(params=float(summary["params_total"]), recipe=recipe)
-    problems = streaming_problems(recipe) if streams else []
+    (`compressor.engine.residency`, the pipeline's own rule); None when it runs in memory or has nothing to refuse."""
+    from compressor.engine.residency import layered_problems, residency_of_recipe
+    streams, reason = residency_of_recipe(recipe, params=float(summary["params_total"]))
+    problems = layered_problems(recipe) if streams else []
     if not problems:
         return None
     return (f"This run would go layer by layer ({reason}), which refuses: " + "; ".join(problems)

@@ -100,7 +100,7 @@ def _reporter(bars):
 def _streamed_dirs(args, cfg):
     """(model folder, baseline folder or None) when either model should be evaluated layer by layer, else None."""
     from compressor.sources import parse_dtype, resolve_local
-    from compressor.stream.budget import plan_execution
+    from compressor.engine.plan import plan_execution
 
     if args.streaming == "off":
         return None

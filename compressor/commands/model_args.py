@@ -52,11 +52,12 @@ def _device_spec(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def streaming_plan(args: argparse.Namespace, *, tokens: int, taylor: bool):
-    """(the resolved local model, its ExecutionPlan or None when it runs in memory) for a command's MODEL argument.
-    Pickle checkpoints always run in memory; `--streaming on` on one is refused."""
+def streaming_plan(args: argparse.Namespace, *, tokens: int, taylor: bool, blockwise: bool = False):
+    """(the resolved local model, its ExecutionPlan or None when it runs in memory) for a command's MODEL argument,
+    by the one residency rule (`compressor.engine.plan`; `blockwise`: layer-local recovery asked, which runs layer by
+    layer). Pickle checkpoints always run in memory; `--streaming on` on one is refused."""
     from compressor.sources import parse_dtype, resolve_local
-    from compressor.stream.budget import plan_execution
+    from compressor.engine.plan import plan_execution
 
     found = resolve_local(args.model, **model_safety_kwargs(args))
     if found.weights != "safetensors":
@@ -65,5 +66,6 @@ def streaming_plan(args: argparse.Namespace, *, tokens: int, taylor: bool):
                              "pickle weights. Convert it to safetensors first.")
         return found, None
     dtype = parse_dtype(args.dtype) if getattr(args, "dtype", None) else None
-    plan = plan_execution(found.local_dir, args.streaming, tokens=tokens, taylor=taylor, dtype=dtype)
+    plan = plan_execution(found.local_dir, args.streaming, tokens=tokens, taylor=taylor, dtype=dtype,
+                          blockwise=blockwise)
     return found, plan if plan.streaming else None

@@ -123,13 +123,11 @@ def run(args: argparse.Namespace) -> int:
     if (ckpt / "config.json").exists() and not args.overwrite:
         raise ValueError(f"{ckpt} already holds a checkpoint; choose another --out or pass --overwrite")
     analyze_cfg = _analyze_config(cfg)
-    found, plan = streaming_plan(args, tokens=cal.tokens, taylor=bool(analyze_cfg and analyze_cfg.taylor))
-    if args.block_distill_steps and plan is None:
-        if args.streaming == "off":
-            raise ValueError("--block-distill-steps recovers each block while it is in memory, layer by layer: drop "
-                             "--streaming off")
-        args.streaming = "on"
-        found, plan = streaming_plan(args, tokens=cal.tokens, taylor=bool(analyze_cfg and analyze_cfg.taylor))
+    if args.block_distill_steps and args.streaming == "off":
+        raise ValueError("--block-distill-steps recovers each block while it is in memory, layer by layer: drop "
+                         "--streaming off")
+    found, plan = streaming_plan(args, tokens=cal.tokens, taylor=bool(analyze_cfg and analyze_cfg.taylor),
+                                 blockwise=bool(args.block_distill_steps))
     if plan is not None:
         return _run_streamed(args, found, plan, cfg, cal, analyze_cfg, t0)
     loaded = load_model(found.source, dtype=args.dtype, device=args.device, **model_safety_kwargs(args))

@@ -11,7 +11,7 @@ Each file is unlinked as soon as it is mapped: its disk blocks live exactly as l
 them when the mapping goes), so nothing stays on disk after the job, an error, or a kill. `close()` removes the
 folder itself.
 
-    limit = spill_limit_bytes(recipe.execution.spill_mb)   # recipe, else MOE_STUDIO_SPILL_MB, else available / 4
+    limit = spill_limit_bytes(recipe.execution.spill_mb)   # recipe, else MOE_STUDIO_SPILL_MB, else memory / 4
     with Spill(run_dir / "spill", limit) as spill:
         acts = capture_inputs(skeleton, batches, spill=spill)     # acts.hidden[b] in RAM or mapped from disk
     spill.spilled_bytes, spill.spilled_tensors                  # what went to disk
@@ -29,12 +29,12 @@ from pathlib import Path
 import torch
 
 SPILL_ENV = "MOE_STUDIO_SPILL_MB"
-DEFAULT_SHARE = 0.25              # of the memory available (compressor.stream.rules.memory_available)
+DEFAULT_SHARE = 0.25              # of the machine's memory (compressor.engine.residency.machine_memory)
 
 
 def spill_limit_bytes(spill_mb: int | None = None, env: dict | None = None) -> int:
-    """`spill_mb` MB (the recipe's execution.spill_mb), else $MOE_STUDIO_SPILL_MB, else a quarter of the memory
-    available. 0 sends every activation to disk."""
+    """`spill_mb` MB (the recipe's execution.spill_mb), else $MOE_STUDIO_SPILL_MB, else a quarter of the machine's
+    memory (`MOE_STUDIO_MEMORY`, else its total). 0 sends every activation to disk."""
     env = os.environ if env is None else env
     if spill_mb is None and env.get(SPILL_ENV, "").strip():
         raw = env[SPILL_ENV].strip()
@@ -47,8 +47,8 @@ def spill_limit_bytes(spill_mb: int | None = None, env: dict | None = None) -> i
             raise ValueError(f"{SPILL_ENV}={raw!r} must be zero or more megabytes")
     if spill_mb is not None:
         return int(spill_mb) * 2**20
-    from compressor.stream.rules import memory_available
-    return int(memory_available() * DEFAULT_SHARE)
+    from compressor.engine.residency import machine_memory
+    return int(machine_memory() * DEFAULT_SHARE)
 
 
 class Spill:

@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM
 
 import compressor.data as data
 from compressor.cli import main
-from compressor.pipeline import run_recipe, teacher_kind
+from compressor.engine.stages import teacher_kind
+from compressor.pipeline import run_recipe
 from compressor.progress import Cancelled
 from compressor.recipe import Recipe
 from compressor.testing import char_tokenizer, tiny_moe
@@ -26,7 +27,7 @@ def env(tmp_path_factory):
     text = data.load_split("test")[:HELDOUT_CHARS]
     real = data.eval_windows
     mp.setattr(data, "eval_windows", lambda tok, **kw: real(tok, **{"text": text, **kw}))
-    mp.setattr("compressor.pipeline.eval_windows", data.eval_windows)
+    mp.setattr("compressor.engine.in_memory.eval_windows", data.eval_windows)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

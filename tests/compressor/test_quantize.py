@@ -129,10 +129,12 @@ def test_estimate_of_the_compressed_demo_matches_the_file(tmp_path, fields):
 
 
 def test_groups_are_checked_against_the_config_before_any_work(tmp_path):
+    from compressor.engine.checkpoint import Checkpoint
     from compressor.pipeline import check_feasible
+    config = Checkpoint.open("demo").config
     demo = Recipe.parse({"model": "demo", "slimming": {"expert_keep_ratio": 0.5}, "quantize": {"scheme": "W4A16"}})
     with pytest.raises(ValueError, match=r"experts W4A16 groups of 128 .* expert width after slimming \(192\).* 64"):
-        check_feasible(demo)
+        check_feasible(demo, config)
     check_feasible(Recipe.parse({"model": "demo", "slimming": {"expert_keep_ratio": 0.5},
-                                 "quantize": {"scheme": "W4A16", "group_size": 64}}))
-    check_feasible(Recipe.parse({"model": "demo", "quantize": {"scheme": "W4A16"}}))       # 256 and 384 divide
+                                 "quantize": {"scheme": "W4A16", "group_size": 64}}), config)
+    check_feasible(Recipe.parse({"model": "demo", "quantize": {"scheme": "W4A16"}}), config)       # 256 and 384 divide

@@ -169,7 +169,7 @@ def test_every_stage_of_a_recipe_keeps_its_merge_settings():
     """Regression: the pipeline restated each stage's slimming field by field and lost expert_merge, so a recipe
     with expert_merge pruned by REAP instead (bench.merge showed equal perplexities for all four methods)."""
     from compressor.distill import plan_stages
-    from compressor.pipeline import _stage_slimming
+    from compressor.engine.stages import stage_slimming as _stage_slimming
     from compressor.recipe import SlimmingConfig
     model = tiny_moe("qwen3_moe")
     final = SlimmingConfig(experts_keep=4, expert_merge="hc_smoe", merge_group_size=3, neuron_score="activation")

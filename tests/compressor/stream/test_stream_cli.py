@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from compressor import cli
-from compressor.stream.budget import LayerTooLargeError, plan_execution
+from compressor.engine.plan import LayerTooLargeError, plan_execution
 from compressor.testing import tiny_moe
 
 
@@ -45,7 +45,7 @@ def test_auto_streams_when_the_model_does_not_fit_comfortably(tiny_dir, monkeypa
 
 def test_a_layer_that_cannot_fit_is_refused_with_the_figures(tiny_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MOE_STUDIO_MEMORY", "20kb")
-    with pytest.raises(LayerTooLargeError, match=r"one decoder layer is 0\.\d MB; .* but only 0\.0 MB is available"):
+    with pytest.raises(LayerTooLargeError, match=r"one decoder layer is 0\.\d MB; .* but this machine has 0\.0 MB"):
         plan_execution(tiny_dir, "on", tokens=256, taylor=False)
     assert cli.main(["slim", str(tiny_dir), "--out", str(tmp_path / "x"), "--expert-keep-ratio", "0.5",
                      "--streaming", "on"]) == 1

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from compressor.pipeline import run_recipe
 from compressor.recipe import Recipe
-from compressor.testing import tiny_moe
+from compressor.testing import char_tokenizer, tiny_moe
 
 
 pytestmark = pytest.mark.usefixtures("studio_cache")
@@ -32,6 +32,10 @@ def test_streamed_recipe_gives_the_in_memory_checkpoint_and_figures(tiny_dir, tm
     assert on.metrics["perplexity"] == pytest.approx(off.metrics["perplexity"], rel=1e-5)
     assert on.metrics["params_total"] == off.metrics["params_total"]
     assert on.metrics["execution"]["streaming"] is True
+    assert (on.metrics["execution"]["residency"], off.metrics["execution"]["residency"]) == ("layer by layer",
+                                                                                              "in memory")
+    assert off.metrics["execution"]["reason"] == "streaming off (asked)"
+    assert on.metrics["source"]["dtype"] == off.metrics["source"]["dtype"]
     saved = json.loads((tmp_path / "on" / "metrics.json").read_text())
     assert saved["stages"][0]["stage"].endswith("(layer by layer)")
     assert (tmp_path / "on" / "recipe.yaml").is_file() and (tmp_path / "on" / "checkpoint" / "README.md").is_file()
@@ -68,4 +72,15 @@ def test_what_needs_the_whole_model_is_refused_before_any_work(tiny_dir, tmp_pat
     with pytest.raises(ValueError, match=r"runs layer by layer \(streaming on \(asked\)\), so: distill.steps is 10 "
                                          r".*stages is 3"):
         run_recipe(recipe, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+
+def test_a_family_that_cannot_stream_is_refused_before_any_work(tmp_path):
+    """zaya's layers pass routing state along: refused by the layer-by-layer driver's check, before scoring."""
+    src = tmp_path / "zaya"
+    tiny_moe("zaya", layers=2).save_pretrained(src)
+    char_tokenizer().save_pretrained(src)
+    with pytest.raises(ValueError, match=r"zaya cannot be processed layer by layer: its decoder layers pass routing "
+                                         r"state.*execution.streaming: off"):
+        run_recipe(_recipe(src, "on", slimming={"expert_keep_ratio": 0.5}), tmp_path / "refused")
     assert not (tmp_path / "refused").exists()

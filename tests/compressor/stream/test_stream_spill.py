@@ -43,7 +43,7 @@ def test_the_limit_comes_from_the_recipe_the_environment_or_the_memory(monkeypat
     assert spill_limit_bytes(None, env={"MOE_STUDIO_SPILL_MB": "5"}) == 5 * 2**20
     assert spill_limit_bytes(0, env={"MOE_STUDIO_SPILL_MB": "5"}) == 0             # the recipe wins
     monkeypatch.setenv("MOE_STUDIO_MEMORY", "8gb")
-    assert spill_limit_bytes(None, env={}) == 2 * 2**30                            # a quarter of what is available
+    assert spill_limit_bytes(None, env={}) == 2 * 2**30                            # a quarter of the machine's memory
     with pytest.raises(ValueError, match="MOE_STUDIO_SPILL_MB='lots' is not a whole number of megabytes"):
         spill_limit_bytes(None, env={"MOE_STUDIO_SPILL_MB": "lots"})
     assert Recipe.parse({"execution": {"spill_mb": 0}}).execution.spill_mb == 0
@@ -145,7 +145,7 @@ def test_a_streamed_recipe_spills_into_its_staging_folder_and_leaves_nothing(tin
 
 
 def test_the_layer_budget_counts_only_the_activations_kept_in_memory(tiny_dir, monkeypatch):
-    from compressor.stream.budget import LayerTooLargeError, plan_execution
+    from compressor.engine.plan import LayerTooLargeError, plan_execution
     monkeypatch.setenv("MOE_STUDIO_MEMORY", "64mb")
     tokens = 1_000_000                              # 1e6 x hidden 32 x 4 bytes x (layers + 1) = 512 MB with Taylor
     with pytest.raises(LayerTooLargeError, match=r"MB of activations in memory for 1000000 calibration tokens\)"):
