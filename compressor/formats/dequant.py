@@ -17,7 +17,8 @@ per byte, low nibble first, times 2 ** (scale - 127)), which runs on the CPU and
 [E, cols, rows] layout the gpt-oss experts hold in memory.
 
 compressed-tensors: the library's own per-module `BaseCompressor.decompress` for the scheme's format (pack-quantized
-int4/int8 unpacking, float-quantized FP8 times scale, naive int8), as its `CompressedTensorsDequantizer` calls it.
+int4/int8 unpacking, float-quantized FP8 times scale, naive int8), as its `CompressedTensorsDequantizer` calls it;
+the scales are taken in float32 first (the library multiplies in the scale's dtype; transformers' load in float32).
 """
 from __future__ import annotations
 
@@ -98,4 +99,5 @@ class CompressedDequantizer:
     def dequantize(self, group: int, state: dict[str, torch.Tensor]) -> torch.Tensor:
         """The module's dense weight from its local-name state dict (`weight_packed`, `weight_scale`, ...)."""
         scheme, compressor, _ = self.groups[group]
-        return compressor.decompress(dict(state), scheme)["weight"].to(self.dtype)
+        state = {k: v.float() if k.endswith("_scale") and v.is_floating_point() else v for k, v in state.items()}
+        return compressor.decompress(state, scheme)["weight"].to(self.dtype)    # q * scale in float32, as transformers
