@@ -34,7 +34,7 @@ silence_import_noise()              # torchao's CUDA-extension and torch's pytre
 
 import gradio as gr  # noqa: E402
 
-from ui import compare, compare_runs, compress, download, explore, model, runs  # noqa: E402
+from ui import compare, compare_runs, compress, download, explore, model, open_run, runs  # noqa: E402
 from ui.common import CSS, TITLE, theme  # noqa: E402
 
 HEADER = (f"<div style='margin:2px 0 6px'><div style='font-size:24px;font-weight:700;white-space:nowrap'>{TITLE}"
@@ -77,10 +77,8 @@ def build_app() -> gr.Blocks:
         enqueued, run_id = compress.wire(c, model_state=model_state)
         # the new run is selected; the selector's change event draws it (ui.runs: the selection rule)
         enqueued.then(_show_runs, run_id, [tabs, r.run], api_name="show_runs", show_progress="hidden")
-        # Runs' "Open in Compress": the picked run's recipe in the sliders, then the Compress tab
-        r.open_btn.click(compress.open_run, [r.run, model_state], [*c.controls, c.status, c.parent, c.lineage],
-                         api_name="open_in_compress").then(lambda: gr.Tabs(selected="compress"), None, tabs,
-                                                           api_name="show_compress", show_progress="hidden")
+        # Runs' "Open in Compress": the picked run's model in tab 1, its recipe in the sliders, then Compress
+        open_run.wire(r, c, m, model_state=model_state, tabs=tabs)
         compare.wire(cmp, model_state=model_state, tab_item=t_compare)
         compare_runs.wire(cmp_runs, tab_items=[t_compare, t_compare_runs])
         download.wire(d, tab_item=t_download)

@@ -108,6 +108,16 @@ def guard(*, outputs: int, status: int | None = 0, toast: bool = True):
     return wrap
 
 
+def fit_slider(value, *, maximum: float, minimum: float | None = None) -> dict:
+    """A slider update that gives its range and a value inside it together: Gradio checks every later read of the
+    slider against the range it last sent, so a narrower range alone leaves an old value out of it ("Value 8 is
+    greater than maximum value 4")."""
+    low = minimum if minimum is not None else -math.inf
+    value = min(max(value if value is not None else low, low), maximum)
+    kw = {"minimum": minimum} if minimum is not None else {}
+    return gr.update(maximum=maximum, value=value, **kw)
+
+
 def run_id_of(value) -> int:
     """A run id from a dropdown value: an int or a string of digits, nothing else (never a path)."""
     if isinstance(value, bool) or value in (None, ""):

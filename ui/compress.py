@@ -12,7 +12,7 @@ from compressor import methods
 from compressor.recipe import Recipe
 from compressor.evaluate.local_tasks import LOCAL_TASKS
 from ui import recipe_form, services
-from ui.common import box, card, fmt_bytes, fmt_count, guard, run_id_of
+from ui.common import box, card, fit_slider, fmt_bytes, fmt_count, guard
 
 DEFAULTS = Recipe()
 
@@ -53,6 +53,7 @@ class CompressTab:
     parent: gr.State
     lineage: gr.HTML
     controls: list = field(default_factory=list)
+    pending: gr.State | None = None       # a run's recipe waiting for its model to open (ui/open_run.py)
 
 
 def build() -> CompressTab:
@@ -128,6 +129,7 @@ def build() -> CompressTab:
     tab.controls = [keep_ratio, neuron_score, experts_keep, expert_score, layers_drop, sparsity, allocation, stages,
                     steps, final_share, temperature, loss, lr, ce_weight, calib_tokens, calib_seq, eval_tokens,
                     perplexity, speed, seed, lm_eval_tasks, quantize]
+    tab.pending = gr.State(None)
     return tab
 
 
@@ -192,15 +194,34 @@ def preview(model: dict, *values):
     return card_html, recipe.to_yaml()
 
 
-@guard(outputs=2, status=None, toast=False)
-def on_model(model: dict, *values):
-    """A new model: fit the slider ranges to it (experts: top-k..E, layers: 0..L-1), then preview."""
-    if not model:
-        return gr.skip(), gr.skip()
+def fit_ranges(model: dict, *, experts_keep, layers_drop) -> tuple[dict, dict]:
+    """The expert and layer sliders fitted to `model` (experts: top-k..E, layers dropped: 0..L-1), each with its
+    value moved into its range in the same update."""
     s = model["summary"]
     n_exp = s["num_experts"] if isinstance(s["num_experts"], int) else max(s["num_experts"])
-    return (gr.update(minimum=s["top_k"], maximum=n_exp, value=n_exp),
-            gr.update(maximum=max(s["num_layers"] - 1, 1), value=0))
+    return (fit_slider(experts_keep, minimum=s["top_k"], maximum=n_exp),
+            fit_slider(layers_drop, minimum=0, maximum=max(s["num_layers"] - 1, 1)))
+
+
+N_CONTROLS = 22                    # len(CompressTab.controls); experts_keep is control 2, layers_drop control 4
+
+
+@guard(outputs=N_CONTROLS + 4, status=N_CONTROLS, toast=False)
+def on_model(model: dict, pending: dict | None, *values):
+    """A newly opened model: fit the expert / layer sliders to it. A run's recipe that waited for this model
+    (`pending`, from Open in Compress) goes into the form; otherwise what described the previous model (the status
+    under Enqueue, the parent run) is cleared and the sliders show the whole model.
+    Outputs: the controls, status, parent, lineage, pending."""
+    if not model:
+        return (gr.skip(),) * (N_CONTROLS + 4)
+    if pending and pending.get("source") == model["source"]:
+        *controls, status = loaded(model, Recipe.parse(pending["recipe"]), pending["what"])
+        return (*controls, status, gr.skip(), gr.skip(), None)
+    controls = [gr.skip()] * N_CONTROLS
+    n_exp = model["summary"]["num_experts"]
+    controls[2], controls[4] = fit_ranges(model, experts_keep=n_exp if isinstance(n_exp, int) else max(n_exp),
+                                          layers_drop=0)
+    return (*controls, "", None, "", None)
 
 
 def enqueue(model: dict, name: str, parent, *values):
@@ -227,8 +248,9 @@ def _failed(exc: Exception):
     raise exc
 
 
-def _loaded(model: dict | None, recipe, source: str) -> list:
-    """Control values for `recipe`, and a status naming what the form could not hold and a model mismatch."""
+def loaded(model: dict | None, recipe, source: str) -> list:
+    """Control values for `recipe` (the expert and layer sliders fitted to the open model), and a status naming what
+    the form could not hold and a model mismatch."""
     values = recipe_form.form_values(recipe, (model or {}).get("summary"))
     notes = [f"Loaded {source} into the form."]
     if model:
@@ -239,17 +261,8 @@ def _loaded(model: dict | None, recipe, source: str) -> list:
         if recipe.model != model["source"]:
             notes.append(f"It was made for {recipe.model[:120]}; Enqueue runs it on the model open in tab 1 "
                          f"({model.get('label')}).")
+        values[2], values[4] = fit_ranges(model, experts_keep=values[2], layers_drop=values[4])
     return [*values, box(" ".join(notes), "info")]
-
-
-@guard(outputs=25, status=22)
-def open_run(run_id, model: dict | None):
-    """Runs' "Open in Compress": the run's recipe in the sliders; the run becomes the parent of what is enqueued
-    next. (22 control values, status, parent, lineage)."""
-    rid = run_id_of(run_id)
-    recipe = Recipe.parse(services.get_run(rid).recipe)
-    return (*_loaded(model, recipe, f"the recipe of run #{rid}"), rid,
-            box(f"Editing the recipe of run #{rid}: Enqueue records #{rid} as the new run's parent.", "info"))
 
 
 @guard(outputs=25, status=22)
@@ -257,7 +270,7 @@ def load_recipe(model: dict | None, text: str, file):
     """A pasted or uploaded recipe YAML into the sliders (no parent run)."""
     path = file if isinstance(file, str) or file is None else getattr(file, "name", None)
     recipe = recipe_form.parse_yaml(text, path)
-    return (*_loaded(model, recipe, "the recipe YAML"), None, "")
+    return (*loaded(model, recipe, "the recipe YAML"), None, "")
 
 
 @guard(outputs=1, status=None, toast=False)
@@ -275,11 +288,15 @@ def wire(tab: CompressTab, *, model_state: gr.State) -> tuple[gr.events.Dependen
     inputs = [model_state, *tab.controls]
     gr.on([c.change for c in tab.controls], preview, inputs, [tab.estimate, tab.yaml], api_name="estimate",
           show_progress="hidden", trigger_mode="always_last")
-    model_state.change(on_model, model_state, [tab.experts_keep, tab.layers_drop], api_name="compress_model",
+    # Everything that reads the sliders after a model change runs after on_model has fitted them (tests/ui/
+    # test_slider_ranges.py): an event started beside it would send the old value against the new range.
+    model_state.change(on_model, [model_state, tab.pending, *tab.controls],
+                       [*tab.controls, tab.status, tab.parent, tab.lineage, tab.pending], api_name="compress_model",
                        show_progress="hidden").then(preview, inputs, [tab.estimate, tab.yaml],
-                                                    api_name="compress_preview", show_progress="hidden")
-    gr.on([c.change for c in tab.controls] + [model_state.change], cost, inputs, tab.cost, api_name="cost",
-          show_progress="hidden", trigger_mode="always_last")
+                                                    api_name="compress_preview", show_progress="hidden").then(
+        cost, inputs, tab.cost, api_name="compress_model_cost", show_progress="hidden")
+    gr.on([c.change for c in tab.controls], cost, inputs, tab.cost, api_name="cost", show_progress="hidden",
+          trigger_mode="always_last")
     loaded = [*tab.controls, tab.status, tab.parent, tab.lineage]
     tab.load_btn.click(load_recipe, [model_state, tab.recipe_text, tab.recipe_file], loaded, api_name="load_recipe")
     run_id = gr.State(None)

@@ -13,7 +13,7 @@ import gradio as gr
 
 from compressor import methods
 from ui import figures, services
-from ui.common import box, guard, progress_bar
+from ui.common import box, fit_slider, guard, progress_bar
 
 EXPERT_SCORES = list(methods.EXPERT_SCORES)          # the registries (compressor/methods.py, torch-free)
 NEURON_SCORES = list(methods.NEURON_SCORES)
@@ -120,8 +120,8 @@ def _draw(scores_dir: str, score: str, drop: int, n_layer, n_expert: int, n_scor
         figures.load_balance(ex) if ex is not None else figures.message_figure("no routing counts"),
         _neurons(frames, n_layer, n_expert, n_score, n_keep),
         gr.update(choices=[str(i) for i in layer_ids], value=str(n_layer)),
-        gr.update(maximum=max(n_exp - 1, 1), value=n_expert),
-        gr.update(maximum=max(len(ly) - 1, 1) if ly is not None else 1),
+        fit_slider(n_expert, maximum=max(n_exp - 1, 1)),
+        fit_slider(int(drop or 0), maximum=max(len(ly) - 1, 1) if ly is not None else 1),
         n_score,
     )
 

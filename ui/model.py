@@ -159,12 +159,20 @@ def open_model(kind: str, path: str, hub: str, files, staged: dict | None = None
     if KINDS.get(kind, kind) == "upload":
         opened.label = upload_label(files, opened.summary)[:200]
         opened.label = services.name_model(opened.model_id, opened.source, opened.label)   # the source's first name
-    state = {"source": opened.source, "label": opened.label, "summary": opened.summary,
-             "model_id": opened.model_id, "fingerprint": opened.fingerprint}
-    s = opened.summary
-    msg = (f"Opened {opened.label}: {s['family']}, {s['num_experts']} experts, top-{s['top_k']}. "
-           "Next: Explore shows which experts and layers matter.")
-    return box(msg, "ok"), summary_card(state), state, staged
+    state = model_state_of(opened)
+    return box(opened_text(state) + " Next: Explore shows which experts and layers matter.", "ok"), \
+        summary_card(state), state, staged
+
+
+def model_state_of(opened) -> dict:
+    """The session's `model_state` of a `services.OpenedModel`."""
+    return {"source": opened.source, "label": opened.label, "summary": opened.summary,
+            "model_id": opened.model_id, "fingerprint": opened.fingerprint}
+
+
+def opened_text(state: dict) -> str:
+    s = state["summary"]
+    return f"Opened {state['label']}: {s['family']}, {s['num_experts']} experts, top-{s['top_k']}."
 
 
 def _visibility(kind: str):
