@@ -18,7 +18,7 @@ from storage import catalog
 from ui import figures, services, tempfiles
 from ui.common import box, guard, run_id_of
 from ui.run_table import SORT_KEYS, csv_text, filter_sort, pareto_groups, run_row
-from ui.run_view import COLUMNS, DATATYPES, WIDTHS, detail, display_frame, run_estimates, trace
+from ui.run_view import COLUMNS, DATATYPES, WIDTHS, detail, display_frame, run_estimates, trace, waiting_text
 
 STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
 VIEW = {"concurrency_limit": 1, "concurrency_id": "runs-view"}
@@ -136,10 +136,15 @@ def table_rows(runs, labels, *filters):
 
 
 def _detail_signature(run_id, runs) -> str:
+    """Everything the selected run's details show, its wait included ("queued behind #k" changes when #k ends)."""
     r = next((r for r in runs if r.id == run_id), None)
     if r is None:
         return ""
-    return f"{r.id}:{r.status}:{r.progress:.4f}:{r.step}:{r.loss}:{r.message}:{r.stage}:{r.parent_run_id}"
+    return (f"{r.id}:{r.status}:{r.progress:.4f}:{r.step}:{r.loss}:{r.message}:{r.stage}:{r.parent_run_id}:"
+            f"{waiting_text(r, runs)}")
+
+
+CANCELLABLE = ("queued", "running")
 
 
 def pareto_figure(groups: dict, choice):
@@ -151,7 +156,7 @@ def pareto_figure(groups: dict, choice):
 
 
 # -- events ----------------------------------------------------------------------------------------------------------
-@guard(outputs=10, status=None, toast=False)
+@guard(outputs=11, status=None, toast=False)
 def refresh(selected, seen: dict, pareto_choice, *filters):
     """Timer tick (and any filter change): the table, the selector's and filters' choices (never their values),
     the selected run's details when they changed, the Pareto plot when the finished runs or the chosen front
@@ -162,11 +167,13 @@ def refresh(selected, seen: dict, pareto_choice, *filters):
     selected = _selected(selected)
     all_rows, rows = table_rows(runs, labels, *filters)
     seen = dict(seen or {})
-    details = [gr.skip()] * 4
+    details, cancel_btn = [gr.skip()] * 4, gr.skip()
     sig = _detail_signature(selected, runs)
     if sig != seen.get("detail"):
         details = list(show(selected, runs))      # guarded: a broken detail never stops the table refresh
         seen["detail"] = sig
+        status = next((r.status for r in runs if r.id == selected), None)
+        cancel_btn = gr.update(interactive=status in CANCELLABLE)
     groups = pareto_groups(runs, labels)
     signature = ",".join(f"{r.id}:{r.status}" for r in runs if r.status == "succeeded") + f"|{pareto_choice}"
     pareto = gr.skip()
@@ -175,7 +182,7 @@ def refresh(selected, seen: dict, pareto_choice, *filters):
         seen["pareto"] = signature
     models = sorted({r.model for r in all_rows})
     return (display_frame(rows, {r.id: r for r in runs}, selected), gr.update(choices=_choices(runs)),
-            gr.update(choices=models), gr.update(choices=list(groups)), *details, pareto, seen)
+            gr.update(choices=models), gr.update(choices=list(groups)), *details, pareto, seen, cancel_btn)
 
 
 @guard(outputs=4, status=0)
@@ -184,11 +191,11 @@ def show(run_id, runs=None):
     return detail(run_id, runs)
 
 
-def action_labels(run_id) -> tuple:
-    """The action buttons, each naming the run it acts on."""
+def action_labels(run_id, status: str | None = None) -> tuple:
+    """The action buttons, each naming the run it acts on; Cancel only for a queued or running run."""
     rid = _selected(run_id)
     tag = f" #{rid}" if rid is not None else ""
-    return (gr.update(value=f"Cancel{tag}", interactive=rid is not None),
+    return (gr.update(value=f"Cancel{tag}", interactive=rid is not None and status in CANCELLABLE),
             gr.update(value=f"Re-run{tag}", interactive=rid is not None),
             gr.update(value=f"Open{tag} in Compress", interactive=rid is not None),
             gr.update(value=f"Delete{tag}…", interactive=rid is not None))
@@ -200,10 +207,11 @@ def select_run(run_id):
     the delete question closed (it was about the run picked before)."""
     rid = _selected(run_id)
     tags = notes = ""
+    status = None
     if rid is not None:
         r = services.get_run(rid)
-        tags, notes = ", ".join(r.tags or []), r.notes or ""
-    return (*detail(rid), *action_labels(rid), tags, notes)
+        tags, notes, status = ", ".join(r.tags or []), r.notes or "", r.status
+    return (*detail(rid), *action_labels(rid, status), tags, notes)
 
 
 def pick_row(evt: gr.SelectData):
@@ -263,7 +271,7 @@ def export_csv(*filters):
 def wire(tab: RunsTab) -> tuple[list, list]:
     """Wire the tab; returns (inputs, outputs) of `refresh` so other tabs can chain it."""
     outs = [tab.table, tab.run, tab.model_filter, tab.pareto_group, tab.head, tab.loss, tab.recipe, tab.log,
-            tab.pareto, tab.seen]
+            tab.pareto, tab.seen, tab.cancel_btn]
     ins = [tab.run, tab.seen, tab.pareto_group, *tab.filters]
     tab.timer.tick(refresh, ins, outs, api_name="runs_refresh", show_progress="hidden", **VIEW)
     gr.on([f.change for f in tab.filters] + [tab.pareto_group.change], refresh, ins, outs, api_name="runs_filter",
