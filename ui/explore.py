@@ -129,6 +129,13 @@ def _draw(scores_dir: str, score: str, drop: int, n_layer, n_expert: int, n_scor
 _FIGS = 8   # outputs of _draw
 
 
+def _cleared(text: str) -> tuple:
+    """The figures replaced by `text` (controls left as they are): another model's scores never stay on show
+    beside this model's status."""
+    fig = figures.message_figure(text)
+    return (fig, fig, fig, fig, *[gr.skip()] * 4)
+
+
 @guard(outputs=3 + _FIGS, status=0)
 def load_or_start(model: dict, tokens, seq_len, taylor, score, drop, n_layer, n_expert, n_score, n_keep,
                   start: bool = True):
@@ -146,10 +153,11 @@ def load_or_start(model: dict, tokens, seq_len, taylor, score, drop, n_layer, n_
                else services.active_analysis(model["model_id"], settings))    # whichever event comes last agrees
     if task_id is None:
         return (box(f"{model['label']} has no scores for these settings yet: press Analyze (it runs as a job).",
-                    "info"), {"source": model["source"]}, gr.Timer(active=False), *[gr.skip()] * _FIGS)
+                    "info"), {"source": model["source"]}, gr.Timer(active=False),
+                *_cleared(f"no scores of {model['label']} yet"))
     state = {"source": model["source"], "task": task_id}
     return (box(f"Analysis of {model['label']} queued ({settings.tokens} tokens)…", "info"), state,
-            gr.Timer(active=True), *[gr.skip()] * _FIGS)
+            gr.Timer(active=True), *_cleared(f"analysing {model['label']}…"))
 
 
 def on_model(model, *args):

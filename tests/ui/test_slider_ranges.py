@@ -61,3 +61,4 @@ def test_explores_drop_slider_is_moved_into_the_smaller_models_range(monkeypatch
     n_expert, drop = out[5], out[6]
     assert drop["maximum"] == 1 and drop["value"] == 1                     # was 8: out of the new range
     assert n_expert["maximum"] == 1 and n_expert["value"] == 1
+
