@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from compressor.demo import ASSETS_DIR
+from compressor.demo.locations import ASSETS_DIR
 
 SPLITS = ("train", "validation", "test")
 HELDOUT_MAX_CHARS = 1_200_000      # the shipped test text stays small enough for the 25 MB asset budget

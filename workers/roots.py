@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from compressor.demo import DEMO_NAMES   # the built-in models' names (a torch-free module)
+from compressor.demo.locations import DEMO_NAMES   # the built-in models' names (torch-free)
 from compressor.studio_cache import CACHE_PARTS, studio_cache_dir
 from storage import artifacts
 from storage.db import studio_home

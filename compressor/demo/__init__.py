@@ -9,17 +9,15 @@ in `assets/heldout.txt`, and how it was made in `assets/TRAINING.md`. `train.py`
     model = AutoModelForCausalLM.from_pretrained(demo_model_dir())
     metrics = train_demo_model("out/demo", steps=20)      # retrain (python -m compressor demo-model --out DIR)
 
-This module only knows paths, so `compressor.data` can use it without importing torch training code.
+Paths and names live in `locations` (torch-free, imported by `compressor.data` and the workers' roots rule).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-ASSETS_DIR = Path(__file__).parent / "assets"
-RETRAIN_COMMAND = "python -m compressor demo-model --out compressor/demo/assets"
+from compressor.demo.locations import ASSETS_DIR, DEMO_NAMES, RETRAIN_COMMAND
 
-
-DEMO_NAMES = ("demo", "demo-smollm")
+__all__ = ["ASSETS_DIR", "DEMO_NAMES", "RETRAIN_COMMAND", "demo_model_dir", "train_demo_model", "DemoConfig"]
 
 
 def demo_model_dir(name: str = "demo") -> Path:

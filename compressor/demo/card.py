@@ -5,7 +5,7 @@ import os
 import platform
 from pathlib import Path
 
-from compressor.demo import RETRAIN_COMMAND
+from compressor.demo.locations import RETRAIN_COMMAND
 
 
 def render_training_card(m: dict) -> str:

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from compressor.demo import ASSETS_DIR
+from compressor.demo.locations import ASSETS_DIR
 from compressor.fingerprint import file_sha256
 from compressor.progress import ProgressFn, Reporter
 

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from compressor.data import encode_text, heldout_subset, load_split, token_windows
 from compressor.distill.schedule import lr_at
-from compressor.demo import demo_model_dir  # noqa: F401  (public API: the shipped checkpoint folder)
 from compressor.demo.card import write_training_card
 from compressor.progress import CancelFn, Eta, ProgressFn, Reporter
 

@@ -14,13 +14,11 @@ from torch import nn
 
 from compressor.families import fields as F
 from compressor.families.block import MoEBlock
+from compressor.families.catalog import KNOWN_UNSUPPORTED, supported_families
 from compressor.families.discover import discover_block, find_layer_list
+from compressor.families.errors import UnsupportedModelError
 from compressor.families.spec import FamilySpec, spec_for
 from compressor.widths import WIDTH_ALIGN
-
-
-class UnsupportedModelError(ValueError):
-    """The model is not a mixture-of-experts causal LM of a family the studio understands."""
 
 
 class FamilyAdapter:
@@ -243,7 +241,6 @@ def resolve_adapter(model_or_config) -> FamilyAdapter:
     spec = spec_for(getattr(cfg, "model_type", None) or model_type)
     adapter = FamilyAdapter(spec, config)
     if not adapter.count_fields:
-        from compressor.families.catalog import supported_families
         what = ("a mixture-of-experts family whose expert-count field the studio does not know"
                 if F.looks_moe(cfg) else "a dense model (no expert count in its config)")
         raise UnsupportedModelError(f"model_type '{model_type}' is {what}. Supported MoE families: "
@@ -251,7 +248,6 @@ def resolve_adapter(model_or_config) -> FamilyAdapter:
     if not adapter.width_field:
         raise UnsupportedModelError(f"model_type '{model_type}': no expert-width field in its config (looked for "
                                     f"{', '.join(F.WIDTH_NAMES)})")
-    from compressor.families.catalog import KNOWN_UNSUPPORTED
     if model_type in KNOWN_UNSUPPORTED:
         raise UnsupportedModelError(f"model_type '{model_type}' is a mixture-of-experts family the studio does not "
                                     f"support: {KNOWN_UNSUPPORTED[model_type]}")

@@ -60,7 +60,7 @@ STREAM_UNSUPPORTED: dict[str, str] = {
 def check_streamable_family(config) -> None:
     """Refuse layer-by-layer processing for families whose layer-by-layer forward is known not to reproduce the
     model (`STREAM_UNSUPPORTED`; the conformance suite's `stream` check keeps the table honest)."""
-    from compressor.families.adapter import UnsupportedModelError
+    from compressor.families.errors import UnsupportedModelError
     model_type = getattr(config, "model_type", None)
     if model_type in STREAM_UNSUPPORTED:
         raise UnsupportedModelError(f"{model_type} cannot be processed layer by layer: "

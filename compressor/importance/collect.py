@@ -29,7 +29,10 @@ from torch import nn
 
 from compressor.families import FamilyAdapter, MoEBlock
 from compressor.importance import formulas as M
+from compressor.importance.formulas import routed_pairs
 from compressor.importance.scores import ExpertScores, LayerScores, NeuronScores
+from compressor.importance.recording import record_experts
+from compressor.importance.wanda_stats import layer_statistics, sparsifiable_maps, wanda_inputs_from_sums
 
 F64 = torch.float64
 WANT_ALL = frozenset({"experts", "neurons", "layers", "wanda"})
@@ -104,7 +107,6 @@ class ScoreCollector:
                                      f"({type(blk.experts).__name__}) is not called with the routed token indices "
                                      "and weights, so per-expert and per-neuron scores cannot be collected; "
                                      "score layers only (want=('layers',)) or slim by layer dropping")
-            from compressor.importance.recording import record_experts
             for l, blk in enumerate(self.blocks):           # experts computed once where the family allows it
                 recorded = record_experts(self, l, blk) if self.recording else None
                 self._handles.append(recorded or blk.experts.register_forward_hook(self._experts_hook(l, blk)))
@@ -217,10 +219,8 @@ class ScoreCollector:
     @torch.no_grad()
     def _wanda(self) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """(sum_t x_t^2 per map input, DLP's median Wanda score per layer, OWL's outlier share per layer). The layer
-        statistics are `slimming.sparsify.layer_statistics` over `sparsifiable_maps`, the very function and maps
+        statistics are `wanda_stats.layer_statistics` over `sparsifiable_maps`, the very function and maps
         `sparsify_` allocates with, so Explore shows what a sparsity run uses."""
-        from compressor.slimming.sparsify import layer_statistics, sparsifiable_maps
-        from compressor.slimming.wanda_inputs import wanda_inputs_from_sums
         inputs = {name: sq.detach().cpu().clone() for name, sq in self.linear_sq.items()}
         for blk, sums in zip(self.blocks, self.sums):
             inputs[f"{blk.name}.experts.gate_up"], inputs[f"{blk.name}.experts.down"] = sums.x_sq.cpu(), sums.h_sq.cpu()
@@ -306,19 +306,6 @@ def scoring_experts_mode() -> str:
         raise ValueError(f"MOE_STUDIO_SCORING_EXPERTS={mode!r} must be 'record' (experts computed once while "
                          "scoring) or 'hooks' (recomputed by a hook)")
     return mode
-
-
-def routed_pairs(idx: torch.Tensor, w: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor,
-                                                                              torch.Tensor, list[int]]:
-    """The (token, expert) pairs of idx / w [T, k] grouped by expert (stable: tokens ascending within an expert;
-    entries outside [0, E) dropped): token [P], expert [P], router weight [P], and the pair count per expert [E]."""
-    E, k = num_experts, idx.shape[1]
-    flat = idx.reshape(-1)
-    ok = (flat >= 0) & (flat < E)
-    order = torch.argsort(torch.where(ok, flat, torch.full_like(flat, E)), stable=True)
-    per_expert = torch.bincount(flat[ok], minlength=E).tolist()
-    order = order[: sum(per_expert)]
-    return order // k, flat[order], w.reshape(-1)[order], per_expert
 
 
 def _stack(ts: list[torch.Tensor]) -> torch.Tensor:

@@ -140,3 +140,16 @@ def block_influence(*, cos_sum: torch.Tensor, tokens: torch.Tensor) -> torch.Ten
     tokens = torch.as_tensor(tokens, dtype=F64)
     mean = torch.where(tokens > 0, cos_sum.to(F64) / tokens.clamp_min(1), torch.full_like(tokens, float("nan")))
     return 1.0 - mean
+
+
+def routed_pairs(idx: torch.Tensor, w: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                              torch.Tensor, list[int]]:
+    """The (token, expert) pairs of idx / w [T, k] grouped by expert (stable: tokens ascending within an expert;
+    entries outside [0, E) dropped): token [P], expert [P], router weight [P], and the pair count per expert [E]."""
+    E, k = num_experts, idx.shape[1]
+    flat = idx.reshape(-1)
+    ok = (flat >= 0) & (flat < E)
+    order = torch.argsort(torch.where(ok, flat, torch.full_like(flat, E)), stable=True)
+    per_expert = torch.bincount(flat[ok], minlength=E).tolist()
+    order = order[: sum(per_expert)]
+    return order // k, flat[order], w.reshape(-1)[order], per_expert

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from compressor.families import MoEBlock
+from compressor.importance.formulas import routed_pairs
 
 SCORING_IMPLEMENTATION = "moe_studio_scoring"
 _RECORDERS: dict[int, "_Recorder"] = {}          # id(experts module) -> its recorder while the collector is on
@@ -65,7 +66,6 @@ class _Recorder:
         self.collector, self.l, self.blk, self.record, self.grouped = collector, l, blk, record, grouped
 
     def __call__(self, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
-        from compressor.importance.collect import routed_pairs
 
         blk, shape = self.blk, hidden.shape
         x = hidden.reshape(-1, shape[-1])                                         # [T, H]

@@ -25,7 +25,7 @@ from compressor.importance import formulas as M
 from compressor.methods import EXPERT_SCORES, NEURON_SCORES, method, names
 
 SCORES_VERSION = 3
-# Version 3: the layers' dlp / owl come from `slimming.sparsify.layer_statistics` (float32 Wanda scores, the path
+# Version 3: the layers' dlp / owl come from `importance.wanda_stats.layer_statistics` (float32 Wanda scores, the path
 # sparsify_ allocates with), were float64 scores of a second implementation.
 # Version 2: "taylor" is |w * sum_b g_b| (LLM-Pruner), was sum_b |w * g_b| (now "taylor_per_batch"); the layers' `dlp`
 # is the median Wanda score of the layer, was the mean. Version-1 folders and cache entries are not read.
@@ -160,7 +160,7 @@ class LayerScores:
     """Per decoder layer (all of them), [N] float64.
 
     cos_sum = sum_t cos(h_in_t, h_out_t), tokens = tokens seen; dlp = median Wanda score A over the layer's linear
-    maps (experts included; DLP's layer score, see `compressor.slimming.sparsify.layer_statistics`); owl = share of
+    maps (experts included; DLP's layer score, see `compressor.importance.wanda_stats.layer_statistics`); owl = share of
     A entries above outlier_m * mean(A). `wanda_inputs` maps each scored linear map to sum_t x_t^2 per input feature
     (Wanda's ||X_j||^2): nn.Linear modules by their module name ([in]), and for each MoE block
     '<block>.experts.gate_up' ([E, H], tokens routed to e) and '<block>.experts.down' ([E, I], the intermediate h of

@@ -25,7 +25,8 @@ from compressor.slimming.report import (ExpertMergeReport, ExpertPruneReport, La
                                         SparsifyReport)
 from compressor.slimming.sparsify import sparsifiable_maps, sparsify_
 from compressor.slimming.structure import StructureMismatchError, check_structure
-from compressor.slimming.wanda_inputs import collect_wanda_inputs, wanda_inputs_from_sums
+from compressor.importance.wanda_stats import wanda_inputs_from_sums
+from compressor.slimming.wanda_inputs import collect_wanda_inputs
 
 __all__ = [
     "ExpertMergeConfig", "ExpertMergeReport", "ExpertPruneConfig", "ExpertPruneReport", "LayerDropConfig", "LayerDropReport", "LayerSparsity",

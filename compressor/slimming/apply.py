@@ -37,7 +37,8 @@ from compressor.slimming.merge import merge_experts_
 from compressor.slimming.layers import drop_layers_
 from compressor.slimming.neurons import slim_neurons_
 from compressor.slimming.sparsify import sparsify_
-from compressor.slimming.wanda_inputs import collect_wanda_inputs, wanda_inputs_from_sums
+from compressor.importance.wanda_stats import wanda_inputs_from_sums
+from compressor.slimming.wanda_inputs import collect_wanda_inputs
 
 
 @dataclass

@@ -30,8 +30,8 @@ from torch import nn
 
 from compressor.families import resolve_adapter
 from compressor.progress import Reporter
-from compressor.slimming.sparsify import prune_maps_, sparsifiable_maps
-from compressor.slimming.wanda_inputs import wanda_inputs_from_sums
+from compressor.importance.wanda_stats import sparsifiable_maps, wanda_inputs_from_sums
+from compressor.slimming.wanda_prune import prune_maps_
 
 
 @torch.no_grad()

@@ -13,20 +13,13 @@ median of A over the concatenation of the layer's maps in the paper and under th
 (`median`); the repository's unstructured path hard-codes the mean. Both are offered (`SparsifyConfig.dlp_statistic`),
 median by default.
 
-    a = wanda_scores(weight=W, input_norms=x_norm)                     # [out, in]
+    a = wanda_scores(weight=W, input_norms=x_norm)     # [out, in]: compressor.importance.wanda_stats
     prune_rows_(W, scores=a, sparsity=0.5)                              # zeros half of every row, in place
     dlp_sparsities(layer_scores=torch.tensor([1.0, 2.0, 3.0]), sparsity=0.7, alpha=0.15)   # [0.55, 0.70, 0.85]
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
-
 import torch
-
-
-def wanda_scores(*, weight: torch.Tensor, input_norms: torch.Tensor) -> torch.Tensor:
-    """A = |W| * ||X||: weight [..., out, in], input_norms [..., in] -> [..., out, in] (float32)."""
-    return weight.detach().abs().float().mul_(input_norms.float().unsqueeze(-2))     # abs() is a new tensor
 
 
 def prune_rows_(weight: torch.Tensor, *, scores: torch.Tensor, sparsity: float) -> int:
@@ -75,55 +68,3 @@ def dlp_sparsities(*, layer_scores: torch.Tensor, sparsity: float, alpha: float 
     total = s.sum()
     r = 1.0 - s / total if total > 0 else torch.ones_like(s)
     return _to_sparsities(spread_keep_ratios(stat=r, sparsity=sparsity, spread=alpha), sparsity)
-
-
-def outlier_share(*, scores: torch.Tensor, threshold: float) -> tuple[int, int]:
-    """(entries of `scores` above `threshold`, entries): the two counts that give OWL's D_l when summed over maps."""
-    return int(torch.count_nonzero(scores > threshold).item()), scores.numel()
-
-
-_HALF = 1 << 16
-
-
-def lower_median(*, chunks: Callable[[], Iterable[torch.Tensor]]) -> float:
-    """`torch.median(torch.cat([c.float().flatten() for c in chunks()]))`, exactly, with one chunk in memory at a time.
-
-    For an even count this is the lower of the two middle values (k = (n - 1) // 2 in sorted order, 0-based), as
-    `torch.median` returns it. Every value must be >= 0 (Wanda scores are). Radix select over the float32 bit
-    patterns, which for x >= 0 order like the values: pass 1 counts the high 16 bits of every value in a 65536-bin
-    histogram and finds the bin holding rank k; pass 2 counts the low 16 bits of the values in that bin. `chunks`
-    is called once per pass and must give the same values each time. Returns NaN when there are no values.
-
-        lower_median(chunks=lambda: [torch.tensor([3.0, 1.0]), torch.tensor([2.0, 5.0])])     # 2.0
-    """
-    hist, n = torch.zeros(_HALF, dtype=torch.int64), 0
-    for c in chunks():
-        bits = _float_bits(c)
-        hist += torch.bincount(bits >> 16, minlength=_HALF).cpu()
-        n += bits.numel()
-    if n == 0:
-        return float("nan")
-    k = (n - 1) // 2
-    high, k = _bin_of_rank(hist, k)
-    hist.zero_()
-    for c in chunks():
-        bits = _float_bits(c)
-        hist += torch.bincount(bits[(bits >> 16) == high] & (_HALF - 1), minlength=_HALF).cpu()
-    low, _ = _bin_of_rank(hist, k)
-    return torch.tensor([(high << 16) | low], dtype=torch.int32).view(torch.float32).item()
-
-
-def _float_bits(c: torch.Tensor) -> torch.Tensor:
-    """Non-negative values -> their float32 bit patterns as int64 [n] (-0.0 counted as +0.0)."""
-    v = c.detach().reshape(-1).float() + 0.0            # IEEE: -0.0 + 0.0 = +0.0
-    bits = v.view(torch.int32).long()
-    if bool((bits < 0).any()) or bool(torch.isnan(v).any()):
-        raise ValueError("lower_median needs values >= 0 and no NaN (Wanda scores are |W| * ||X||)")
-    return bits
-
-
-def _bin_of_rank(hist: torch.Tensor, k: int) -> tuple[int, int]:
-    """(bin holding the value of 0-based rank k, rank of that value within the bin)."""
-    cum = hist.cumsum(0)
-    b = int(torch.searchsorted(cum, torch.tensor(k), right=True))
-    return b, k - (int(cum[b - 1]) if b > 0 else 0)

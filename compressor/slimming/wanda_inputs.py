@@ -11,17 +11,13 @@ and `sparsify_` reads ||X_j||_2 = sqrt(that) under the same keys.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
+from compressor.importance.wanda_stats import wanda_inputs_from_sums
 from compressor.progress import Reporter
-
-
-def wanda_inputs_from_sums(sq_sums: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """sum_t x_tj^2 -> ||X_j||_2 = sqrt(max(sum, 0)), per key."""
-    return {k: torch.as_tensor(v).double().clamp_min(0).sqrt().float() for k, v in sq_sums.items()}
 
 
 def collect_wanda_inputs(model: nn.Module, batches: Iterable, *, reporter: Reporter | None = None

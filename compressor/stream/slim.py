@@ -41,8 +41,9 @@ from compressor.slimming.export import _write_aliases
 from compressor.slimming.layers import drop_layers_
 from compressor.slimming.neurons import slim_neurons_
 from compressor.slimming.sequential import prune_layer_calibrated_
-from compressor.slimming.sparsify import allocate, layer_sparsities, prune_maps_, sparsifiable_maps, statistics_for
-from compressor.slimming.wanda_inputs import wanda_inputs_from_sums
+from compressor.importance.wanda_stats import sparsifiable_maps, wanda_inputs_from_sums
+from compressor.slimming.sparsify import allocate, layer_sparsities, statistics_for
+from compressor.slimming.wanda_prune import prune_maps_
 from compressor.stream.shards import ShardIndex
 from compressor.families.catalog import check_streamable_family
 from compressor.stream.skeleton import Skeleton, release_

@@ -8,9 +8,11 @@ import torch
 from compressor.families import resolve_adapter
 from compressor.slimming import SparsifyConfig, collect_wanda_inputs, sparsifiable_maps, sparsify_
 from compressor.slimming.sequential import sparsify_sequentially_
-from compressor.slimming.sparsify import LinearMap, allocate, layer_statistics, prune_maps_
+from compressor.importance.wanda_stats import LinearMap, layer_statistics, wanda_scores
+from compressor.slimming.sparsify import allocate
 from compressor.slimming.wanda import (dlp_sparsities, owl_sparsities, prune_rows_, spread_keep_ratios,
-                                       uniform_sparsities, wanda_scores)
+                                       uniform_sparsities)
+from compressor.slimming.wanda_prune import prune_maps_
 from compressor.testing import TINY_FAMILIES, tiny_inputs, tiny_moe
 
 

@@ -1,12 +1,11 @@
-"""Wanda maths (slimming/wanda.py) and the layer statistics sparsify_ and Explore share (slimming/sparsify.py),
+"""Wanda statistics (importance/wanda_stats.py): the scores, the exact lower median and the layer statistics sparsify_ and Explore share,
 by hand."""
 import math
 
 import pytest
 import torch
 
-from compressor.slimming.sparsify import LinearMap, layer_statistics
-from compressor.slimming.wanda import lower_median, wanda_scores
+from compressor.importance.wanda_stats import LinearMap, layer_statistics, lower_median, wanda_scores
 
 
 def test_wanda_scores_and_layer_statistics_by_hand():
