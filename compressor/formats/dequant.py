@@ -40,17 +40,20 @@ def fp8_dequantize(weight: torch.Tensor, scale_inv: torch.Tensor, *, block: tupl
     """W = q * scale_inv per (bm, bn) tile, grid rounded up and cropped (module docstring); per tensor when `block`
     is None or the scale holds one value. `weight` [..., N, K] float8; `scale_inv` [..., ceil(N/bm), ceil(K/bn)]."""
     s = _scale_values(scale_inv, ue8m0=ue8m0)
-    q = weight.to(torch.float32)                                   # [..., N, K]
+    q = weight.to(torch.float32, copy=True)                        # [..., N, K], scaled in place below
     if block is None or s.numel() == 1:
-        return (q * s.reshape(-1)[0] if s.numel() == 1 else q * s).to(dtype)
+        return q.mul_(s.reshape(-1)[0] if s.numel() == 1 else s).to(dtype)
     bm, bn = block
     rows, cols = q.shape[-2:]
     grid = (-(-rows // bm), -(-cols // bn))
     if tuple(s.shape[-2:]) != grid or s.shape[:-2] != q.shape[:-2]:
         raise ValueError(f"FP8 scale grid {list(s.shape)} does not fit weight {list(q.shape)} with tiles "
                          f"{list(block)} (expected {[*q.shape[:-2], *grid]})")
-    full = s.repeat_interleave(bm, dim=-2)[..., :rows, :].repeat_interleave(bn, dim=-1)[..., :cols]  # [..., N, K]
-    return (q * full).to(dtype)
+    if rows % bm == 0 and cols % bn == 0:           # whole tiles: broadcast the grid over a view, in place
+        q.unflatten(-1, (grid[1], bn)).unflatten(-3, (grid[0], bm)).mul_(s[..., :, None, :, None])
+    else:                                           # rounded-up grid: expand it and crop to the weight
+        q.mul_(s.repeat_interleave(bm, dim=-2)[..., :rows, :].repeat_interleave(bn, dim=-1)[..., :cols])
+    return q.to(dtype)
 
 
 def mxfp4_dequantize(blocks: torch.Tensor, scales: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16

@@ -16,6 +16,7 @@ requested tensor from its stored parts (one group at a time, so a decoder layer 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -132,16 +133,25 @@ class ShardIndex:
         names = list(names)
         for n in names:
             self.info(n)
-        raw = self.read_stored([s for n in names for s in self.quant.sources[n]])
+        files = sorted({self.stored[src].file for n in names for src in self.quant.sources[n]})
         out = {}
-        for n in names:
-            try:
-                out[n] = self.quant.dequantize(n, raw)
-            except (ValueError, RuntimeError, KeyError) as e:
-                raise ShardError(f"{self.folder.name}: cannot dequantize {n} ({self.quant.info.label}: {e})") from e
-            for s in self.quant.sources[n]:
-                raw.pop(s, None)                      # the stored parts go as soon as their tensor is built
+        try:
+            with contextlib.ExitStack() as stack:     # each shard opened once; one tensor's parts held at a time
+                handles = {f: stack.enter_context(safe_open(self.folder / f, framework="pt", device="cpu"))
+                           for f in files}
+                for n in names:
+                    raw = {src: handles[self.stored[src].file].get_tensor(src) for src in self.quant.sources[n]}
+                    out[n] = self._dequantize(n, raw)
+        except (SafetensorError, OSError) as e:
+            raise ShardError(f"{self.folder.name}: cannot read tensor data ({e}); a shard is truncated or corrupt. "
+                             "Download or copy it again.") from e
         return out
+
+    def _dequantize(self, name: str, raw: dict[str, torch.Tensor]) -> torch.Tensor:
+        try:
+            return self.quant.dequantize(name, raw)
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise ShardError(f"{self.folder.name}: cannot dequantize {name} ({self.quant.info.label}: {e})") from e
 
     def read_stored(self, names) -> dict[str, torch.Tensor]:
         """The named stored tensors, as written, grouped by shard (each shard opened once)."""
