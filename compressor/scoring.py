@@ -1,6 +1,6 @@
 """Importance scores of a model named by its source, for the jobs and views that start from a source string:
 look them up in the score cache without reading any weight, or compute them in memory or layer by layer
-(`compressor.stream.budget` decides), under the same cache key either way.
+(`compressor.engine.plan` decides, by the one residency rule), under the same cache key either way.
 
     inputs = scoring_inputs("demo", tokens=4096, seq_len=256, batch_size=8, taylor=True)
     cached_scores_dir(inputs)                       # Path of a finished report, or None (no weights read)

@@ -35,7 +35,8 @@ def calibration_from_args(tokenizer, args: argparse.Namespace, cal) -> list[dict
 def add_streaming_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--streaming", choices=("auto", "on", "off"), default="auto",
                         help="work layer by layer (one decoder layer in memory): 'auto' when the model does not fit "
-                             "comfortably (compressor.stream.budget), 'on' always, 'off' never (default auto)")
+                             "comfortably in the machine's total memory (compressor.engine.residency), 'on' always, "
+                             "'off' never (default auto)")
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

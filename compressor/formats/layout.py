@@ -22,6 +22,7 @@ import torch
 
 from compressor.formats.dequant import CompressedDequantizer, fp8_dequantize, mxfp4_dequantize
 from compressor.formats.detect import QuantInfo
+from compressor.formats.stored import TensorInfo
 
 _DROPPED = (".activation_scale", ".input_scale", ".k_scale", ".v_scale", ".input_global_scale")
 
@@ -54,7 +55,6 @@ class QuantLayout:
         return layout
 
     def _add(self, name, file, dtype, shape, sources, kind) -> None:
-        from compressor.stream.shards import TensorInfo
         self.logical[name] = TensorInfo(file, dtype, tuple(int(d) for d in shape))
         self.sources[name], self.kinds[name] = tuple(sources), kind
 

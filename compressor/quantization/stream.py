@@ -34,10 +34,7 @@ def stream_quantize(folder: str | Path, out: str | Path, batches: list | None, p
     """Write the compressed-tensors checkpoint of the checkpoint in `folder` into `out` (module docstring)."""
     import time
 
-    from compressor.families import resolve_adapter
-    from compressor.quantization.export import (check_experts_quantized, compressed_tensors, quantization_config)
     from compressor.stream.skeleton import Skeleton, checkpoint_dtype
-    from compressor.stream.sweep import advance_, capture_inputs
     from compressor.stream.writer import ShardWriter
     from transformers.core_model_loading import revert_weight_conversion
 
@@ -51,13 +48,7 @@ def stream_quantize(folder: str | Path, out: str | Path, batches: list | None, p
     sk = Skeleton.open(folder, dtype=torch.float32, device=device)
     report = QuantReport(method=plan.method, matrices={}, params_quantized=0,
                          schemes={k: (s.label() if s is not None else "kept") for k, s in plan.schemes.items()})
-    acts = None
-    sk.load_globals_()
-    globals_ = _global_tensors(sk.model)
-    if plan.method == "gptq":
-        acts = capture_inputs(sk, batches, spill=spill)
-        report.calibration_tokens = int(sum(ids.numel() for ids in acts.input_ids))
-    sk.release_globals_()
+    globals_, acts = _capture(sk, batches, plan, report, spill=spill)
     schemes, classes = {}, {}
     L = len(sk.layers)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,38 +57,82 @@ def stream_quantize(folder: str | Path, out: str | Path, batches: list | None, p
         del globals_
         for i in range(L):
             reporter.report("quantize", i, L, message=f"layer {i + 1}/{L}: {plan.method}")
-            layer = sk.load_layer_(i)
-            view = sk.layer_view(i)
-            adapter = resolve_adapter(view)
-            blocks = adapter.moe_blocks(view)
-            if i == 0:
-                check_plan(view, plan, adapter=adapter, blocks=blocks)
-            params = QuantizedParams()
-            quantize_layer_(view, adapter, i, plan, params, report, acts=acts, scale_dtype=dtype, blocks=blocks)
-            check_experts_quantized(view, params)
-            packed, layer_schemes = compressed_tensors(view, params, dtype=dtype, conversion_model=sk.model)
-            schemes.update(layer_schemes)
-            classes.update({n: q.klass for n, q in params.linear.items()})
-            prefix = f"model.layers.{i}."
-            plain = revert_weight_conversion(sk.model, {prefix + k: v.to(dtype) if v.is_floating_point() else v
-                                                        for k, v in layer.state_dict().items()})
-            tensors = {k: v for k, v in plain.items() if k not in packed}
-            for k, parts in packed.items():
-                tensors.update({k.removesuffix("weight") + s: t for s, t in parts.items()})
-            writer.write(tensors)
-            if acts is not None and i + 1 < L:
-                advance_(layer, acts, i)
-            sk.release_layer_(i)
-    kept = [n for n, m in sk.model.named_modules() if isinstance(m, nn.Linear)
-            and n not in classes and ".experts." not in n]
-    config = json.loads((folder / "config.json").read_text())
-    config["quantization_config"] = quantization_config(sk.model, schemes, kept, classes)
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+            _quantize_and_write_layer(sk, i, plan, report, writer, acts=acts, dtype=dtype, schemes=schemes,
+                                      classes=classes)
+    _write_config(folder, out, sk.model, schemes, classes)
     for name in COPIED:
         if (folder / name).is_file():
             shutil.copyfile(folder / name, out / name)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _capture(sk, batches: list | None, plan: QuantPlan, report: QuantReport, *, spill=None) -> tuple[dict, object]:
+    """With the globals loaded: the tensors outside the decoder layers, and for GPTQ the calibration batches'
+    inputs to layer 0 (their token count goes into `report`). Returns (globals, activations or None)."""
+    from compressor.stream.sweep import capture_inputs
+
+    acts = None
+    sk.load_globals_()
+    globals_ = _global_tensors(sk.model)
+    if plan.method == "gptq":
+        acts = capture_inputs(sk, batches, spill=spill)
+        report.calibration_tokens = int(sum(ids.numel() for ids in acts.input_ids))
+    sk.release_globals_()
+    return globals_, acts
+
+
+def _quantize_and_write_layer(sk, i: int, plan: QuantPlan, report: QuantReport, writer, *, acts, dtype: torch.dtype,
+                              schemes: dict, classes: dict) -> None:
+    """Layer i: load it (float32), quantize it in place (the plan is checked on layer 0), write its tensors, forward
+    the quantized layer to give layer i+1 its inputs, free it. Adds the layer's schemes and classes to `schemes`
+    and `classes`."""
+    from compressor.families import resolve_adapter
+    from compressor.quantization.export import check_experts_quantized, compressed_tensors
+    from compressor.stream.sweep import advance_
+
+    layer = sk.load_layer_(i)
+    view = sk.layer_view(i)
+    adapter = resolve_adapter(view)
+    blocks = adapter.moe_blocks(view)
+    if i == 0:
+        check_plan(view, plan, adapter=adapter, blocks=blocks)
+    params = QuantizedParams()
+    quantize_layer_(view, adapter, i, plan, params, report, acts=acts, scale_dtype=dtype, blocks=blocks)
+    check_experts_quantized(view, params)
+    packed, layer_schemes = compressed_tensors(view, params, dtype=dtype, conversion_model=sk.model)
+    schemes.update(layer_schemes)
+    classes.update({n: q.klass for n, q in params.linear.items()})
+    writer.write(_layer_tensors(sk.model, layer, i, packed, dtype=dtype))
+    if acts is not None and i + 1 < len(sk.layers):
+        advance_(layer, acts, i)
+    sk.release_layer_(i)
+
+
+def _layer_tensors(model: nn.Module, layer: nn.Module, i: int, packed: dict, *, dtype: torch.dtype) -> dict:
+    """Layer i's tensors as stored: kept ones in the checkpoint's dtype under the checkpoint's names, each quantized
+    weight replaced by its packed parts (`<name>.weight_packed`, `.weight_scale`, ...)."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    prefix = f"model.layers.{i}."
+    plain = revert_weight_conversion(model, {prefix + k: v.to(dtype) if v.is_floating_point() else v
+                                             for k, v in layer.state_dict().items()})
+    tensors = {k: v for k, v in plain.items() if k not in packed}
+    for k, parts in packed.items():
+        tensors.update({k.removesuffix("weight") + s: t for s, t in parts.items()})
+    return tensors
+
+
+def _write_config(folder: Path, out: Path, model: nn.Module, schemes: dict, classes: dict) -> None:
+    """The source config.json with the `quantization_config` of the written layers (plain linears outside the
+    experts that were not quantized are listed as kept)."""
+    from compressor.quantization.export import quantization_config
+
+    kept = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
+            and n not in classes and ".experts." not in n]
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = quantization_config(model, schemes, kept, classes)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
 
 
 def _global_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -47,6 +47,27 @@ def stream_analyze(folder: Path | str, batches, *, config: AnalyzeConfig = Analy
     acts = capture_inputs(sk, batches, spill=spill)
     sk.release_globals_()
     L = len(sk.layers)
+    parts, collectors, kept_inputs, layer_seconds = _forward_sweep(sk, acts, config, reporter)
+    loss_sum, loss_tokens, head_seconds = _head_and_backward_sweep_(sk, acts, parts, collectors, kept_inputs,
+                                                                    taylor=config.taylor, reporter=reporter)
+    seconds = time.perf_counter() - started
+    tokens = sum(int(m.sum()) if m is not None else ids.numel() for ids, m in zip(acts.input_ids, acts.masks))
+    if tokens == 0:
+        raise ValueError("the calibration batches held no (unmasked) tokens; give at least one batch with text")
+    experts, neurons, layers = merge_layer_scores(parts, L)
+    adapter = resolve_adapter(sk.model)
+    meta = _report_meta(sk, adapter, config, tokens=tokens, batches=len(batches), loss_sum=loss_sum,
+                        loss_tokens=loss_tokens, seconds=seconds, layer_seconds=layer_seconds,
+                        head_seconds=head_seconds)
+    return ImportanceReport(family=adapter.family, experts=experts, neurons=neurons, layers=layers, meta=meta)
+
+
+def _forward_sweep(sk: Skeleton, acts, config: AnalyzeConfig,
+                   reporter: Reporter) -> tuple[list[tuple], list[ScoreCollector], list[list[torch.Tensor]], list]:
+    """For each layer i: load it, run every batch through it with the score hooks on its one-layer view, free it.
+    Returns (parts, collectors, kept_inputs, layer_seconds): without `config.taylor` parts[i] holds layer i's
+    finished scores; with it, parts are left to the backward sweep, which gets every layer's collector and inputs."""
+    L = len(sk.layers)
     kept_inputs: list[list[torch.Tensor]] = []
     collectors: list[ScoreCollector] = []
     parts: list[tuple] = [None] * L
@@ -70,33 +91,42 @@ def stream_analyze(folder: Path | str, batches, *, config: AnalyzeConfig = Analy
             parts[i] = col.result()
         sk.release_layer_(i)
         layer_seconds.append(time.perf_counter() - tl)
+    return parts, collectors, kept_inputs, layer_seconds
+
+
+def _head_and_backward_sweep_(sk: Skeleton, acts, parts: list[tuple], collectors: list[ScoreCollector],
+                              kept_inputs: list[list[torch.Tensor]], *, taylor: bool,
+                              reporter: Reporter) -> tuple[float, int, float]:
+    """The next-token loss through norm + lm_head (timed as the head); with `taylor`, then for i = L-1 .. 0 the
+    backward step of layer i fills parts[i] (each layer's stored inputs are popped, and the gradients handed down,
+    as they are used). Returns (loss_sum, loss_tokens, head_seconds)."""
     th = time.perf_counter()
     sk.load_globals_()
-    loss_sum, loss_tokens, grads = _loss_and_grads(sk, acts, taylor=config.taylor)
+    loss_sum, loss_tokens, grads = _loss_and_grads(sk, acts, taylor=taylor)
     sk.release_globals_()
     head_seconds = time.perf_counter() - th
-    if config.taylor:
+    if taylor:
+        L = len(sk.layers)
         for i in reversed(range(L)):
             reporter.report("calibrate", 2 * L - 1 - i, 2 * L, message=f"layer {i + 1}/{L}: Taylor backward")
             grads, parts[i] = _taylor_backward(sk, i, collectors[i], kept_inputs.pop(), grads, acts)
-    seconds = time.perf_counter() - started
-    tokens = sum(int(m.sum()) if m is not None else ids.numel() for ids, m in zip(acts.input_ids, acts.masks))
-    if tokens == 0:
-        raise ValueError("the calibration batches held no (unmasked) tokens; give at least one batch with text")
-    experts, neurons, layers = merge_layer_scores(parts, L)
-    adapter = resolve_adapter(sk.model)
+    return loss_sum, loss_tokens, head_seconds
+
+
+def _report_meta(sk: Skeleton, adapter, config: AnalyzeConfig, *, tokens: int, batches: int, loss_sum: float,
+                 loss_tokens: int, seconds: float, layer_seconds: list, head_seconds: float) -> dict:
+    """The report's meta: the model's MoE shape, the calibration's size, mean loss and timings, and how it ran."""
     blocks = adapter.moe_blocks(sk.model)
-    meta = {
+    return {
         "version": SCORES_VERSION, "family": adapter.family, "model_type": sk.config.model_type,
-        "num_layers": L, "moe_layers": [b.layer for b in blocks], "num_experts": blocks[0].num_experts,
+        "num_layers": len(sk.layers), "moe_layers": [b.layer for b in blocks], "num_experts": blocks[0].num_experts,
         "top_k": adapter.top_k(sk.config), "expert_width": blocks[0].intermediate_size,
-        "tokens": tokens, "batches": len(batches), "loss_tokens": loss_tokens,
+        "tokens": tokens, "batches": batches, "loss_tokens": loss_tokens,
         "ce_loss": loss_sum / max(loss_tokens, 1), "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9),
         "taylor": config.taylor, "config": config.to_dict(), "dtype": str(sk.dtype).removeprefix("torch."),
         "experts_implementation": getattr(sk.config, "_experts_implementation", None), "streamed": True,
         "layer_seconds": layer_seconds, "head_seconds": head_seconds,
     }
-    return ImportanceReport(family=adapter.family, experts=experts, neurons=neurons, layers=layers, meta=meta)
 
 
 def _loss_and_grads(sk: Skeleton, acts, *, taylor: bool) -> tuple[float, int, list[torch.Tensor] | None]:

@@ -19,11 +19,12 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
+
+from compressor.formats.stored import TensorInfo
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -36,20 +37,6 @@ _DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "
 
 class ShardError(ValueError):
     """A checkpoint whose shards are missing, unreadable, or disagree with their index; says which file."""
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    file: str                  # shard file name inside the folder
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-
-    @property
-    def nbytes(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n * torch.empty((), dtype=self.dtype).element_size()
 
 
 class ShardIndex:

@@ -98,55 +98,28 @@ def stream_slim(folder: Path | str, importance, cfg: SlimmingConfig, out_dir: Pa
     before = count_params(src.model)
     reports, used, cuts = _plan_structure_(plan.model, importance, cfg)
     keep = cuts["layers"]
-    targets, spars, inputs, sequential = None, None, None, False
     recover = block_distill is not None and block_distill.steps > 0
     merge = cuts.get("merge")
-    if recover and (batches is None or cfg.sparsity > 0):
-        raise ValueError("block distillation needs calibration batches and cannot follow sparsity (training would "
-                         "refill the pruned weights); pass batches, or set sparsity to 0")
-    if merge is not None and (batches is None or recover):
-        raise ValueError("expert merging calibrates each layer on the layers merged below it: it needs calibration "
-                         "batches, and layer by layer it does not combine with block distillation yet (use global "
-                         "distillation in memory, or prune the experts)")
-    if cfg.sparsity > 0:
-        check_sparsity_batches(cfg, batches)
-        scfg = sparsify_config(cfg)
-        sequential = scfg.calibration == "sequential"
-        scores = outliers = torch.zeros(len(keep), dtype=torch.float64)
-        dense = None
-        if scfg.needs_dense_norms:
-            inputs, dense = wanda_inputs_for(importance, reports, batches)
-            inputs, scores, outliers = _sparsity_statistics(src, plan, keep, cuts, inputs, scfg, batches, reporter,
-                                                            spill)
-        used["sparsity"] = sparsity_label(scfg, dense)
-        targets, stats = allocate(scfg, scores=scores, outliers=outliers)
+    _check_carried_steps(cfg, batches, recover=recover, merge=merge)
+    sparse = _plan_sparsity(src, plan, cuts, importance, reports, used, cfg, batches, reporter, spill)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; choose an empty folder for the slimmed checkpoint")
     zeros, weights = (torch.zeros(len(keep), dtype=torch.float64) for _ in range(2))
     layer_seconds, recovered = [], []
-    seq_sparsity = targets is not None and sequential
+    seq_sparsity = sparse is not None and sparse.sequential
     carry = recover or seq_sparsity or merge is not None             # activations move along with the layers
     try:
         with ShardWriter(out, model=plan.model) as writer:
-            plan.load_globals_()
-            writer.write(_global_tensors(plan.model))
-            acts = capture_inputs(plan, list(batches), spill=spill) if carry else None
-            plan.release_globals_()
+            acts = _write_globals(plan, writer, batches, carry=carry, spill=spill)
             for j, i in enumerate(keep):
                 tl = time.perf_counter()
                 reporter.report("slim", j, len(keep), message=f"layer {i} -> {j}: cut and write")
+                stats = _cut_layer_(src, plan, i, j, cuts, acts, merge=merge,
+                                    recover=block_distill if recover else None)
                 if recover:
-                    recovered.append(_cut_and_recover_(src, plan, i, j, cuts, acts, block_distill))
-                elif merge is not None:
-                    _cut_and_merge_(src, plan, i, j, cuts, acts, merge)
-                else:
-                    _materialize_cut_(src, plan, i, j, cuts)
-                if targets is not None:
-                    view = plan.layer_view(j)
-                    maps = [m for m in sparsifiable_maps(view) if m.layer == j]
-                    weights[j] = sum(m.weight.numel() for m in maps)
-                    zeros += (prune_layer_calibrated_(plan.layers[j], view, acts, j, targets) if sequential
-                              else prune_maps_(maps, inputs, targets))
+                    recovered.append(stats)
+                if sparse is not None:
+                    _sparsify_layer_(plan, j, acts, sparse, zeros=zeros, weights=weights)
                 if merge is not None and not seq_sparsity:
                     advance_(plan.layers[j], acts, j)
                 layer = plan.layers[j]
@@ -157,15 +130,94 @@ def stream_slim(folder: Path | str, importance, cfg: SlimmingConfig, out_dir: Pa
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
-    if targets is not None:
-        spars = {"achieved": float(zeros.sum() / weights.sum()) if weights.sum() else 0.0,
-                 "layers": [s.__dict__ for s in layer_sparsities(targets, zeros, weights, stats)]}
+    spars = sparse.summary(zeros, weights) if sparse is not None else None
     _check_written(out, plan)
     return StreamSlimResult(params_before=before, params_after=count_params(plan.model),
                             seconds=time.perf_counter() - t0, bytes_written=writer.bytes, layers_written=len(keep),
                             reports=reports, sparsity=spars, scores_used=used, layer_seconds=layer_seconds,
                             block_distill={"config": block_distill.to_dict(), "layers": recovered} if recover
                             else None)
+
+
+@dataclass(frozen=True)
+class _SparsityPlan:
+    """Every kept layer's sparsity target and the allocation's statistics (`allocate`), the dense cut model's input
+    norms (None where neither the allocation nor dense calibration reads them), whether calibration is sequential."""
+    targets: object
+    stats: object
+    inputs: dict | None
+    sequential: bool
+
+    def summary(self, zeros: torch.Tensor, weights: torch.Tensor) -> dict:
+        """{"achieved": zeros / weights over all pruned layers, "layers": each layer's target and achieved}."""
+        return {"achieved": float(zeros.sum() / weights.sum()) if weights.sum() else 0.0,
+                "layers": [s.__dict__ for s in layer_sparsities(self.targets, zeros, weights, self.stats)]}
+
+
+def _check_carried_steps(cfg: SlimmingConfig, batches, *, recover: bool, merge) -> None:
+    """Block distillation and expert merging need batches; distillation combines with neither sparsity nor merging."""
+    if recover and (batches is None or cfg.sparsity > 0):
+        raise ValueError("block distillation needs calibration batches and cannot follow sparsity (training would "
+                         "refill the pruned weights); pass batches, or set sparsity to 0")
+    if merge is not None and (batches is None or recover):
+        raise ValueError("expert merging calibrates each layer on the layers merged below it: it needs calibration "
+                         "batches, and layer by layer it does not combine with block distillation yet (use global "
+                         "distillation in memory, or prune the experts)")
+
+
+def _plan_sparsity(src, plan, cuts, importance, reports, used, cfg: SlimmingConfig, batches, reporter,
+                   spill) -> _SparsityPlan | None:
+    """None without sparsity. Otherwise every kept layer's target, allocated from the dense cut model's Wanda
+    statistics where the allocation or dense calibration needs them (`_sparsity_statistics`); records the label of
+    the scores used in `used["sparsity"]`."""
+    if not cfg.sparsity > 0:
+        return None
+    keep = cuts["layers"]
+    check_sparsity_batches(cfg, batches)
+    scfg = sparsify_config(cfg)
+    scores = outliers = torch.zeros(len(keep), dtype=torch.float64)
+    inputs, dense = None, None
+    if scfg.needs_dense_norms:
+        inputs, dense = wanda_inputs_for(importance, reports, batches)
+        inputs, scores, outliers = _sparsity_statistics(src, plan, keep, cuts, inputs, scfg, batches, reporter,
+                                                        spill)
+    used["sparsity"] = sparsity_label(scfg, dense)
+    targets, stats = allocate(scfg, scores=scores, outliers=outliers)
+    return _SparsityPlan(targets=targets, stats=stats, inputs=inputs, sequential=scfg.calibration == "sequential")
+
+
+def _write_globals(plan: Skeleton, writer: ShardWriter, batches, *, carry: bool, spill=None):
+    """Write the tensors outside the decoder layers; when activations are carried along, capture the calibration
+    batches' inputs to layer 0 while the globals are loaded. Returns the activations (None when not carried)."""
+    plan.load_globals_()
+    writer.write(_global_tensors(plan.model))
+    acts = capture_inputs(plan, list(batches), spill=spill) if carry else None
+    plan.release_globals_()
+    return acts
+
+
+def _cut_layer_(src: Skeleton, plan: Skeleton, i: int, j: int, cuts: dict, acts, *, merge,
+                recover: BlockDistillConfig | None) -> dict | None:
+    """Source layer i becomes plan layer j: cut and block-distilled (returns the layer's recovery stats), cut and
+    merged on the current activations, or only cut."""
+    if recover is not None:
+        return _cut_and_recover_(src, plan, i, j, cuts, acts, recover)
+    if merge is not None:
+        _cut_and_merge_(src, plan, i, j, cuts, acts, merge)
+    else:
+        _materialize_cut_(src, plan, i, j, cuts)
+    return None
+
+
+def _sparsify_layer_(plan: Skeleton, j: int, acts, sparse: _SparsityPlan, *, zeros: torch.Tensor,
+                     weights: torch.Tensor) -> None:
+    """Prune plan layer j to its target, calibrated on the carried activations (sequential) or with the dense input
+    norms; sets weights[j] to its sparsifiable weights and adds the zeros it made to `zeros` (in place)."""
+    view = plan.layer_view(j)
+    maps = [m for m in sparsifiable_maps(view) if m.layer == j]
+    weights[j] = sum(m.weight.numel() for m in maps)
+    zeros += (prune_layer_calibrated_(plan.layers[j], view, acts, j, sparse.targets) if sparse.sequential
+              else prune_maps_(maps, sparse.inputs, sparse.targets))
 
 
 def _plan_structure_(model, importance, cfg: SlimmingConfig) -> tuple[list, dict, dict]:
@@ -322,9 +374,7 @@ def _global_tensors(model) -> dict[str, torch.Tensor]:
     """Everything outside the decoder layers, each stored tensor once (tied lm_head left to the config)."""
     seen, out = set(), {}
     for k, v in model.state_dict().items():
-        if k.startswith("model.layers."):
-            continue
-        if v.data_ptr() in seen:
+        if k.startswith("model.layers.") or v.data_ptr() in seen:
             continue
         seen.add(v.data_ptr())
         out[k] = v

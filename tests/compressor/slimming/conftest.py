@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from compressor.families import resolve_adapter
-from compressor.families.conformance import masked_router
+from compressor.conformance import masked_router
 from compressor.slimming.export import stored_numel
 
 

@@ -19,8 +19,8 @@ with the model untouched, and raises with what differed otherwise):
     stream       saved, then run layer by layer by the streaming engine: the same logits as the whole model
                  (atol 1e-5), or refused for families in `catalog.STREAM_UNSUPPORTED`
 
-    python -m compressor.families.conformance            # markdown table over every installed MoE family
-    python -m compressor.families.conformance jamba dbrx
+    python -m compressor.conformance            # markdown table over every installed MoE family
+    python -m compressor.conformance jamba dbrx
 """
 from __future__ import annotations
 
