@@ -150,10 +150,14 @@ def run(args: argparse.Namespace) -> int:
     if args.verify:
         probe = batches[0]["input_ids"][:2] if batches else _probe_ids(model)
         report["checkpoint"]["reload_max_abs_logit_diff"] = verify_reload(ckpt, model, probe)
-    return _write_report(out, ckpt, report, t0)
+    return _write_report(out, ckpt, report, t0, found)
 
 
-def _write_report(out: Path, ckpt: Path, report: dict, t0: float) -> int:
+def _write_report(out: Path, ckpt: Path, report: dict, t0: float, found) -> int:
+    from compressor.engine.checkpoint import Checkpoint
+    source = Checkpoint(str(found.source), found)
+    q = source.quantization
+    report.update(input_quantization=q.to_dict() if q is not None else None, notes=source.input_notes())
     report["total_seconds"] = time.perf_counter() - t0
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
     digest = {"checkpoint": str(ckpt), "report": str(out / REPORT_FILE), "params_before": report["params_before"],
@@ -204,7 +208,7 @@ def _run_streamed(args, found, plan, cfg: SlimmingConfig, cal: CalibrationConfig
               "execution": plan.to_dict(),
               "checkpoint": {"dir": str(ckpt), "bytes": sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file()),
                              "verified": "config.json rebuilds the written globals and first / last layer"}}
-    return _write_report(out, ckpt, report, t0)
+    return _write_report(out, ckpt, report, t0, found)
 
 
 def _probe_ids(model):

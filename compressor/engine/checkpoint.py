@@ -73,6 +73,26 @@ class Checkpoint:
         dtype = checkpoint_dtype(SimpleNamespace(dtype=named), index)
         return dtype if dtype.is_floating_point else torch.float32
 
+    @cached_property
+    def quantization(self):
+        """config.json's quantization (`compressor.formats.QuantInfo`: FP8, MXFP4, compressed-tensors), None for
+        plain weights. Both drivers read such a checkpoint dequantized and write the cut model unquantized."""
+        from compressor.formats import QuantFormatError, quantization_of
+        try:
+            return quantization_of(self.config)
+        except QuantFormatError as e:
+            raise ValueError(f"{self.source}: {e}") from e
+
+    def input_notes(self) -> list[str]:
+        """What a user should know about the input: a quantized one is dequantized and written unquantized."""
+        q = self.quantization
+        if q is None:
+            return []
+        dtype = str(self.export_dtype).removeprefix("torch.")
+        return [f"the input is quantized ({q.label}, {q.method}) and is read dequantized; the slimmed checkpoint is "
+                f"written unquantized ({dtype}), so it can be larger on disk than the input. Quantize the run "
+                "(quantize in the recipe, or `python -m compressor quantize CHECKPOINT`) to shrink it again."]
+
     def plan(self, recipe) -> ExecutionPlan:
         """The recipe's execution plan on this checkpoint, decided once (`compressor.engine.plan`). Pickle weights
         cannot be read layer by layer: they run in memory, and `streaming: on` on them is refused."""

@@ -66,7 +66,7 @@ def prepare(recipe: Recipe, ckpt, staging: Path, reporter: Reporter) -> Job:
                                                   reporter=reporter.span(0, LOAD_SPAN))
     layers = len(adapter.decoder_layers(model))
     return Job(recipe, model, tokenizer, calib, distil_batches, windows, baseline, original_teacher, cached,
-               layers, list(range(layers)), t, ckpt.local_dir, loaded.fingerprint, ckpt.export_dtype)
+               layers, list(range(layers)), t, ckpt, loaded.fingerprint)
 
 
 def finish(job: Job, plan, staging: Path, stages: list[dict], fin: Reporter) -> PipelineResult:
@@ -90,7 +90,7 @@ def finish(job: Job, plan, staging: Path, stages: list[dict], fin: Reporter) -> 
                          checkpoint_dir=ckpt, baseline_checkpoint_dir=job.local_dir, reporter=fin.span(0.1, 1.0))
     timings = {**t, "total": sum(t.values())}
     dtype = str(job.source_dtype).removeprefix("torch.")
-    metrics = run_metrics(recipe, final, windows=job.windows, timings=timings, plan=plan,
+    metrics = run_metrics(recipe, final, windows=job.windows, timings=timings, plan=plan, ckpt=job.checkpoint,
                           fingerprint=job.fingerprint, dtype=dtype)
     if quant is not None:
         metrics.update(quantize=quant.to_dict(), unquantized_checkpoint_bytes=quant.checkpoint_bytes_before)

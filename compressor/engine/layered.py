@@ -80,7 +80,8 @@ def run(recipe, ckpt, plan, staging: Path, reporter: Reporter) -> PipelineResult
     stage = {"stage": "stage 1/1 (layer by layer)", "index": 1, "slimming": res.to_dict(),
              "scores_cache_hit": bool(importance and importance.meta.get("cache", {}).get("hit")),
              **{k: v for k, v in report.headline().items() if not k.startswith("peak")}}
-    metrics = run_metrics(recipe, report, windows=windows, timings=timings, plan=plan, fingerprint=ckpt.fingerprint,
+    metrics = run_metrics(recipe, report, windows=windows, timings=timings, plan=plan, ckpt=ckpt,
+                          fingerprint=ckpt.fingerprint,
                           dtype=str(ckpt.export_dtype).removeprefix("torch."))
     metrics["execution"].update(device=device, spill=spill.stats())
     metrics["speed_not_measured"] = SPEED_NOT_MEASURED

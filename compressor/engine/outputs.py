@@ -6,7 +6,8 @@
 
 `metrics` holds the headline figures at the top level (`EvalReport.headline`), plus `timings`, the full
 `evaluation`, the `eval_set` it ran on, the `execution` plan (in memory or layer by layer, and why) and the `source`
-(the model as the recipe names it, its weights' fingerprint and the dtype the export is written in).
+(the model as the recipe names it, its weights' fingerprint, the dtype the export is written in and the input's
+quantization, if any) and `notes` a user should read (a quantized input written unquantized).
 """
 from __future__ import annotations
 
@@ -35,11 +36,15 @@ class PipelineResult:
         return RunResult.read({**self.metrics, "stages": self.stages})
 
 
-def run_metrics(recipe, report, *, windows, timings: dict, plan, fingerprint: str, dtype: str) -> dict:
-    """The metrics record of one run (see the module docstring); `report` is the final `EvalReport`."""
+def run_metrics(recipe, report, *, windows, timings: dict, plan, ckpt, fingerprint: str, dtype: str) -> dict:
+    """The metrics record of one run (see the module docstring); `report` is the final `EvalReport`, `ckpt` the
+    source `Checkpoint` (its input quantization and the notes about it), `fingerprint` its weights' fingerprint."""
+    q = ckpt.quantization
     return {"result_version": RESULT_VERSION, **report.headline(), "timings": timings,
             "evaluation": report.to_dict(), "eval_set": EvalSet.of(windows, text=HELDOUT_TEXT).model_dump(),
-            "execution": plan.to_dict(), "source": {"model": recipe.model, "fingerprint": fingerprint, "dtype": dtype}}
+            "execution": plan.to_dict(), "notes": ckpt.input_notes(),
+            "source": {"model": recipe.model, "fingerprint": fingerprint, "dtype": dtype,
+                       "quantization": q.to_dict() if q is not None else None}}
 
 
 def write_outputs(staging: Path, recipe, *, metrics: dict, stages: list[dict], card_model,

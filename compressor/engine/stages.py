@@ -56,9 +56,17 @@ class Job:
     original_layers: int
     layer_map: list[int]                     # original index of every current decoder layer
     timings: Timings
-    local_dir: Path
-    fingerprint: str
-    source_dtype: torch.dtype
+    checkpoint: object                       # the source `engine.checkpoint.Checkpoint`
+    fingerprint: str                         # its weights' fingerprint (computed by the load)
+
+    @property
+    def local_dir(self) -> Path:
+        return self.checkpoint.local_dir
+
+    @property
+    def source_dtype(self) -> torch.dtype:
+        """The dtype the export writes (`Checkpoint.export_dtype`, the rule both drivers share)."""
+        return self.checkpoint.export_dtype
 
 
 def teacher_kind(*, teacher: str, cached: bool, steps: int) -> str:

@@ -56,6 +56,10 @@ def test_slim_both_ways_writes_the_same_plain_checkpoint(tmp_path, capsys, famil
     assert all(torch.equal(sa[k], sb[k]) for k in sa if exact or ".layers.0." in k)
     config = json.loads((tmp_path / "on" / "checkpoint" / "config.json").read_text())
     assert "quantization_config" not in config and config["dtype"] == "bfloat16"
+    for out in ("on", "off"):                                      # the report says the input was quantized
+        report = json.loads((tmp_path / out / "slim_report.json").read_text())
+        assert report["input_quantization"]["bits"] in (4, 8)
+        assert "written unquantized (bfloat16)" in report["notes"][0]
     assert a.model.layers[0].mlp.experts.gate_up_proj.shape[0] == 6
     with torch.no_grad():
         assert torch.isfinite(a(tiny_inputs()).logits).all()
