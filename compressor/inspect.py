@@ -33,13 +33,24 @@ class ParamCount:
         return asdict(self)
 
 
+def _storage_key(t: torch.Tensor) -> tuple:
+    """What identifies a tensor's storage. A tensor subclass (torchao's quantized weights) reports data_ptr() 0 for
+    every weight, so it is identified by the storages of the tensors it is made of (`__tensor_flatten__`)."""
+    data = t.data if isinstance(t, nn.Parameter) else t
+    if type(data) is not torch.Tensor and hasattr(data, "__tensor_flatten__"):
+        names, _ = data.__tensor_flatten__()
+        return tuple(_storage_key(getattr(data, n)) for n in names)
+    if not t.numel() or t.device.type == "meta":           # meta / empty tensors have no storage to share
+        return ("meta", id(t))
+    return (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+
+
 def stored_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """State-dict tensors with tied / shared storage kept once (first name wins). Meta tensors have no storage:
     there a tensor shared by two names (tied embeddings) is the same Parameter object, so identity decides."""
     seen, out = set(), {}
     for name, t in model.state_dict(keep_vars=True).items():
-        real = t.numel() and t.device.type != "meta"          # meta / empty tensors have no storage to share
-        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride()) if real else ("meta", id(t))
+        key = _storage_key(t)
         if key in seen:
             continue
         seen.add(key)
