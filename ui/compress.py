@@ -57,80 +57,117 @@ class CompressTab:
 
 
 def build() -> CompressTab:
-    d = DEFAULTS
+    """The tab's components: the recipe's controls on the left, the estimate, Enqueue, the recipe as YAML and its
+    loader on the right."""
     gr.Markdown("### Slim the model\nMove a slider: the estimate on the right updates at once. Enqueue runs the recipe "
                 "as a job; follow it in Runs.")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=380):
-            with gr.Group():
-                gr.Markdown("**Experts** · SlimMoE neuron slimming and expert pruning", padding=True)
-                keep_ratio = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="expert keep ratio (share of neurons "
-                                       "kept in every expert)", elem_id="keep-ratio")
-                neuron_score = gr.Radio(list(methods.NEURON_SCORES), value=d.slimming.neuron_score,
-                                        label="neuron score")
-                experts_keep = gr.Slider(1, 8, value=8, step=1, label="experts kept per layer (all = no pruning)")
-                expert_score = gr.Dropdown(list(methods.EXPERT_SCORES),
-                                           value=d.slimming.expert_score,
-                                           label="expert score (which experts to keep)")
-            with gr.Group():
-                gr.Markdown("**Layers and sparsity**", padding=True)
-                layers_drop = gr.Slider(0, 3, value=0, step=1, label="layers dropped (lowest block influence)")
-                sparsity = gr.Slider(0.0, 0.9, value=0.0, step=0.05, label="unstructured sparsity (Wanda)")
-                allocation = gr.Radio(list(methods.SPARSITY_ALLOCATIONS), value=d.slimming.sparsity_allocation,
-                                      label="sparsity allocation over layers")
-            with gr.Group():
-                gr.Markdown("**Schedule and distillation**", padding=True)
-                stages = gr.Slider(1, 6, value=d.stages, step=1, label="stages (1 = one-shot)")
-                steps = gr.Slider(0, 2000, value=d.distill.steps, step=10, label="distillation steps (all stages)")
-                final_share = gr.Slider(0.1, 1.0, value=d.distill.final_stage_share, step=0.05,
-                                        label="last stage's share of the steps (the earlier stages split the rest)")
-                temperature = gr.Slider(0.5, 8.0, value=d.distill.temperature, step=0.5, label="temperature")
-                with gr.Row():
-                    loss = gr.Dropdown(list(methods.DISTILL_LOSSES), value=d.distill.loss, label="loss")
-                    lr = gr.Number(d.distill.lr, label="learning rate", minimum=1e-7, maximum=1.0)
-                ce_weight = gr.Slider(0.0, 2.0, value=d.distill.ce_weight, step=0.1,
-                                      label="next-token cross-entropy weight")
-            with gr.Accordion("Calibration, evaluation, seed", open=False):
-                with gr.Row():
-                    calib_tokens = gr.Number(d.calibration.tokens, label="calibration tokens", precision=0)
-                    calib_seq = gr.Number(d.calibration.seq_len, label="calibration seq_len", precision=0)
-                with gr.Row():
-                    eval_tokens = gr.Number(d.evaluate.tokens, label="evaluation tokens", precision=0)
-                    perplexity = gr.Checkbox(d.evaluate.perplexity, label="perplexity")
-                    speed = gr.Checkbox(d.evaluate.speed, label="speed")
-                seed = gr.Number(d.seed, label="seed", precision=0)
-            with gr.Group():
-                gr.Markdown("**Tasks and export**", padding=True)
-                lm_eval_tasks = gr.Dropdown(list(LOCAL_TASKS), value=[], multiselect=True, allow_custom_value=True,
-                                            label="lm-eval tasks (shipped offline ones, or any lm-eval name)",
-                                            elem_id="lm-eval-tasks")
-                quantize = gr.Dropdown(list(recipe_form.QUANTIZE_PRESETS), value="none", elem_id="quantize",
-                                       label="quantize the checkpoint (weight-only, last stage; GPTQ on the "
-                                             "calibration tokens; compressed-tensors, the format vLLM serves)")
+            controls = {**_expert_controls(), **_layer_controls(), **_schedule_controls(),
+                        **_calibration_controls(), **_export_controls()}
         with gr.Column(scale=2, min_width=340):
-            estimate = gr.HTML(box("Open a model to see the estimate.", "info"), elem_id="estimate")
-            name = gr.Textbox(label="run name (optional)", placeholder="e.g. half-width, 3 stages")
-            enqueue_btn = gr.Button("Enqueue", variant="primary", size="lg")
-            cost = gr.HTML("", elem_id="cost")
-            lineage = gr.HTML("", elem_id="lineage")
-            status = gr.HTML("", elem_classes="status-box")
-            yaml = gr.Code("", language="yaml", label="recipe (YAML: copy it, or save it for the CLI)",
-                           interactive=False, buttons=["copy", "download"], max_lines=30, elem_id="compress-yaml")
-            with gr.Accordion("Load a recipe (paste or upload YAML)", open=False, elem_id="load-recipe"):
-                recipe_text = gr.Code("", language="yaml", label="recipe YAML", interactive=True, lines=6,
-                                      max_lines=20, elem_id="recipe-paste")
-                recipe_file = gr.File(label="or a .yaml file", file_types=[".yaml", ".yml"], height=90,
-                                      elem_id="recipe-upload")
-                load_btn = gr.Button("Load into the form", elem_id="recipe-load")
-    tab = CompressTab(keep_ratio, neuron_score, experts_keep, expert_score, layers_drop, sparsity, allocation,
-                      stages, steps, final_share, temperature, loss, lr, ce_weight, calib_tokens, calib_seq,
-                      eval_tokens, perplexity, speed, seed, lm_eval_tasks, quantize, name, estimate, yaml, status,
-                      enqueue_btn, cost, recipe_text, recipe_file, load_btn, gr.State(None), lineage)
-    tab.controls = [keep_ratio, neuron_score, experts_keep, expert_score, layers_drop, sparsity, allocation, stages,
-                    steps, final_share, temperature, loss, lr, ce_weight, calib_tokens, calib_seq, eval_tokens,
-                    perplexity, speed, seed, lm_eval_tasks, quantize]
+            outputs = _output_column()
+    tab = CompressTab(**controls, **outputs, parent=gr.State(None))
+    tab.controls = list(controls.values())          # in the order `form` takes them
     tab.pending = gr.State(None)
     return tab
+
+
+def _expert_controls() -> dict:
+    """SlimMoE neuron slimming (keep ratio, neuron score) and expert pruning (experts kept, expert score)."""
+    d = DEFAULTS
+    with gr.Group():
+        gr.Markdown("**Experts** · SlimMoE neuron slimming and expert pruning", padding=True)
+        keep_ratio = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="expert keep ratio (share of neurons "
+                               "kept in every expert)", elem_id="keep-ratio")
+        neuron_score = gr.Radio(list(methods.NEURON_SCORES), value=d.slimming.neuron_score,
+                                label="neuron score")
+        experts_keep = gr.Slider(1, 8, value=8, step=1, label="experts kept per layer (all = no pruning)")
+        expert_score = gr.Dropdown(list(methods.EXPERT_SCORES),
+                                   value=d.slimming.expert_score,
+                                   label="expert score (which experts to keep)")
+    return dict(keep_ratio=keep_ratio, neuron_score=neuron_score, experts_keep=experts_keep,
+                expert_score=expert_score)
+
+
+def _layer_controls() -> dict:
+    """Layers dropped, unstructured sparsity and its allocation over layers."""
+    d = DEFAULTS
+    with gr.Group():
+        gr.Markdown("**Layers and sparsity**", padding=True)
+        layers_drop = gr.Slider(0, 3, value=0, step=1, label="layers dropped (lowest block influence)")
+        sparsity = gr.Slider(0.0, 0.9, value=0.0, step=0.05, label="unstructured sparsity (Wanda)")
+        allocation = gr.Radio(list(methods.SPARSITY_ALLOCATIONS), value=d.slimming.sparsity_allocation,
+                              label="sparsity allocation over layers")
+    return dict(layers_drop=layers_drop, sparsity=sparsity, allocation=allocation)
+
+
+def _schedule_controls() -> dict:
+    """Stages, and the distillation: steps, last stage's share, temperature, loss, learning rate, CE weight."""
+    d = DEFAULTS
+    with gr.Group():
+        gr.Markdown("**Schedule and distillation**", padding=True)
+        stages = gr.Slider(1, 6, value=d.stages, step=1, label="stages (1 = one-shot)")
+        steps = gr.Slider(0, 2000, value=d.distill.steps, step=10, label="distillation steps (all stages)")
+        final_share = gr.Slider(0.1, 1.0, value=d.distill.final_stage_share, step=0.05,
+                                label="last stage's share of the steps (the earlier stages split the rest)")
+        temperature = gr.Slider(0.5, 8.0, value=d.distill.temperature, step=0.5, label="temperature")
+        with gr.Row():
+            loss = gr.Dropdown(list(methods.DISTILL_LOSSES), value=d.distill.loss, label="loss")
+            lr = gr.Number(d.distill.lr, label="learning rate", minimum=1e-7, maximum=1.0)
+        ce_weight = gr.Slider(0.0, 2.0, value=d.distill.ce_weight, step=0.1,
+                              label="next-token cross-entropy weight")
+    return dict(stages=stages, steps=steps, final_share=final_share, temperature=temperature, loss=loss, lr=lr,
+                ce_weight=ce_weight)
+
+
+def _calibration_controls() -> dict:
+    """Calibration tokens and length, evaluation tokens and measures, the seed (in a closed accordion)."""
+    d = DEFAULTS
+    with gr.Accordion("Calibration, evaluation, seed", open=False):
+        with gr.Row():
+            calib_tokens = gr.Number(d.calibration.tokens, label="calibration tokens", precision=0)
+            calib_seq = gr.Number(d.calibration.seq_len, label="calibration seq_len", precision=0)
+        with gr.Row():
+            eval_tokens = gr.Number(d.evaluate.tokens, label="evaluation tokens", precision=0)
+            perplexity = gr.Checkbox(d.evaluate.perplexity, label="perplexity")
+            speed = gr.Checkbox(d.evaluate.speed, label="speed")
+        seed = gr.Number(d.seed, label="seed", precision=0)
+    return dict(calib_tokens=calib_tokens, calib_seq=calib_seq, eval_tokens=eval_tokens, perplexity=perplexity,
+                speed=speed, seed=seed)
+
+
+def _export_controls() -> dict:
+    """lm-eval tasks and the quantization preset of the exported checkpoint."""
+    with gr.Group():
+        gr.Markdown("**Tasks and export**", padding=True)
+        lm_eval_tasks = gr.Dropdown(list(LOCAL_TASKS), value=[], multiselect=True, allow_custom_value=True,
+                                    label="lm-eval tasks (shipped offline ones, or any lm-eval name)",
+                                    elem_id="lm-eval-tasks")
+        quantize = gr.Dropdown(list(recipe_form.QUANTIZE_PRESETS), value="none", elem_id="quantize",
+                               label="quantize the checkpoint (weight-only, last stage; GPTQ on the "
+                                     "calibration tokens; compressed-tensors, the format vLLM serves)")
+    return dict(lm_eval_tasks=lm_eval_tasks, quantize=quantize)
+
+
+def _output_column() -> dict:
+    """The estimate, run name, Enqueue, its cost, lineage and status, the recipe YAML and the recipe loader."""
+    estimate = gr.HTML(box("Open a model to see the estimate.", "info"), elem_id="estimate")
+    name = gr.Textbox(label="run name (optional)", placeholder="e.g. half-width, 3 stages")
+    enqueue_btn = gr.Button("Enqueue", variant="primary", size="lg")
+    cost = gr.HTML("", elem_id="cost")
+    lineage = gr.HTML("", elem_id="lineage")
+    status = gr.HTML("", elem_classes="status-box")
+    yaml = gr.Code("", language="yaml", label="recipe (YAML: copy it, or save it for the CLI)",
+                   interactive=False, buttons=["copy", "download"], max_lines=30, elem_id="compress-yaml")
+    with gr.Accordion("Load a recipe (paste or upload YAML)", open=False, elem_id="load-recipe"):
+        recipe_text = gr.Code("", language="yaml", label="recipe YAML", interactive=True, lines=6,
+                              max_lines=20, elem_id="recipe-paste")
+        recipe_file = gr.File(label="or a .yaml file", file_types=[".yaml", ".yml"], height=90,
+                              elem_id="recipe-upload")
+        load_btn = gr.Button("Load into the form", elem_id="recipe-load")
+    return dict(estimate=estimate, name=name, enqueue_btn=enqueue_btn, cost=cost, lineage=lineage, status=status,
+                yaml=yaml, recipe_text=recipe_text, recipe_file=recipe_file, load_btn=load_btn)
 
 
 def form(model: dict, keep_ratio, neuron_score, experts_keep, expert_score, layers_drop, sparsity, allocation,

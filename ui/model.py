@@ -15,7 +15,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ui import services
+from ui import services, uploads
 from ui.common import box, card, fmt_bytes, fmt_count, guard
 
 KINDS = {"Demo model (built in)": "demo", "Pretrained demo (SmolLM2 as MoE, fetched on first use)": "demo-smollm",
@@ -100,7 +100,7 @@ def _source_text(kind: str, path: str, hub: str, files, staged: dict) -> str:
 
 
 def _staged_upload(files, staged: dict) -> str:
-    """Stage the uploaded files (services.stage_upload), then delete Gradio's temporary copies; a second Open of
+    """Stage the uploaded files (uploads.stage_upload), then delete Gradio's temporary copies; a second Open of
     the same upload in this session reuses what was staged."""
     paths = [f if isinstance(f, str) else getattr(f, "name", None) or f.get("path") for f in files or []]
     paths = [p for p in paths if p]
@@ -114,7 +114,7 @@ def _staged_upload(files, staged: dict) -> str:
         raise ValueError("the uploaded files are no longer on the server (an upload is staged once, then deleted); "
                          "upload them again")
     try:
-        staged[key] = services.stage_upload(paths)
+        staged[key] = uploads.stage_upload(paths)
     finally:
         _delete_gradio_uploads(paths)
     return staged[key]

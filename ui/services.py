@@ -1,5 +1,5 @@
-"""The thin calls the UI makes: open models, stage uploads, estimate, build recipes, enqueue / cancel / re-run /
-delete runs, read runs, find or start importance analyses, compare two models, build downloads.
+"""The thin calls the UI makes: open models, estimate, build recipes, enqueue / cancel / re-run / delete runs, read
+runs, find or start importance analyses, compare two models, build downloads.
 
 No torch math and no weights here: models are described from their headers in a child process, analysed and
 compared by jobs on the workers (`workers.analysis`, `workers.compare_job`); runs live in `storage` and run in
@@ -12,44 +12,24 @@ torch is.
 
 Models come only from the model roots (`allowed_model_roots`: `--model-root` / MOE_STUDIO_MODEL_ROOTS, default the
 data folder and the working directory, plus the cache's uploads and extractions), hub ids from the hub box only
-(`allowed_source`). Uploads are staged into the studio cache under its quota (compressor.studio_cache).
+(`allowed_source`). Uploads are staged into the studio cache under its quota by `ui.uploads`.
 """
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
 import re
-import shutil
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from compressor.archive import archive_kind
 from compressor.estimate import Estimate, ModelShape, SlimSettings, estimate, quantized_checkpoint_bytes
 from compressor.recipe import Recipe
-from compressor.studio_cache import parse_size, reserve, staged_entries, studio_cache_dir, touch
 from compressor.studio_cache import discard_staged   # open_model removes a refused upload's files
 from storage import artifacts, catalog, repo
 from storage.models import RunStatus
 
 ORIGINAL = "original"
-log = logging.getLogger("ui.services")
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_FOLDER_FILES = re.compile(r"^(config\.json|generation_config\.json|.*\.safetensors|model\.safetensors\.index\.json|"
-                           r"tokenizer(_config)?\.json|special_tokens_map\.json|tokenizer\.model|vocab\.(json|txt)|"
-                           r"merges\.txt|added_tokens\.json|chat_template\.(jinja|json)|README\.md)$")
-_PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-
-
-class UploadError(ValueError):
-    """An upload the studio will not use; the message says what to upload instead."""
-
-
-def max_upload_bytes() -> int:
-    """`MOE_STUDIO_MAX_UPLOAD` (e.g. "20gb", "500mb", or bytes), default 20 GB."""
-    return parse_size(os.environ.get("MOE_STUDIO_MAX_UPLOAD") or "20gb", name="MOE_STUDIO_MAX_UPLOAD")
 
 
 # -- where models may come from: workers.roots (the worker applies the same rule again before it loads) ------------
@@ -128,88 +108,6 @@ def open_model(text: str, *, discard_on_failure: bool = False) -> OpenedModel:
         model_id = catalog.upsert_model(source=source, fingerprint=fingerprint, summary=summary)
     label = src.location if src.kind == "demo" else (Path(source).name if src.kind != "hub" else source)
     return OpenedModel(source=source, label=label, summary=summary, fingerprint=fingerprint, model_id=model_id)
-
-
-def stage_upload(paths: list[str]) -> str:
-    """Copy uploaded files into the studio cache (named by content hash, never by the uploaded name) and return a
-    model source: one archive (.zip/.tar.gz/.tgz/.tar), or the files of one model folder (config.json +
-    *.safetensors + tokenizer files)."""
-    files = [Path(p) for p in paths or [] if p]
-    if not files:
-        raise UploadError("nothing was uploaded; choose a .zip / .tar.gz of a model folder, or the folder's files")
-    total, cap = sum(f.stat().st_size for f in files), max_upload_bytes()
-    if total > cap:
-        raise UploadError(f"the upload is {total / 2**30:.2f} GB, above the {cap / 2**30:.2f} GB limit "
-                          "(MOE_STUDIO_MAX_UPLOAD); pass a local folder path instead")
-    pickles = [f.name for f in files if f.name.lower().endswith(_PICKLES)]
-    if pickles:
-        raise UploadError(f"{', '.join(pickles[:3])}: pickle checkpoints can run code when loaded, so uploads of them "
-                          "are refused. Convert the weights to safetensors (model.save_pretrained(dir)) and upload "
-                          "the folder's files or a zip of it.")
-    uploads = studio_cache_dir() / "uploads"
-    uploads.mkdir(parents=True, exist_ok=True)
-    if len(files) == 1 and archive_kind(files[0]) is not None:
-        kind = files[0].name.lower()
-        suffix = next(s for s in (".tar.gz", ".tgz", ".tar", ".zip") if kind.endswith(s))
-        target = uploads / f"{_sha256(files[0])}{suffix}"
-        if target.exists():
-            touch(target)
-        else:
-            with reserve(keep=_entries_in_use()) as room:
-                room.make_room(total)
-                partial = uploads / f".{target.name}.{os.getpid()}-{threading.get_ident()}.part"
-                shutil.copyfile(files[0], partial)
-                os.replace(partial, target)
-        return str(target)
-    if any(archive_kind(f) for f in files):
-        raise UploadError("upload one archive on its own, or the loose files of one model folder, not both")
-    names = [f.name for f in files]
-    bad = [n for n in names if not _SAFE_NAME.match(n) or not _FOLDER_FILES.match(n)]
-    if bad:
-        raise UploadError(f"unexpected file(s) {', '.join(sorted(bad)[:4])}: upload a .zip / .tar.gz of the model "
-                          "folder, or only its config.json, *.safetensors and tokenizer files")
-    if "config.json" not in names:
-        what = "a single safetensors file is not a model by itself" if len(files) == 1 else "config.json is missing"
-        raise UploadError(f"{what}: upload config.json together with the *.safetensors and tokenizer files (select "
-                          "them all at once), or a zip of the whole folder")
-    digest = hashlib.sha256()
-    for f in sorted(files, key=lambda f: f.name):
-        digest.update(f.name.encode() + b"\0" + _sha256(f).encode())
-    folder = uploads / digest.hexdigest()
-    if folder.is_dir():
-        touch(folder)
-    else:
-        with reserve(keep=_entries_in_use()) as room:
-            room.make_room(total)
-            tmp = uploads / f".{folder.name}.{os.getpid()}-{threading.get_ident()}.part"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            for f in files:
-                shutil.copyfile(f, tmp / f.name)
-            try:
-                os.replace(tmp, folder)
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
-                if not folder.is_dir():   # another session staged the same files meanwhile: theirs is ours
-                    raise
-    return str(folder)
-
-
-def _entries_in_use() -> list[Path]:
-    """Cache entries that queued and running runs read: never evicted to make room (none known when the database
-    cannot be read: staging an upload does not wait for it)."""
-    from sqlalchemy.exc import SQLAlchemyError
-    try:
-        runs = [r for st in (RunStatus.queued.value, RunStatus.running.value) for r in repo.list_runs(status=st)]
-    except SQLAlchemyError:
-        log.warning("cannot read the active runs; cache eviction may remove an upload that a queued run needs")
-        return []
-    return [e for r in runs for e in staged_entries(str((r.recipe or {}).get("model", "")))]
-
-
-def _sha256(path: Path) -> str:
-    from storage.artifacts import file_sha256
-    return file_sha256(path)
 
 
 # -- compress -------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from compressor.recipe import Recipe, RecipeError
 from compressor.sources import SourceError, load_model
 from tests.hostile import cve_2025_4517_tar, zeros_zip
-from ui import model, services
+from ui import model, services, uploads
 from ui.common import error_text, guard, run_id_of
 
 
@@ -34,15 +34,15 @@ def _write(path, data=b"x"):
 
 def test_archive_is_copied_under_its_hash(tmp_path, cache):
     a = _write(tmp_path / "My Model (1).tar.gz", b"abc")
-    staged = services.stage_upload([str(a)])
+    staged = uploads.stage_upload([str(a)])
     assert staged.startswith(str(cache / "uploads")) and staged.endswith(".tar.gz")
     assert "My Model" not in staged                          # never a path made from the uploaded name
-    assert services.stage_upload([str(a)]) == staged         # same content, same place
+    assert uploads.stage_upload([str(a)]) == staged         # same content, same place
 
 
 def test_folder_files_become_one_folder(tmp_path, cache):
     files = [_write(tmp_path / n, n.encode()) for n in ("config.json", "model.safetensors", "tokenizer.json")]
-    staged = services.stage_upload([str(f) for f in files])
+    staged = uploads.stage_upload([str(f) for f in files])
     assert sorted(p.name for p in (cache / "uploads").glob("*/*")) == ["config.json", "model.safetensors",
                                                                        "tokenizer.json"]
     assert staged == str(next((cache / "uploads").glob("*/config.json")).parent)
@@ -57,17 +57,17 @@ def test_folder_files_become_one_folder(tmp_path, cache):
     ([], "nothing was uploaded"),
 ])
 def test_refused_uploads_say_what_to_do(tmp_path, names, words):
-    with pytest.raises(services.UploadError, match=words):
-        services.stage_upload([str(_write(tmp_path / n)) for n in names])
+    with pytest.raises(uploads.UploadError, match=words):
+        uploads.stage_upload([str(_write(tmp_path / n)) for n in names])
 
 
 def test_upload_cap(tmp_path, monkeypatch):
     monkeypatch.setenv("MOE_STUDIO_MAX_UPLOAD", "1kb")
-    with pytest.raises(services.UploadError, match="above the 0.00 GB limit"):
-        services.stage_upload([str(_write(tmp_path / "m.zip", b"0" * 2048))])
+    with pytest.raises(uploads.UploadError, match="above the 0.00 GB limit"):
+        uploads.stage_upload([str(_write(tmp_path / "m.zip", b"0" * 2048))])
     monkeypatch.setenv("MOE_STUDIO_MAX_UPLOAD", "lots")
     with pytest.raises(ValueError, match="MOE_STUDIO_MAX_UPLOAD"):
-        services.max_upload_bytes()
+        uploads.max_upload_bytes()
 
 
 def test_run_ids_are_numbers_only():
@@ -102,7 +102,7 @@ def test_tar_symlink_chain_uploaded_is_refused_and_writes_nothing_outside(tmp_pa
     outside.mkdir()
     extraction = cache / "archives" / ".0123456789abcdef-tmpname" / "x"     # where extract_cached unpacks
     attack = cve_2025_4517_tar(tmp_path / "model.tar", outside=outside, dest=extraction)
-    staged = services.stage_upload([str(attack)])
+    staged = uploads.stage_upload([str(attack)])
     with pytest.raises(SourceError, match=r"is a symbolic link; refusing the archive.*tar -h"):
         load_model(staged)
     assert list(outside.iterdir()) == []
@@ -146,7 +146,7 @@ def test_hub_box_and_recipes_refuse_paths_outside_the_roots(tmp_path, monkeypatc
         services.recipe_from(str(tmp_path), {})
     with pytest.raises(SourceError, match="outside the folders"):
         services.enqueue(Recipe.parse({"model": "/etc"}))
-    staged = services.stage_upload([str(zeros_zip(tmp_path / "m.zip", mib=0))])
+    staged = uploads.stage_upload([str(zeros_zip(tmp_path / "m.zip", mib=0))])
     assert services.recipe_from(staged, {}).model == staged                  # uploads are staged inside a root
     # a hub id naming a path relative to a working directory that is not a root: refused, not opened as a folder
     monkeypatch.setenv("MOE_STUDIO_MODEL_ROOTS", str(tmp_path / "home"))
@@ -158,11 +158,11 @@ def test_hub_box_and_recipes_refuse_paths_outside_the_roots(tmp_path, monkeypatc
 def test_upload_cache_keeps_its_quota(tmp_path, cache, monkeypatch):
     """Item 4: the least recently used upload makes room; one larger than the quota is refused."""
     monkeypatch.setenv("MOE_STUDIO_CACHE_QUOTA", "12kb")
-    first = services.stage_upload([str(_write(tmp_path / "a.zip", os.urandom(8 * 1024)))])
-    second = services.stage_upload([str(_write(tmp_path / "b.zip", os.urandom(8 * 1024)))])
+    first = uploads.stage_upload([str(_write(tmp_path / "a.zip", os.urandom(8 * 1024)))])
+    second = uploads.stage_upload([str(_write(tmp_path / "b.zip", os.urandom(8 * 1024)))])
     assert not Path(first).exists() and Path(second).exists()
     with pytest.raises(ValueError, match="more than its whole quota of 12.0 KiB; raise MOE_STUDIO_CACHE_QUOTA"):
-        services.stage_upload([str(_write(tmp_path / "c.zip", os.urandom(13 * 1024)))])
+        uploads.stage_upload([str(_write(tmp_path / "c.zip", os.urandom(13 * 1024)))])
     assert Path(second).exists() and sorted(p.name for p in (cache / "uploads").iterdir()) == [Path(second).name]
 
 
@@ -183,13 +183,13 @@ def test_gradio_uploads_are_deleted_once_staged(tmp_path, cache, monkeypatch):
     model._staged_upload([str(mine)], {})
     assert mine.exists()                                                       # not Gradio's: left alone
     bad = _write(gradio_tmp / "pytorch_model.bin", b"x")
-    with pytest.raises(services.UploadError, match="pickle"):
+    with pytest.raises(uploads.UploadError, match="pickle"):
         model._staged_upload([str(bad)], {})
     assert not bad.exists()                                                    # refused uploads are deleted too
 
 
 def test_zip_bomb_upload_is_refused_by_its_ratio(tmp_path, cache):
-    staged = services.stage_upload([str(zeros_zip(tmp_path / "bomb.zip", mib=16))])
+    staged = uploads.stage_upload([str(zeros_zip(tmp_path / "bomb.zip", mib=16))])
     assert os.path.getsize(staged) < 64 * 1024
     with pytest.raises(SourceError, match=r"expands \d+x .*above the cap of 200x"):
         load_model(staged)
@@ -242,7 +242,7 @@ def test_a_hostile_config_upload_is_refused_in_the_child_and_its_files_deleted(t
         for f in src.iterdir():
             zf.write(f, f"m/{f.name}")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    staged = services.stage_upload([str(archive)])
+    staged = uploads.stage_upload([str(archive)])
     with pytest.raises(CheckpointError, match=message):
         services.open_model(staged, discard_on_failure=True)
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 < 100e6
@@ -297,7 +297,7 @@ def test_an_archive_is_extracted_before_the_one_at_a_time_isolated_open(tmp_path
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("m/config.json", "{}")
         zf.writestr("m/model.safetensors", b"x" * 4096)
-    staged = services.stage_upload([str(archive)])
+    staged = uploads.stage_upload([str(archive)])
     seen = []
 
     def spy(fn, source, **_k):
@@ -338,14 +338,14 @@ def test_concurrent_uploads_keep_a_queued_runs_upload_and_the_quota(tmp_path, ca
             zf.writestr("m/model.safetensors", os.urandom(12 * 1024))
         return path
 
-    queued = Path(services.stage_upload([str(archive(0))]))
+    queued = Path(uploads.stage_upload([str(archive(0))]))
     studio_cache.pin("run-1", str(queued))                    # what Enqueue does
     past = os.path.getmtime(queued) - 1000
     os.utime(queued, (past, past))                            # the oldest entry: the first an eviction would take
 
     def stage(i: int):
         try:
-            return services.stage_upload([str(archive(i))])
+            return uploads.stage_upload([str(archive(i))])
         except CacheFullError:
             return None
 
