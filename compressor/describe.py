@@ -13,7 +13,8 @@ Then the summary is `inspect_model` of that meta model, and the fingerprint `qui
 A quantized checkpoint (FP8, MXFP4, compressed-tensors; `compressor.formats`) is checked through its logical
 (dequantized) tensors, and the summary says how it is stored: `quantization` {method, format, bits, block, ...}
 (None for plain weights), `checkpoint_bytes` (on disk) and `dequantized_bytes` (its weights in the compute dtype,
-what a layer-by-layer run holds per layer and an in-memory load in all).
+what a layer-by-layer run holds per layer and an in-memory load in all). Next-n prediction layers stored beyond
+`num_hidden_layers` (DeepSeek-V3's `model.layers.61`) are set aside and reported in `next_n_layers`.
 
     info = describe_checkpoint(Path("my-model"))      # {"family", "num_layers", "params_total", ...}
 """
@@ -141,8 +142,22 @@ def describe_checkpoint(folder: Path | str, *, dtype: torch.dtype | None = None)
     summary["checkpoint_bytes"] = sum((folder / f).stat().st_size for f in index.files())
     summary["quantization"] = index.quantization.to_dict() if index.quantization is not None else None
     summary["dequantized_bytes"] = index.bytes_of(index.tensors)
+    summary["next_n_layers"] = next_n_note(raw, index)
     summary["fingerprint"] = quick_fingerprint(folder, index)
     return summary
+
+
+def next_n_note(config: dict, index: ShardIndex) -> dict | None:
+    """{"layers", "bytes", "note"} for the multi-token-prediction layers the index set aside (DeepSeek-V3's
+    `model.layers.61.*` beside num_hidden_layers = 61), else None."""
+    layers = index.skipped_layers()
+    if not layers:
+        return None
+    names = ", ".join(f"model.layers.{i}" for i in layers)
+    return {"layers": layers, "bytes": sum(t.nbytes for t in index.skipped.values()),
+            "note": f"{names}: multi-token-prediction weights (config.json's num_nextn_predict_layers), not part of "
+                    "the causal LM transformers builds; they are not read, scored, slimmed or written, so the "
+                    "output has no next-n prediction layer (speculative decoding with it is not available)."}
 
 
 def verify_first_moe_layer(skeleton, layer: int) -> None:

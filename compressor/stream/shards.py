@@ -4,6 +4,11 @@ A folder holds either one `model.safetensors` or shards listed by `model.safeten
 tensor name -> file). When neither the index nor the single file is there, every `*.safetensors` file is read.
 Tensors are read with `safe_open` (memory-mapped), one group at a time.
 
+Multi-token-prediction layers (DeepSeek-V3 / R1, Kimi-K2, GLM-4.5: `num_nextn_predict_layers: 1` beside
+`num_hidden_layers: 61`, and the weights hold `model.layers.61.*`) are not part of the causal LM transformers builds
+(it drops them on load): when config.json declares next-n prediction layers, every stored layer at or above
+`num_hidden_layers` is set aside in `skipped` (name -> TensorInfo) and is neither read, checked nor written.
+
 A quantized checkpoint (config.json's `quantization_config`: block / per-tensor FP8, MXFP4, compressed-tensors;
 `compressor.formats`) is seen through its logical tensors: `tensors` holds what `from_pretrained` would hold after
 dequantizing (names, shapes, the compute dtype), `stored` the headers as written, and `read` dequantizes each
@@ -43,10 +48,11 @@ class ShardIndex:
     """Tensor name -> (shard file, dtype, shape) for one checkpoint folder."""
 
     def __init__(self, folder: Path, tensors: dict[str, TensorInfo], *, stored: dict[str, TensorInfo] | None = None,
-                 quant=None):
+                 quant=None, skipped: dict[str, TensorInfo] | None = None):
         self.folder, self.tensors = Path(folder), tensors
         self.stored = stored if stored is not None else tensors     # the headers as written
         self.quant = quant                                         # compressor.formats.layout.QuantLayout or None
+        self.skipped = skipped or {}                               # next-n prediction layers' tensors, set aside
 
     @classmethod
     def open(cls, folder: Path | str) -> "ShardIndex":
@@ -65,7 +71,10 @@ class ShardIndex:
                                  f"{wanted[missing[0]]!r}, but that file does not hold it"
                                  + (f" (+{len(missing) - 1} more missing)" if len(missing) > 1 else "")
                                  + "; the download is incomplete or the shards are from another model.")
-        return _quantized_view(cls(folder, tensors))
+        config = _read_config(folder)
+        skipped = _prediction_layer_tensors(config, tensors)
+        kept = {k: v for k, v in tensors.items() if k not in skipped}
+        return _quantized_view(cls(folder, kept, skipped=skipped), config)
 
     # -- queries ------------------------------------------------------------------------------------------------
     def __contains__(self, name: str) -> bool:
@@ -104,8 +113,12 @@ class ShardIndex:
         return sum(self.info(n).nbytes for n in names)
 
     def files(self) -> list[str]:
-        """The shard files that hold the checkpoint."""
-        return sorted({t.file for t in self.stored.values()})
+        """The shard files that hold the checkpoint (next-n prediction layers' included)."""
+        return sorted({t.file for t in (*self.stored.values(), *self.skipped.values())})
+
+    def skipped_layers(self) -> list[int]:
+        """Stored next-n prediction layers that are set aside (module docstring), e.g. [61] for DeepSeek-V3."""
+        return sorted({self.layer_of(n) for n in self.skipped})
 
     @property
     def quantization(self):
@@ -160,17 +173,51 @@ class ShardIndex:
         return out
 
 
-def _quantized_view(index: ShardIndex) -> ShardIndex:
+NEXTN_FIELDS = ("num_nextn_predict_layers", "num_mtp_layers")
+
+
+def _read_config(folder: Path) -> dict | None:
+    """config.json as a dict, or None when it is absent or unreadable (a bare folder of shards)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def prediction_layers(config: dict | None) -> tuple[int, int] | None:
+    """(num_hidden_layers, next-n prediction layers) when config.json declares both as positive integers, else None."""
+    if not config:
+        return None
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    cfg = {**config, **text}
+    layers = cfg.get("num_hidden_layers")
+    extra = next((cfg[f] for f in NEXTN_FIELDS if isinstance(cfg.get(f), int) and not isinstance(cfg[f], bool)), 0)
+    ok = isinstance(layers, int) and not isinstance(layers, bool) and layers > 0 and extra > 0
+    return (layers, extra) if ok else None
+
+
+def _prediction_layer_tensors(config: dict | None, tensors: dict[str, TensorInfo]) -> dict[str, TensorInfo]:
+    """The stored tensors of layers at or above num_hidden_layers when config.json declares next-n prediction
+    layers (module docstring); empty otherwise."""
+    declared = prediction_layers(config)
+    if declared is None:
+        return {}
+    out = {}
+    for name, info in tensors.items():
+        m = _LAYER.match(name)
+        if m and int(m.group(1)) >= declared[0]:
+            out[name] = info
+    return out
+
+
+def _quantized_view(index: ShardIndex, config: dict | None) -> ShardIndex:
     """The index of a quantized checkpoint's logical tensors (module docstring), or `index` itself when config.json
     names no quantization (or is absent: a bare folder of shards)."""
     from compressor.formats import QuantFormatError, quantization_of
     from compressor.formats.layout import QuantLayout
 
-    try:
-        config = json.loads((index.folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return index
-    if not isinstance(config, dict):
+    if config is None:
         return index
     try:
         info = quantization_of(config)
@@ -189,7 +236,7 @@ def _quantized_view(index: ShardIndex) -> ShardIndex:
     except (ValueError, KeyError, TypeError) as e:
         raise ShardError(f"{index.folder.name}: the {info.label} weights do not match config.json's "
                          f"quantization_config ({type(e).__name__}: {str(e)[:200]})") from e
-    return ShardIndex(index.folder, layout.logical, stored=index.tensors, quant=layout)
+    return ShardIndex(index.folder, layout.logical, stored=index.tensors, quant=layout, skipped=index.skipped)
 
 
 def _shard_files(folder: Path) -> list[str]:
