@@ -79,22 +79,17 @@ def cached_scores_dir(inputs: ScoringInputs) -> Path | None:
 
 def analyze_source(inputs: ScoringInputs, *, streaming: str = "auto", reporter=None):
     """The ImportanceReport of these inputs: from the cache, or computed in memory or layer by layer."""
-    from compressor.importance import load_or_analyze
-    from compressor.sources import load_model
-    from compressor.stream.analyze import stream_analyze
+    from compressor.engine.checkpoint import Checkpoint
     from compressor.engine.plan import plan_execution
+    from compressor.engine.scores import score_checkpoint
+    from compressor.sources import load_model
 
     import torch
-    local = inputs.found.local_dir
-    plan = plan_execution(local, streaming, tokens=sum(int(b["input_ids"].numel()) for b in inputs.batches),
+    ckpt = Checkpoint(str(inputs.found.source), inputs.found)
+    plan = plan_execution(ckpt.local_dir, streaming, tokens=sum(int(b["input_ids"].numel()) for b in inputs.batches),
                           taylor=inputs.config.taylor, dtype=torch.float32)
-    if plan.streaming:
-        def analyzer(batches, **kw):
-            return stream_analyze(local, batches, **kw)
-        model = inputs.settings_model
-    else:
-        # float32, as the in-memory pipeline scores (it trains in float32): equal settings, equal cache key, so a
-        # run reuses what Explore computed and Explore shows the scores the run cuts by
-        analyzer, model = None, load_model(inputs.found.source, dtype=torch.float32).model
-    return load_or_analyze(model, inputs.batches, config=inputs.config, weights_fp=inputs.weights_fp,
-                           analyzer=analyzer, reporter=reporter)
+    # in memory in float32, as the in-memory pipeline scores (it trains in float32): equal settings, equal cache key,
+    # so a run reuses what Explore computed and Explore shows the scores the run cuts by
+    model = None if plan.streaming else load_model(str(ckpt.local_dir), dtype=torch.float32).model
+    return score_checkpoint(ckpt, inputs.batches, inputs.config, model=model, layered=plan.streaming,
+                            weights_fp=inputs.weights_fp, reporter=reporter)

@@ -50,9 +50,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from compressor.importance import AnalyzeConfig, load_or_analyze
     from compressor.commands.model_args import calibration_from_args, model_safety_kwargs, streaming_plan
-    from compressor.sources import load_model
+    from compressor.engine.checkpoint import Checkpoint
+    from compressor.engine.scores import score_checkpoint
+    from compressor.importance import AnalyzeConfig
 
     if args.threads is not None:
         if args.threads < 1:
@@ -61,11 +62,8 @@ def run(args: argparse.Namespace) -> int:
     cal = CalibrationConfig(tokens=args.tokens, seq_len=args.seq_len, batch_size=args.batch_size)
     config = AnalyzeConfig(taylor=args.taylor)
     found, plan = streaming_plan(args, tokens=cal.tokens, taylor=args.taylor)
-    if plan is None:
-        loaded = load_model(found.source, dtype=args.dtype, device=args.device, **model_safety_kwargs(args))
-        model, tokenizer, weights_fp, analyzer = loaded.model, loaded.tokenizer, loaded.fingerprint, None
-    else:
-        model, tokenizer, weights_fp, analyzer = streamed_analysis(found, args)
+    source = Checkpoint(str(found.source), found)
+    where, tokenizer = _where(args, found, plan, model_safety_kwargs(args))
     batches = calibration_from_args(tokenizer, args, cal)
     with tqdm(total=len(batches), desc="calibrate", unit="batch", file=sys.stderr) as bar:
         def on_progress(event):
@@ -75,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
             if event.tokens_per_s:
                 bar.set_postfix(tok_s=f"{event.tokens_per_s:,.0f}", loss=f"{event.loss or 0:.3f}")
 
-        report = load_or_analyze(model, batches, config=config, weights_fp=weights_fp, cache_dir=args.cache_dir,
-                                 use_cache=args.cache, reporter=Reporter(on_progress), analyzer=analyzer)
+        report = score_checkpoint(source, batches, config, cache_dir=args.cache_dir, use_cache=args.cache,
+                                  reporter=Reporter(on_progress), **where)
     report.meta.update({"model": str(found.source), "calibration": cal.model_dump(),
                         "execution": plan.to_dict() if plan else {"streaming": False},
                         "text": str(args.text) if args.text else "shipped corpus (train split)", "seed": args.seed})
@@ -90,21 +88,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def streamed_analysis(found, args):
-    """(meta-device model for the cache key, tokenizer, weights fingerprint, analyzer) of the layer-by-layer path:
-    the same cache keys as in memory, since both paths give the same scores."""
+def _where(args, found, plan, safety: dict) -> tuple[dict, object]:
+    """(how `score_checkpoint` scores: the loaded model, or layer by layer with its dtype and device; tokenizer)."""
     from compressor.device import resolve_device
-    from compressor.fingerprint import weights_fingerprint
-    from compressor.sources import load_tokenizer, parse_dtype
-    from compressor.stream.analyze import stream_analyze
-    from compressor.stream.skeleton import Skeleton
+    from compressor.sources import load_model, load_tokenizer, parse_dtype
 
-    dtype = parse_dtype(args.dtype) if args.dtype else None
-    device = resolve_device(getattr(args, "device", "cpu"))
-    skeleton = Skeleton.open(found.local_dir, dtype=dtype)
-
-    def analyzer(batches, **kw):
-        return stream_analyze(found.local_dir, batches, dtype=dtype, device=device, **kw)
-
-    tokenizer = load_tokenizer(found.local_dir, trust_remote_code=args.trust_remote_code)
-    return skeleton.model, tokenizer, weights_fingerprint(found.local_dir), analyzer
+    if plan is None:
+        loaded = load_model(found.source, dtype=args.dtype, device=args.device, **safety)
+        return dict(model=loaded.model, weights_fp=loaded.fingerprint), loaded.tokenizer
+    where = dict(layered=True, dtype=parse_dtype(args.dtype) if args.dtype else None,
+                 device=resolve_device(args.device))
+    return where, load_tokenizer(found.local_dir, trust_remote_code=args.trust_remote_code)

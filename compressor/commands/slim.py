@@ -109,11 +109,11 @@ def _analyze_config(cfg: SlimmingConfig):
 
 
 def run(args: argparse.Namespace) -> int:
-    from compressor.importance import load_or_analyze
-    from compressor.slimming.apply import apply_slimming_
-    from compressor.slimming.export import save_checkpoint, verify_reload
-    from compressor.commands.model_args import calibration_from_args, model_safety_kwargs, streaming_plan
-    from compressor.sources import load_model
+    """Score once (cache, in memory or layer by layer, `engine.scores.score_checkpoint`), cut with the driver the
+    residency rule chose, write checkpoint/ and slim_report.json."""
+    from compressor.commands.model_args import model_safety_kwargs, streaming_plan
+    from compressor.engine.checkpoint import Checkpoint
+    from compressor.sources import load_model, load_tokenizer
 
     t0 = time.perf_counter()
     cfg = _slimming_config(args)
@@ -128,34 +128,90 @@ def run(args: argparse.Namespace) -> int:
                          "--streaming off")
     found, plan = streaming_plan(args, tokens=cal.tokens, taylor=bool(analyze_cfg and analyze_cfg.taylor),
                                  blockwise=bool(args.block_distill_steps))
+    source = Checkpoint(str(found.source), found)
+    loaded = None
+    if plan is None:
+        loaded = load_model(found.source, dtype=args.dtype, device=args.device, **model_safety_kwargs(args))
+    tokenizer = (loaded.tokenizer if loaded else
+                 load_tokenizer(found.local_dir, trust_remote_code=args.trust_remote_code))
+    batches, importance, scores_meta = _scores(args, source, loaded, cfg, analyze_cfg, cal, tokenizer)
+    cut = _cut_layered(args, source, importance, cfg, batches) if plan else _cut_in_memory(args, loaded, importance,
+                                                                                          cfg, batches)
+    report = {"model": str(found.source), "slimming": cfg.model_dump(), **cut, "scores": scores_meta}
     if plan is not None:
-        return _run_streamed(args, found, plan, cfg, cal, analyze_cfg, t0)
-    loaded = load_model(found.source, dtype=args.dtype, device=args.device, **model_safety_kwargs(args))
-    model = loaded.model
-    batches, importance, scores_meta = None, None, {}
-    if analyze_cfg is not None or cfg.expert_merge:
-        batches = calibration_from_args(loaded.tokenizer, args, cal)
-    if analyze_cfg is not None:
-        importance = load_or_analyze(model, batches, config=analyze_cfg, weights_fp=loaded.fingerprint,
-                                     cache_dir=args.cache_dir, use_cache=args.cache, reporter=Reporter(_progress_line))
-        scores_meta = {"analyze": analyze_cfg.to_dict(), "cache": importance.meta.get("cache"),
-                       "tokens": importance.meta.get("tokens"), "calibration": cal.model_dump(),
-                       "text": str(args.text) if args.text else "shipped corpus (train split)", "seed": args.seed}
+        report["execution"] = plan.to_dict()
+    return _write_report(out, ckpt, report, t0, source)
+
+
+def _scores(args, source, loaded, cfg: SlimmingConfig, analyze_cfg, cal: CalibrationConfig, tokenizer):
+    """(calibration batches or None, ImportanceReport or None, what the report says about them)."""
+    from compressor.commands.model_args import calibration_from_args
+    from compressor.device import resolve_device
+    from compressor.engine.scores import score_checkpoint
+    from compressor.sources import parse_dtype
+
+    if analyze_cfg is None and not cfg.expert_merge:
+        return None, None, {}
+    batches = calibration_from_args(tokenizer, args, cal)
+    if analyze_cfg is None:
+        return batches, None, {}
+    where = (dict(model=loaded.model, weights_fp=loaded.fingerprint) if loaded else
+             dict(layered=True, dtype=parse_dtype(args.dtype) if args.dtype else None,
+                  device=resolve_device(args.device)))
+    importance = score_checkpoint(source, batches, analyze_cfg, cache_dir=args.cache_dir, use_cache=args.cache,
+                                  reporter=Reporter(_progress_line), **where)
+    meta = {"analyze": analyze_cfg.to_dict(), "cache": importance.meta.get("cache"),
+            "tokens": importance.meta.get("tokens"), "calibration": cal.model_dump(),
+            "text": str(args.text) if args.text else "shipped corpus (train split)", "seed": args.seed}
+    return batches, importance, meta
+
+
+def _cut_in_memory(args, loaded, importance, cfg: SlimmingConfig, batches) -> dict:
+    """Apply the cuts to the loaded model, save it, and (with --verify) compare the reload's logits."""
+    from compressor.slimming.apply import apply_slimming_
+    from compressor.slimming.export import save_checkpoint, verify_reload
+
+    ckpt, model = Path(args.out) / "checkpoint", loaded.model
     result = apply_slimming_(model, importance, cfg, batches=batches)
-    report = {"model": str(loaded.source), "slimming": cfg.model_dump(), **result.to_dict(), "scores": scores_meta}
     nbytes = save_checkpoint(model, loaded.tokenizer, ckpt, extra_card={"source": str(loaded.source),
                                                                         "slimming": cfg.model_dump()},
                              overwrite=args.overwrite)
-    report["checkpoint"] = {"dir": str(ckpt), "bytes": nbytes}
+    info = {"dir": str(ckpt), "bytes": nbytes}
     if args.verify:
         probe = batches[0]["input_ids"][:2] if batches else _probe_ids(model)
-        report["checkpoint"]["reload_max_abs_logit_diff"] = verify_reload(ckpt, model, probe)
-    return _write_report(out, ckpt, report, t0, found)
+        info["reload_max_abs_logit_diff"] = verify_reload(ckpt, model, probe)
+    return {**result.to_dict(), "checkpoint": info}
 
 
-def _write_report(out: Path, ckpt: Path, report: dict, t0: float, found) -> int:
-    from compressor.engine.checkpoint import Checkpoint
-    source = Checkpoint(str(found.source), found)
+def _cut_layered(args, source, importance, cfg: SlimmingConfig, batches) -> dict:
+    """Cut and write one decoder layer at a time (`stream.slim.stream_slim`). The written globals and first / last
+    layer are read back through transformers' conversion (`--verify` cannot compare logits without the whole model
+    in memory)."""
+    import shutil
+
+    from compressor.device import resolve_device
+    from compressor.slimming.export import model_card
+    from compressor.sources import parse_dtype
+    from compressor.stream.blockwise import BlockDistillConfig
+    from compressor.stream.skeleton import Skeleton
+    from compressor.stream.slim import stream_slim
+
+    ckpt = Path(args.out) / "checkpoint"
+    if ckpt.exists() and args.overwrite:
+        shutil.rmtree(ckpt)
+    block = (BlockDistillConfig(steps=args.block_distill_steps, lr=args.block_distill_lr)
+             if args.block_distill_steps else None)
+    result = stream_slim(source.local_dir, importance, cfg, ckpt, batches=batches, block_distill=block,
+                         dtype=parse_dtype(args.dtype) if args.dtype else None, reporter=Reporter(_progress_line),
+                         device=resolve_device(args.device))
+    card = model_card(Skeleton.open(ckpt).model, {"source": str(source.found.source), "slimming": cfg.model_dump()})
+    (ckpt / "README.md").write_text(card)
+    return {**result.to_dict(),
+            "checkpoint": {"dir": str(ckpt), "bytes": sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file()),
+                           "verified": "config.json rebuilds the written globals and first / last layer"}}
+
+
+def _write_report(out: Path, ckpt: Path, report: dict, t0: float, source) -> int:
     q = source.quantization
     report.update(input_quantization=q.to_dict() if q is not None else None, notes=source.input_notes())
     report["total_seconds"] = time.perf_counter() - t0
@@ -165,50 +221,6 @@ def _write_report(out: Path, ckpt: Path, report: dict, t0: float, found) -> int:
               "streamed": bool(report.get("execution", {}).get("streaming"))}
     sys.stdout.write(json.dumps(digest, indent=2) + "\n")
     return 0
-
-
-def _run_streamed(args, found, plan, cfg: SlimmingConfig, cal: CalibrationConfig, analyze_cfg, t0: float) -> int:
-    """The layer-by-layer path: scores (cached under the same keys as in memory), cuts and the written checkpoint,
-    with one decoder layer in memory at a time. The written globals and first / last layer are read back through
-    transformers' conversion (`--verify` cannot compare logits without the whole model in memory)."""
-    import shutil
-
-    from compressor.commands.analyze import streamed_analysis
-    from compressor.device import resolve_device
-    from compressor.commands.model_args import calibration_from_args
-    from compressor.importance import load_or_analyze
-    from compressor.slimming.export import model_card
-    from compressor.sources import parse_dtype
-    from compressor.stream.blockwise import BlockDistillConfig
-    from compressor.stream.skeleton import Skeleton
-    from compressor.stream.slim import stream_slim
-
-    out, ckpt = Path(args.out), Path(args.out) / "checkpoint"
-    batches, importance, scores_meta = None, None, {}
-    skeleton_model, tokenizer, weights_fp, analyzer = streamed_analysis(found, args)
-    if analyze_cfg is not None or cfg.expert_merge:
-        batches = calibration_from_args(tokenizer, args, cal)
-    if analyze_cfg is not None:
-        importance = load_or_analyze(skeleton_model, batches, config=analyze_cfg, weights_fp=weights_fp,
-                                     cache_dir=args.cache_dir, use_cache=args.cache, reporter=Reporter(_progress_line),
-                                     analyzer=analyzer)
-        scores_meta = {"analyze": analyze_cfg.to_dict(), "cache": importance.meta.get("cache"),
-                       "tokens": importance.meta.get("tokens"), "calibration": cal.model_dump(),
-                       "text": str(args.text) if args.text else "shipped corpus (train split)", "seed": args.seed}
-    if ckpt.exists() and args.overwrite:
-        shutil.rmtree(ckpt)
-    block = (BlockDistillConfig(steps=args.block_distill_steps, lr=args.block_distill_lr)
-             if args.block_distill_steps else None)
-    result = stream_slim(found.local_dir, importance, cfg, ckpt, batches=batches, block_distill=block,
-                         dtype=parse_dtype(args.dtype) if args.dtype else None, reporter=Reporter(_progress_line),
-                         device=resolve_device(args.device))
-    card = model_card(Skeleton.open(ckpt).model, {"source": str(found.source), "slimming": cfg.model_dump()})
-    (ckpt / "README.md").write_text(card)
-    report = {"model": str(found.source), "slimming": cfg.model_dump(), **result.to_dict(), "scores": scores_meta,
-              "execution": plan.to_dict(),
-              "checkpoint": {"dir": str(ckpt), "bytes": sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file()),
-                             "verified": "config.json rebuilds the written globals and first / last layer"}}
-    return _write_report(out, ckpt, report, t0, found)
 
 
 def _probe_ids(model):

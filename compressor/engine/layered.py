@@ -24,11 +24,11 @@ from compressor.engine.residency import check_layered
 from compressor.evaluate.report import EvalReport
 from compressor.evaluate.size import SizeStats
 from compressor.families.catalog import check_streamable_family
-from compressor.importance import AnalyzeConfig, load_or_analyze
+from compressor.engine.scores import score_checkpoint
+from compressor.importance import AnalyzeConfig
 from compressor.progress import Reporter
 from compressor.slimming.apply import analysis_needs
 from compressor.sources import load_tokenizer
-from compressor.stream.analyze import stream_analyze
 from compressor.stream.blockwise import BlockDistillConfig
 from compressor.stream.evaluate import stream_quality
 from compressor.stream.skeleton import Skeleton
@@ -95,12 +95,8 @@ def _scores(recipe, ckpt, calib, device, spill, reporter: Reporter):
     want, taylor = analysis_needs(recipe.slimming)
     if not want:
         return None
-
-    def analyzer(batches, **kw):
-        return stream_analyze(ckpt.local_dir, batches, device=device, spill=spill, **kw)
-
-    return load_or_analyze(Skeleton.open(ckpt.local_dir).model, calib, config=AnalyzeConfig(want=want, taylor=taylor),
-                           weights_fp=ckpt.fingerprint, analyzer=analyzer, reporter=reporter)
+    return score_checkpoint(ckpt, calib, AnalyzeConfig(want=want, taylor=taylor), layered=True, device=device,
+                            spill=spill, reporter=reporter)
 
 
 def _size(summary: dict) -> SizeStats:
