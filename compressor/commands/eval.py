@@ -32,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", action="append", default=[], metavar="TASK",
                         help="a local multiple-choice .jsonl file; repeatable")
     parser.add_argument("--lm-eval", metavar="TASK[,TASK]", default="",
-                        help="lm-evaluation-harness tasks: the shipped offline sotu_completion, sotu_cloze, or any "
-                             "lm-eval task name (its data comes from the hub)")
+                        help="lm-evaluation-harness tasks: the shipped offline sotu_completion, sotu_cloze, "
+                             "sotu_presidents, any lm-eval task name (its data comes from the hub), or a preset: "
+                             "offline (the shipped three) or papers (arc_easy, hellaswag, winogrande, mmlu, gsm8k)")
     parser.add_argument("--lm-eval-limit", type=int, default=None, metavar="N", help="examples per lm-eval task")
     parser.add_argument("--num-fewshot", type=int, default=None, metavar="K", help="lm-eval few-shot examples")
     parser.add_argument("--lm-eval-backend", choices=("auto", "hf", "vllm"), default="auto",

@@ -27,11 +27,12 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from compressor.evaluate.local_tasks import LOCAL_TASKS, TASK_DIR
+from compressor.evaluate.local_tasks import LOCAL_TASKS, TASK_DIR, TASK_PRESETS, preset_tasks
 from compressor.recipe import LmEvalConfig
 
 LM_EVAL_HINT = "pip install 'lm-eval[hf]==0.4.13'"
-METRICS = ("acc", "acc_norm", "acc_stderr", "acc_norm_stderr")
+METRICS = ("acc", "acc_norm", "acc_stderr", "acc_norm_stderr", "exact_match", "exact_match_stderr")
+PREFERRED_FILTER = "strict-match"      # gsm8k reports exact_match under strict-match and flexible-extract
 
 
 class LmEvalError(ValueError):
@@ -70,11 +71,29 @@ def registered_tasks() -> frozenset[str]:
         return frozenset(TaskManager().all_tasks)
 
 
+def expand_presets(tasks: list[str]) -> list[str]:
+    """The task list with preset names (`offline`, `papers`: `local_tasks.TASK_PRESETS`) replaced by their tasks, in
+    order, each once; `papers` is refused in seconds when the hub is unreachable (`local_tasks.preset_tasks`).
+
+        expand_presets(["offline", "sotu_cloze"])     # ['sotu_completion', 'sotu_cloze', 'sotu_presidents']
+    """
+    out: list[str] = []
+    for t in tasks:
+        try:
+            names = preset_tasks(t) if t in TASK_PRESETS else [t]
+        except ValueError as exc:
+            raise LmEvalError(str(exc)) from None
+        out += [n for n in names if n not in out]
+    return out
+
+
 def check_lm_eval(cfg: LmEvalConfig) -> None:
     """Raise LmEvalError when `cfg` cannot run here: lm-eval missing, an unknown task name, vllm asked for but
-    unavailable. Hub tasks are only checked by name (their data is fetched when they run)."""
+    unavailable, the `papers` preset without the hub. Hub tasks are only checked by name (their data is fetched
+    when they run)."""
     if not cfg.tasks:
         return
+    cfg = cfg.model_copy(update={"tasks": expand_presets(cfg.tasks)})
     if not lm_eval_available():
         raise LmEvalError(f"evaluate.lm_eval needs the `lm_eval` package: {LM_EVAL_HINT}")
     resolve_backend(cfg.backend)
@@ -99,6 +118,7 @@ def run_lm_eval(model: nn.Module | None, tokenizer, cfg: LmEvalConfig, *, backen
     """Run `cfg.tasks`: {"backend", "tasks": {task: {"acc", "acc_norm", "acc_stderr", "acc_norm_stderr", "n"}},
     "limit", "num_fewshot", "seconds"}. backend "hf" evaluates `model` in memory; "vllm" loads `checkpoint_dir`."""
     check_lm_eval(cfg)
+    cfg = cfg.model_copy(update={"tasks": expand_presets(cfg.tasks)})
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -136,11 +156,17 @@ def _lm(model, tokenizer, cfg: LmEvalConfig, backend: str, checkpoint_dir: Path 
 
 
 def _metrics(results: dict) -> dict:
-    """lm-eval's {"results": {task: {"acc,none": x, ...}}, "n-samples": {...}} -> {task: {"acc": x, ..., "n": n}}."""
+    """lm-eval's {"results": {task: {"acc,none": x, ...}}, "n-samples": {...}} -> {task: {"acc": x, ..., "n": n}}.
+    A metric reported under several filters (gsm8k's exact_match) is taken under `PREFERRED_FILTER`."""
     counts = results.get("n-samples", {})
     out = {}
     for task, row in results.get("results", {}).items():
-        flat = {k.split(",")[0]: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        flat: dict = {}
+        for key, v in row.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                name, _, filt = key.partition(",")
+                if name not in flat or filt.startswith(PREFERRED_FILTER):
+                    flat[name] = v
         out[task] = {k: flat.get(k) for k in METRICS if k in flat}
         n = (counts.get(task) or {}).get("effective", row.get("sample_len"))
         if n is not None:

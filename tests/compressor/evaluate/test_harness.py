@@ -90,3 +90,22 @@ def test_cli_eval_runs_lm_eval_and_refuses_unknown_names(capsys):
     assert "unknown lm-eval task bogus_task_q" in capsys.readouterr().err
     assert main(args + ["--lm-eval", "sotu_cloze", "--lm-eval-backend", "vllm"]) == 1
     assert "backend vllm is not available" in capsys.readouterr().err
+
+
+def test_gsm8k_exact_match_is_read_under_the_strict_filter():
+    results = {"results": {"gsm8k": {"alias": "gsm8k", "exact_match,flexible-extract": 0.41,
+                                     "exact_match_stderr,flexible-extract": 0.02, "exact_match,strict-match": 0.37,
+                                     "exact_match_stderr,strict-match": 0.03},
+                           "arc_easy": {"acc,none": 0.6, "acc_norm,none": 0.55}},
+               "n-samples": {"gsm8k": {"original": 1319, "effective": 100}}}
+    metrics = harness._metrics(results)
+    assert metrics["gsm8k"] == {"exact_match": 0.37, "exact_match_stderr": 0.03, "n": 100}
+    assert metrics["arc_easy"] == {"acc": 0.6, "acc_norm": 0.55}
+
+
+def test_presets_expand_in_the_task_list(monkeypatch):
+    assert harness.expand_presets(["sotu_cloze", "offline"]) == ["sotu_cloze"] + [t for t in LOCAL_TASKS
+                                                                                 if t != "sotu_cloze"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LmEvalError, match="'papers' tasks .*arc_easy.*not reachable here.*offline preset"):
+        check_lm_eval(LmEvalConfig(tasks=["papers"]))
