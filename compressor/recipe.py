@@ -43,6 +43,7 @@ MAX_PATH = 4096                 # characters of a model source or task path (PAT
 # Version 4 made quantize a compressed-tensors stage (default scheme W4A16, method gptq) with per-class schemes and
 # format torchao for the old stage. A quantize block of versions 1 to 3 is upgraded with format torchao, scheme
 # W8A16 and method rtn unless it named them: the torchao W8A16 / FP8 round to nearest it ran.
+# execution.nproc came within version 4, without a bump: its default 1 is how every older recipe ran.
 
 
 class RecipeError(ValueError):
@@ -297,6 +298,8 @@ class ExecutionConfig(_Strict):
                                              "memory-mapped files in the run's folder (compressor.stream.spill); "
                                              "null = $MOE_STUDIO_SPILL_MB, else a quarter of the machine's memory; "
                                              "0 = always")
+    nproc: int = Field(1, ge=1, le=1024, description="processes global distillation shards the student over "
+                                                     "(FSDP2, compressor.distill.sharded); 1 = one process")
 
     @model_validator(mode="after")
     def _known_device(self):

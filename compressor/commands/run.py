@@ -5,6 +5,7 @@ DIR/recipe.yaml and DIR/metrics.json, then prints the headline figures and the w
 
     python -m compressor recipe --example > recipe.yaml
     python -m compressor run recipe.yaml --out runs/first
+    python -m compressor run recipe.yaml --out runs/two --nproc 2     # distillation's student sharded over 2 processes
 """
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     parser.add_argument("--device", default=None,
                         help="overrides the recipe's execution.device: auto, cpu, cuda or cuda:N")
+    parser.add_argument("--nproc", type=int, default=None,
+                        help="overrides the recipe's execution.nproc: processes global distillation shards the "
+                             "student over (FSDP2, gloo on the CPU); the result is the one-process result")
     add_threads_argument(parser)
 
 
@@ -87,9 +91,9 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"recipe file not found: {args.recipe} (make one with "
                                 "`python -m compressor recipe --example > recipe.yaml`)")
     recipe = Recipe.load(args.recipe)
-    if args.device is not None:
-        recipe = Recipe.parse({**recipe.to_dict(), "execution": {**recipe.execution.model_dump(),
-                                                                  "device": args.device}})
+    override = {k: v for k, v in (("device", args.device), ("nproc", args.nproc)) if v is not None}
+    if override:
+        recipe = Recipe.parse({**recipe.to_dict(), "execution": {**recipe.execution.model_dump(), **override}})
     apply_threads(args)
     bars = ProgressBars(enabled=not args.no_progress)
     try:

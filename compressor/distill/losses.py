@@ -13,7 +13,9 @@ gradient keeps the same scale whatever T is (Hinton et al. 2015).
 A teacher may also arrive as `TeacherTopK`: its k most likely tokens' log-probs plus one "rest" bucket holding the
 mass of the other V - k tokens (cached on disk so teacher and student need not be in memory together). The student
 is then folded onto the same k + 1 buckets, which gives a proper distribution over k + 1 outcomes, and the same
-divergences apply; by the data-processing inequality the result is a lower bound of the full-vocabulary value.
+divergences apply; by the data-processing inequality the result is a lower bound of the full-vocabulary value,
+exact when k >= V - 1 (every token its own bucket). The student's probabilities outside the teacher's top k only
+count through their sum, so training pushes the rest bucket's mass, not how it spreads over those tokens.
 
     loss = distill_loss(student_logits=zs, teacher=zt, kind="forward_kl", temperature=2.0)
     loss = loss + 0.5 * next_token_ce(logits=zs, input_ids=ids)
@@ -56,17 +58,25 @@ def log_probs(*, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor
 def fold_topk(*, logp: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """Fold full log-probs [..., V] onto k + 1 buckets: the k tokens in `indices` [..., k], then the rest.
 
-    rest = logsumexp(logp over the tokens not in `indices`), computed exactly (not as log(1 - sum p)). -> [..., k + 1]
+    rest = logsumexp(logp over the tokens not in `indices`), computed exactly (not as log(1 - sum p)); with k = V
+    there is no rest and its bucket is log 0 = -inf (a constant: no gradient flows through an empty logsumexp).
+    -> [..., k + 1]
     """
     top = logp.gather(-1, indices)                                    # [..., k]
+    if indices.shape[-1] >= logp.shape[-1]:
+        return torch.cat([top, torch.full_like(top[..., :1], float("-inf"))], dim=-1)
     rest = logp.scatter(-1, indices, float("-inf")).logsumexp(-1, keepdim=True)   # [..., 1]
     return torch.cat([top, rest], dim=-1)
 
 
 def teacher_topk(*, logits: torch.Tensor, k: int, temperature: float) -> TeacherTopK:
-    """Reduce teacher logits [B, L, V] to `TeacherTopK` (k most likely tokens + rest bucket) at temperature T."""
-    if not 1 <= k < logits.shape[-1]:
-        raise ValueError(f"top-k must be between 1 and vocabulary size - 1 ({logits.shape[-1] - 1}), got {k}")
+    """Reduce teacher logits [B, L, V] to `TeacherTopK` (k most likely tokens + rest bucket) at temperature T.
+
+    A k above the vocabulary keeps all V tokens (an empty rest bucket): the divergences are then exact. k >= V - 1
+    loses nothing; a smaller k gives a lower bound (see the module docstring)."""
+    if k < 1:
+        raise ValueError(f"top-k must be at least 1, got {k}")
+    k = min(k, logits.shape[-1])
     logp = log_probs(logits=logits, temperature=temperature)
     indices = logp.topk(k, dim=-1).indices                            # [B, L, k]
     return TeacherTopK(logp=fold_topk(logp=logp, indices=indices), indices=indices, temperature=temperature)

@@ -13,6 +13,12 @@ The learning rate at optimizer step s (0-based) of S, with W warm-up steps and p
 (`distill.schedule.lr_at`, the schedule the demo model was trained with too: the last step runs at f * lr).
 
     report = distill_(student, teacher=teacher, batches=batches, config=recipe.distill, steps=100)
+
+Inside a process group of N ranks (`compressor.distill.sharded`, the student sharded with FSDP2) every rank runs this
+same loop with `ranks=RankSlice(rank, N)`: it takes rows [r B / N, (r + 1) B / N) of every micro-batch and scales its
+loss by N b_r / B (b_r its rows), so the mean over ranks that FSDP2's gradient reduce-scatter takes is the gradient
+of the whole batch's mean loss, and the step's loss is all-reduced the same way: the one-process result, up to the
+order of floating-point sums.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from compressor.distill.losses import distill_loss, hidden_mse, next_token_ce
@@ -45,6 +52,8 @@ class DistillReport:
     autocast: str | None                # "bfloat16" when autocast ran, else None
     on_policy_steps: int
     losses: list[float] = field(default_factory=list)   # mean loss of every optimizer step
+    engine: str = "single"              # "single" (one process) or "fsdp2" (the student sharded over nproc ranks)
+    nproc: int = 1
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -53,6 +62,24 @@ class DistillReport:
         d.update(first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,
                  final_loss_mean=sum(tail) / len(tail) if tail else None)
         return d
+
+
+@dataclass(frozen=True)
+class RankSlice:
+    """This process's share of every micro-batch in a group of `world` ranks (see the module docstring)."""
+
+    rank: int
+    world: int
+
+    def bounds(self, rows: int) -> tuple[int, int]:
+        """[lo, hi) of the rows this rank takes from a micro-batch of `rows` (an even split, the first ranks one
+        more when it does not divide)."""
+        if rows < self.world:
+            raise ValueError(f"a micro-batch of {rows} rows cannot be split over {self.world} processes: "
+                             f"raise distill.batch_size to at least {self.world}")
+        size, extra = divmod(rows, self.world)
+        lo = self.rank * size + min(self.rank, extra)
+        return lo, lo + size + (self.rank < extra)
 
 
 def on_policy_step(step: int, fraction: float) -> bool:
@@ -74,12 +101,13 @@ def bf16_autocast_supported(device: torch.device) -> bool:
 
 def distill_(student: nn.Module, *, teacher: nn.Module | TeacherCache, batches: Sequence[dict],
              config: DistillConfig, steps: int, reporter: Reporter | None = None, stage: str = "distill",
-             layer_map: Sequence[int] | None = None, seed: int = 0) -> DistillReport:
+             layer_map: Sequence[int] | None = None, seed: int = 0, ranks: RankSlice | None = None) -> DistillReport:
     """Train `student` toward `teacher` for `steps` optimizer steps of `config.grad_accum` micro-batches each.
 
     batches: micro-batches {"input_ids" [B, L], "attention_mask"?}, used in order and cycled; with a
     `TeacherCache`, entry i belongs to batches[i]. layer_map[j]: the teacher layer that student layer j came from
-    (needed when `config.hidden_mse_weight` > 0). The student is left in eval mode.
+    (needed when `config.hidden_mse_weight` > 0); ranks: this process's share of each batch when the student is
+    sharded over a process group (`compressor.distill.sharded`). The student is left in eval mode.
     """
     reporter = reporter or Reporter()
     if not batches:
@@ -95,7 +123,8 @@ def distill_(student: nn.Module, *, teacher: nn.Module | TeacherCache, batches: 
     if not cached:
         teacher.eval()
     report = DistillReport(steps=0, micro_batches=0, tokens=0, seconds=0.0, tokens_per_s=0.0,
-                           autocast="bfloat16" if use_bf16 else None, on_policy_steps=0)
+                           autocast="bfloat16" if use_bf16 else None, on_policy_steps=0,
+                           engine="single" if ranks is None else "fsdp2", nproc=1 if ranks is None else ranks.world)
     eta, t0, last_report = Eta(steps), time.perf_counter(), 0.0
     student.train()
     try:
@@ -104,7 +133,7 @@ def distill_(student: nn.Module, *, teacher: nn.Module | TeacherCache, batches: 
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total=steps, warmup=config.warmup_steps, peak=config.lr)
             on_policy = on_policy_step(step, config.on_policy)
-            step_loss = _accumulate(student, teacher, batches, config, report, layer_map=layer_map,
+            step_loss = _accumulate(student, teacher, batches, config, report, layer_map=layer_map, ranks=ranks,
                                     on_policy=on_policy, gen=gen, device=device, use_bf16=use_bf16)
             nn.utils.clip_grad_norm_(params, config.clip_grad)
             opt.step()
@@ -131,21 +160,31 @@ def distill_(student: nn.Module, *, teacher: nn.Module | TeacherCache, batches: 
 
 
 def _accumulate(student, teacher, batches, config: DistillConfig, report: DistillReport, *, layer_map, on_policy: bool,
-                gen: torch.Generator, device: torch.device, use_bf16: bool) -> float:
+                gen: torch.Generator, device: torch.device, use_bf16: bool, ranks: RankSlice | None) -> float:
     """Forward and backward `config.grad_accum` micro-batches (gradients summed, each scaled 1 / grad_accum);
-    returns their mean loss and advances the report's micro-batch and token counts."""
+    returns their mean loss (over the whole batches, all ranks) and advances the report's micro-batch and token
+    counts (of the whole batches)."""
     step_loss = 0.0
     for _ in range(config.grad_accum):
         i = report.micro_batches % len(batches)
         batch = {k: v.to(device) for k, v in batches[i].items()}
         if on_policy:
             batch = _student_rollout(student, batch, gen)
+        report.tokens += int(batch["loss_mask"].sum()) if "loss_mask" in batch else batch["input_ids"].numel()
+        rows, scale = None, 1.0
+        if ranks is not None:
+            full = batch["input_ids"].shape[0]
+            rows = ranks.bounds(full)
+            batch, scale = {k: v[rows[0]:rows[1]] for k, v in batch.items()}, ranks.world * (rows[1] - rows[0]) / full
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = _micro_loss(student, teacher, batch, i, config, layer_map)
+            loss = scale * _micro_loss(student, teacher, batch, i, config, layer_map, rows)
         (loss / config.grad_accum).backward()
         step_loss += loss.item() / config.grad_accum
         report.micro_batches += 1
-        report.tokens += int(batch["loss_mask"].sum()) if "loss_mask" in batch else batch["input_ids"].numel()
+    if ranks is not None:                  # the mean over ranks of the scaled losses is the whole batches' loss
+        total = torch.tensor([step_loss], dtype=torch.float64)
+        dist.all_reduce(total)
+        step_loss = total.item() / ranks.world
     return step_loss
 
 
@@ -172,13 +211,15 @@ def _check_teacher(config: DistillConfig, cached: bool, teacher, batches) -> Non
                          f"distillation uses {config.temperature}")
 
 
-def _micro_loss(student, teacher, batch: dict, index: int, config: DistillConfig, layer_map) -> torch.Tensor:
+def _micro_loss(student, teacher, batch: dict, index: int, config: DistillConfig, layer_map,
+                rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """The loss of one micro-batch (`batch`: rows `rows` of batches[index] on a rank, else all of it)."""
     ids, attn = batch["input_ids"], batch.get("attention_mask")
     mask = batch.get("loss_mask", attn)
     want_hidden = config.hidden_mse_weight > 0
     out = student(input_ids=ids, attention_mask=attn, output_hidden_states=want_hidden, use_cache=False)
     if isinstance(teacher, TeacherCache):
-        target, t_hidden = teacher[index], None
+        target, t_hidden = (teacher[index] if rows is None else teacher.rows(index, *rows)), None
         target.logp, target.indices = target.logp.to(ids.device), target.indices.to(ids.device)
     else:
         with torch.no_grad():
@@ -238,6 +279,7 @@ def _zero_masks(model: nn.Module, min_share: float = 0.01) -> list[tuple[nn.Para
     masks = []
     for p in model.parameters():
         if p.dim() >= 2 and p.requires_grad:
+            p = p.to_local() if hasattr(p, "to_local") else p   # a sharded (DTensor) parameter: this rank's shard
             z = p.detach() == 0
             if z.float().mean().item() >= min_share:
                 masks.append((p, z))

@@ -16,13 +16,18 @@ from pathlib import Path
 import torch
 
 from compressor.data import calibration_batches, calibration_for, eval_windows
+from compressor.device import resolve_device
 from compressor.distill import TeacherCache
+from compressor.distill.sharded import check_sharded
+from compressor.distill.teacher import teacher_cache_dir
 from compressor.engine.outputs import PipelineResult, run_metrics, write_outputs
 from compressor.engine.stages import LOAD_SPAN, STAGES_END, Job, Timings, run_stages
 from compressor.evaluate import (BaselineReference, apply_kernel_, baseline_reference, choose_experts_kernel,
                                  evaluate, measure_speed, safe_default_kernel_, size_metrics)
 from compressor.evaluate.harness import resolve_backend, run_lm_eval
 from compressor.families import resolve_adapter
+from compressor.fingerprint import fingerprint
+from compressor.importance.cache import model_settings
 from compressor.progress import Reporter
 from compressor.recipe import EvaluateConfig, Recipe
 from compressor.slimming.export import save_checkpoint, verify_reload
@@ -40,6 +45,8 @@ def prepare(recipe: Recipe, ckpt, staging: Path, reporter: Reporter) -> Job:
     """Load the model in float32, build the data, the baseline and, for `teacher: original` with a top-k cache, the
     cache of the original's logits over every distillation batch."""
     t, d = Timings(), recipe.distill
+    if recipe.execution.nproc > 1 and d.steps > 0:          # refused before the model is read
+        check_sharded(d, nproc=recipe.execution.nproc, device=resolve_device(recipe.execution.device))
     torch.manual_seed(recipe.seed)
     with t("load"):
         reporter.report("load", message=f"loading {recipe.model}")
@@ -58,15 +65,28 @@ def prepare(recipe: Recipe, ckpt, staging: Path, reporter: Reporter) -> Job:
         reporter.span(0, LOAD_SPAN).report("load", message="preparing the baseline")
         baseline = (_reference(model, tokenizer, windows, loaded.local_dir, recipe.evaluate) if cached
                     else copy.deepcopy(model).requires_grad_(False).eval())
-    original_teacher = None
+    original_teacher, execution = None, _distill_execution(recipe)
     if cached and d.teacher == "original":
         with t("teacher_cache"):
-            original_teacher = TeacherCache.build(model, distil_batches, directory=staging / "teacher-cache",
-                                                  k=d.cache_teacher_topk, temperature=d.temperature,
-                                                  reporter=reporter.span(0, LOAD_SPAN))
+            original_teacher, hit = TeacherCache.open_or_build(
+                model, distil_batches, root=teacher_cache_dir(), k=d.cache_teacher_topk, temperature=d.temperature,
+                teacher_fp=fingerprint(loaded.fingerprint, model_settings(model)), reporter=reporter.span(0, LOAD_SPAN))
+        execution["teacher_cache"] = {"k": original_teacher.k, "hit": hit, "key": original_teacher.directory.name,
+                                      "bytes": original_teacher.nbytes()}
     layers = len(adapter.decoder_layers(model))
     return Job(recipe, model, tokenizer, calib, distil_batches, windows, baseline, original_teacher, cached,
-               layers, list(range(layers)), t, ckpt, loaded.fingerprint)
+               layers, list(range(layers)), t, ckpt, loaded.fingerprint, staging, execution)
+
+
+def _distill_execution(recipe: Recipe) -> dict:
+    """How global distillation runs (metrics.execution.distill): engine and processes, and what teaches (the
+    live model, or its top-k log-probs from disk: a lower bound of the full-vocabulary divergence)."""
+    d = recipe.distill
+    if d.steps == 0:
+        return {}
+    teacher = f"top-{d.cache_teacher_topk} cache" if d.cache_teacher_topk else "live"
+    return {"engine": "fsdp2" if recipe.execution.nproc > 1 else "single", "nproc": recipe.execution.nproc,
+            "teacher": teacher}
 
 
 def finish(job: Job, plan, staging: Path, stages: list[dict], fin: Reporter) -> PipelineResult:
@@ -94,6 +114,8 @@ def finish(job: Job, plan, staging: Path, stages: list[dict], fin: Reporter) -> 
                           fingerprint=job.fingerprint, dtype=dtype)
     if quant is not None:
         metrics.update(quantize=quant.to_dict(), unquantized_checkpoint_bytes=quant.checkpoint_bytes_before)
+    if job.distill_execution:
+        metrics["execution"]["distill"] = job.distill_execution
     card_dtype = f"{dtype}, weight-only {recipe.quantize.label}" if quant is not None else dtype
     write_outputs(staging, recipe, metrics=metrics, stages=stages, card_model=model, card_dtype=card_dtype)
     shutil.rmtree(staging / "teacher-cache", ignore_errors=True)

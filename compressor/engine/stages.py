@@ -12,12 +12,13 @@ import copy
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from compressor.distill import TeacherCache, distill_, plan_stages, split_steps
+from compressor.distill import DistillReport, TeacherCache, distill_, plan_stages, split_steps
+from compressor.distill.sharded import distill_sharded_
 from compressor.distill.schedule import StageTarget
 from compressor.evaluate import BaselineReference, evaluate, safe_default_kernel_
 from compressor.families import resolve_adapter
@@ -58,6 +59,8 @@ class Job:
     timings: Timings
     checkpoint: object                       # the source `engine.checkpoint.Checkpoint`
     fingerprint: str                         # its weights' fingerprint (computed by the load)
+    staging: Path | None = None              # the run's partial folder (the sharded engine's hand-over files)
+    distill_execution: dict = field(default_factory=dict)   # how distillation ran: metrics.execution.distill
 
     @property
     def local_dir(self) -> Path:
@@ -146,10 +149,7 @@ def _stage(job: Job, i: int, target: StageTarget, batches: list[dict], teacher, 
             row["slimming"] = res.to_dict()
     if batches:
         with t("distill"):
-            dr = distill_(model, teacher=teacher, batches=batches, config=recipe.distill,
-                          steps=len(batches) // recipe.distill.grad_accum, reporter=reporter.span(.2, .9),
-                          layer_map=job.layer_map, seed=recipe.seed + i)
-            row["distill"] = dr.to_dict()
+            row["distill"] = distil_stage(job, i, batches, teacher, reporter.span(.2, .9)).to_dict()
     with t("stage_evaluate"):
         light = EvaluateConfig(perplexity=True, speed=False, tokens=recipe.evaluate.tokens,
                                seq_len=recipe.evaluate.seq_len)
@@ -157,6 +157,18 @@ def _stage(job: Job, i: int, target: StageTarget, batches: list[dict], teacher, 
         row.update({k: v for k, v in ev.headline().items() if not k.startswith("peak")})
     row["seconds"] = {k: v - before.get(k, 0.0) for k, v in t.items() if v - before.get(k, 0.0) > 0}
     return row
+
+
+def distil_stage(job: Job, i: int, batches: list[dict], teacher, reporter: Reporter) -> DistillReport:
+    """Stage i's distillation: `distill_` in this process, or, with `execution.nproc` N > 1, `distill_sharded_`
+    (the student sharded over N processes by FSDP2; the same loop and loss, the same result up to float order)."""
+    d, nproc = job.recipe.distill, job.recipe.execution.nproc
+    kw = dict(teacher=teacher, batches=batches, config=d, steps=len(batches) // d.grad_accum, reporter=reporter,
+              layer_map=job.layer_map, seed=job.recipe.seed + i)
+    report = (distill_(job.model, **kw) if nproc == 1 else
+              distill_sharded_(job.model, nproc=nproc, workdir=job.staging / "fsdp", **kw))
+    job.distill_execution.update(engine=report.engine, nproc=report.nproc)
+    return report
 
 
 def stage_slimming(final: SlimmingConfig, target: StageTarget, model, *, dropped: int) -> SlimmingConfig:

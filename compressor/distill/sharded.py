@@ -1,0 +1,141 @@
+"""Distillation with the student sharded over N processes by FSDP2 (torch.distributed.fsdp.fully_shard).
+
+`distill_sharded_` has `distill_`'s contract: it trains `student` in place and returns a `DistillReport`. It writes
+the student, its teacher (a `TeacherCache`, or a model every rank keeps whole) and the batches to one file in
+`workdir`, starts N processes (torch.multiprocessing, spawn) that join a gloo group through a file store, and waits.
+Every rank loads the student (memory-mapped), shards every decoder layer and then the root with `fully_shard` over a
+1-D CPU mesh (`init_device_mesh("cpu", (N,))`), and runs `distill_` with `ranks=RankSlice(rank, N)`: rows
+[r B / N, (r + 1) B / N) of every micro-batch, the loss scaled so FSDP2's mean-reduced gradients are those of the
+whole batch (`trainer`'s docstring). AdamW's state lives with each rank's shard. Rank 0 gathers the full state dict
+(`get_model_state_dict(full_state_dict=True, cpu_offload=True)`) and writes it with the report; the student here
+loads it. Rank 0's progress events come back through a queue; a cancel stops the processes.
+
+The result is the one-process result up to the order of floating-point sums (tests/compressor/distill/
+test_sharded.py). Not here yet: CUDA / NCCL ranks, mixed precision and activation checkpointing policies, on-policy
+steps (each rank would sample its own rows from another random stream), and a parent that releases the student
+while the ranks train.
+
+    report = distill_sharded_(student, teacher=cache, batches=batches, config=recipe.distill, steps=100, nproc=2,
+                              workdir=staging / "fsdp")
+"""
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from compressor.distill.trainer import DistillReport, RankSlice, distill_
+from compressor.progress import Cancelled, ProgressEvent, Reporter
+from compressor.recipe import DistillConfig
+
+JOB, RESULT, STORE = "job.pt", "result.pt", "store"
+POLL_S = 0.2
+
+
+def check_sharded(config: DistillConfig, *, nproc: int, device: torch.device | str = "cpu") -> None:
+    """What N > 1 processes refuse, before any work: on-policy steps, batches smaller than N, a non-CPU device."""
+    if nproc < 2:
+        raise ValueError(f"sharded distillation needs at least 2 processes, got {nproc}")
+    if config.on_policy > 0:
+        raise ValueError("distill.on_policy with several processes is not supported yet (each rank would sample "
+                         "its rows from another random stream); run it with nproc 1")
+    if config.batch_size < nproc:
+        raise ValueError(f"distill.batch_size ({config.batch_size}) must be at least the number of processes "
+                         f"({nproc}): every process takes rows of each micro-batch")
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"sharded distillation runs on the CPU (gloo) in this version, not {device}; use nproc 1 "
+                         "on a GPU")
+
+
+def distill_sharded_(student: torch.nn.Module, *, teacher, batches: Sequence[dict], config: DistillConfig,
+                     steps: int, nproc: int, workdir: Path, reporter: Reporter | None = None,
+                     stage: str = "distill", layer_map: Sequence[int] | None = None, seed: int = 0) -> DistillReport:
+    """`distill_` with the student sharded over `nproc` processes (see the module docstring); `workdir` holds the
+    hand-over files and is removed at the end."""
+    reporter = reporter or Reporter()
+    check_sharded(config, nproc=nproc, device=next(student.parameters()).device)
+    workdir = Path(workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    try:
+        torch.save({"student": student, "teacher": teacher, "batches": list(batches), "config": config,
+                    "steps": steps, "stage": stage, "layer_map": None if layer_map is None else list(layer_map),
+                    "seed": seed, "threads": max(1, torch.get_num_threads() // nproc)}, workdir / JOB)
+        _launch(workdir, nproc, reporter)
+        result = torch.load(workdir / RESULT, weights_only=False)
+        with torch.no_grad():
+            student.load_state_dict(result["state"])
+        return result["report"]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _launch(workdir: Path, nproc: int, reporter: Reporter) -> None:
+    """Start the ranks and wait for them, forwarding rank 0's progress and stopping them all on a cancel."""
+    events = mp.get_context("spawn").Queue()
+    ctx = mp.start_processes(_rank_main, args=(nproc, str(workdir), events), nprocs=nproc, join=False,
+                             start_method="spawn")
+    try:
+        while not ctx.join(timeout=POLL_S):
+            _forward(events, reporter)
+            reporter.check_cancel()
+        _forward(events, reporter)
+    except (Cancelled, KeyboardInterrupt):
+        for p in ctx.processes:
+            if p.is_alive():
+                p.terminate()
+        for p in ctx.processes:
+            p.join()
+        raise
+
+
+def _forward(events, reporter: Reporter) -> None:
+    while True:
+        try:
+            ev: ProgressEvent = events.get_nowait()
+        except queue.Empty:
+            return
+        reporter.report(ev.stage, step=ev.step, total=ev.total, message=ev.message, loss=ev.loss,
+                        tokens_per_s=ev.tokens_per_s, eta_s=ev.eta_s)
+
+
+def shard_student_(student: torch.nn.Module, mesh) -> None:
+    """fully_shard every decoder layer (its parameters gathered for its forward and backward only), then the root
+    (embeddings, final norm, head)."""
+    from torch.distributed.fsdp import fully_shard
+
+    from compressor.families import resolve_adapter
+    for layer in resolve_adapter(student).decoder_layers(student):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(student, mesh=mesh)
+
+
+def _rank_main(rank: int, nproc: int, workdir: str, events) -> None:
+    """One rank: join the group, load and shard the student, distil its rows, rank 0 writes the full state."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+
+    folder = Path(workdir)
+    dist.init_process_group("gloo", init_method=f"file://{folder / STORE}", rank=rank, world_size=nproc)
+    try:
+        job = torch.load(folder / JOB, weights_only=False, mmap=True)
+        torch.set_num_threads(job["threads"])
+        student = job["student"]
+        shard_student_(student, init_device_mesh("cpu", (nproc,)))
+        report = distill_(student, teacher=job["teacher"], batches=job["batches"], config=job["config"],
+                          steps=job["steps"], reporter=Reporter(events.put if rank == 0 else None),
+                          stage=job["stage"], layer_map=job["layer_map"], seed=job["seed"],
+                          ranks=RankSlice(rank, nproc))
+        state = get_model_state_dict(student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if rank == 0:
+            torch.save({"state": state, "report": report}, folder / f".{RESULT}")
+            os.replace(folder / f".{RESULT}", folder / RESULT)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()

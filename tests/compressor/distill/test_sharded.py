@@ -1,0 +1,54 @@
+"""FSDP2 distillation on two gloo CPU processes gives the one-process result: the same loss curve and final weights
+up to the order of floating-point sums (an uneven row split and gradient accumulation included)."""
+import copy
+
+import pytest
+import torch
+
+from compressor.distill.sharded import check_sharded, distill_sharded_
+from compressor.distill.teacher import TeacherCache
+from compressor.distill.trainer import RankSlice, distill_
+from compressor.families import resolve_adapter
+from compressor.progress import Reporter
+from compressor.recipe import DistillConfig
+from compressor.testing import tiny_inputs, tiny_moe
+
+
+def test_rank_slices_cover_the_batch_once():
+    assert [RankSlice(r, 2).bounds(3) for r in range(2)] == [(0, 2), (2, 3)]
+    assert [RankSlice(r, 3).bounds(7) for r in range(3)] == [(0, 3), (3, 5), (5, 7)]
+    with pytest.raises(ValueError, match="batch_size"):
+        RankSlice(1, 4).bounds(3)
+
+
+def test_what_several_processes_refuse():
+    with pytest.raises(ValueError, match="on_policy"):
+        check_sharded(DistillConfig(on_policy=0.5), nproc=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        check_sharded(DistillConfig(batch_size=1), nproc=2)
+
+
+def test_two_gloo_processes_match_one(tmp_path):
+    teacher = tiny_moe("qwen3_moe", seed=1)
+    student = tiny_moe("qwen3_moe", seed=1)
+    for blk in resolve_adapter(student).moe_blocks(student):          # a slimmed student: 8 of 16 neurons
+        blk.keep_neurons_(torch.arange(8).repeat(blk.num_experts, 1))
+    batches = [{"input_ids": tiny_inputs(batch=3, seq=12, seed=i)} for i in range(4)]   # 3 rows: split 2 + 1
+    cfg = DistillConfig(steps=2, lr=3e-3, temperature=2.0, warmup_steps=1, grad_accum=2, batch_size=3, ce_weight=0.5,
+                        cache_teacher_topk=16)
+    cache = TeacherCache.build(teacher, batches, directory=tmp_path / "cache", k=16, temperature=2.0)
+    one, two = copy.deepcopy(student), copy.deepcopy(student)
+    ref = distill_(one, teacher=cache, batches=batches, config=cfg, steps=2)
+    events = []
+    got = distill_sharded_(two, teacher=cache, batches=batches, config=cfg, steps=2, nproc=2,
+                           workdir=tmp_path / "fsdp", reporter=Reporter(events.append))
+    assert (got.engine, got.nproc, ref.engine, ref.nproc) == ("fsdp2", 2, "single", 1)
+    assert got.tokens == ref.tokens and got.micro_batches == ref.micro_batches == 4
+    assert got.losses == pytest.approx(ref.losses, rel=1e-5)
+    a, b = one.state_dict(), two.state_dict()
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    moved = max((a[k] - student.state_dict()[k]).abs().max().item() for k in a)
+    assert worst < 1e-5 < moved
+    assert any(e.stage == "distill" and e.loss is not None for e in events)
+    assert not (tmp_path / "fsdp").exists()
