@@ -177,7 +177,17 @@ def check_neurons(model_type: str) -> str | None:
             for e, kept in enumerate(report.kept[blk.layer]):
                 drop = sorted(set(range(blk.intermediate_size)) - set(kept.tolist()))
                 down[e][:, drop] = 0.0
+            if blk.extra.get("shared_coupled"):              # the shared expert is cut to the same width
+                _zero_shared_(blk.shared, report.width)
     _close(_logits(model, ids), _logits(reference, ids), "slimmed vs zeroed neurons")
+
+
+def _zero_shared_(mlp, width: int) -> None:
+    """Zero the down-projection columns of the shared-expert neurons a width-`width` cut drops."""
+    from compressor.families.shared_mlp import gated_parts, shared_keep
+    down = gated_parts(mlp)[2].weight
+    drop = sorted(set(range(down.shape[1])) - set(shared_keep(mlp, width=width).tolist()))
+    down[:, drop] = 0.0
 
 
 def check_experts(model_type: str) -> str | None:

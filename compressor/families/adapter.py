@@ -73,7 +73,8 @@ class FamilyAdapter:
                 router=parts.router, layout=parts.layout, shared=parts.shared, shared_gate=parts.shared_gate,
                 indexed=parts.indexed, n_experts=hint if parts.layout.form == "rows" else None,
                 extra={"router_weight": parts.router_weight, "router_rows": parts.router_rows,
-                       "id_tensors": parts.id_tensors}))
+                       "id_tensors": parts.id_tensors,
+                       "shared_coupled": self.spec.shared_width_coupled and parts.shared is not None}))
         if not blocks and required:
             raise UnsupportedModelError(
                 f"{type(model).__name__} ({self.family}): no MoE layer found. Looked in every decoder layer for a "
@@ -184,17 +185,20 @@ class FamilyAdapter:
     def check_width_change(self, model: nn.Module, width: int) -> None:
         """Refuse (before any cut) a width the config cannot give the experts alone: the config with the new width
         is rebuilt on the meta device, and any tensor outside the routed experts that changes shape means the width
-        field also sizes another module (Llama-4's shared expert, Jamba's dense MLPs, Hunyuan's shared MLP)."""
+        field also sizes another module (Jamba's dense MLPs, Inkling's router). A shared expert the spec declares
+        width-coupled (Hunyuan, DeepSeek-V4, Llama-4: `FamilySpec.shared_width_coupled`) is cut with the experts."""
         import copy
 
         from compressor.slimming.structure import expected_shapes
         config = copy.deepcopy(model.config)
         self.set_expert_width_(config, width)
         want = expected_shapes(config, type(model))
-        experts = {n for blk in self.moe_blocks(model) for n, _ in
-                   ((f"{blk.name}.experts.{t}", None) for t in blk.layout.tensor_names())}
+        blocks = self.moe_blocks(model)
+        experts = {f"{blk.name}.experts.{t}" for blk in blocks for t in blk.layout.tensor_names()}
+        names = {id(m): n for n, m in model.named_modules()}
+        shared = tuple(f"{names[id(b.shared)]}." for b in blocks if b.extra.get("shared_coupled"))   # cut with them
         changed = sorted(k for k, v in model.state_dict().items()
-                         if k not in experts and k in want and tuple(v.shape) != want[k])
+                         if k not in experts and not k.startswith(shared) and k in want and tuple(v.shape) != want[k])
         if changed:
             raise ValueError(f"{self.family}: the expert-width field '{self.width_field}' also sizes "
                              f"{', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}, so the experts cannot be "

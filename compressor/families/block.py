@@ -178,8 +178,14 @@ class MoEBlock:
 
     # -- surgery ------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def keep_neurons_(self, keep: torch.Tensor) -> None:
-        """Keep neurons `keep` [E, I'] (sorted ids per expert) in every expert: slices gate, up, down and biases."""
+    def keep_neurons_(self, keep: torch.Tensor, *, shared_keep: torch.Tensor | None = None) -> None:
+        """Keep neurons `keep` [E, I'] (sorted ids per expert) in every expert: slices gate, up, down and biases.
+        A width-coupled shared expert (`extra["shared_coupled"]`, `FamilySpec.shared_width_coupled`) keeps I'
+        neurons too: `shared_keep` [I'], or its highest data-free scores (`families.shared_mlp`)."""
+        from compressor.families.shared_mlp import keep_mlp_neurons_, shared_keep as top_shared
+        if self.extra.get("shared_coupled") and self.shared is not None:
+            ids = shared_keep if shared_keep is not None else top_shared(self.shared, width=keep.shape[1])
+            keep_mlp_neurons_(self.shared, ids)
         keep = keep if self.device.type == "meta" else keep.to(self.device)   # index_select: the weights' device
         for name, t in self.layout.cut_neurons(self.tensors(), keep, self.n_experts).items():
             set_tensor(self.experts, name, t)

@@ -91,6 +91,16 @@ def _num_experts(layout: ExpertsLayout, experts: nn.Module, hint: int | None) ->
     return hint
 
 
+def _is_mlp(mod: nn.Module, hidden: int) -> bool:
+    """A gated MLP H -> I -> H (a shared expert whatever its width, even when I happens to equal E)."""
+    from compressor.families.shared_mlp import gated_parts
+    try:
+        gate, up, down = gated_parts(mod)
+    except ValueError:
+        return False
+    return down.out_features == hidden and up.in_features == hidden
+
+
 def discover_block(layer: nn.Module, *, hidden: int, experts_hint: int | None = None) -> BlockParts | None:
     """The MoE block of one decoder layer, or None when the layer is dense."""
     for path, mod in layer.named_modules():
@@ -119,8 +129,9 @@ def _parts(path, block, experts, layout, hidden, experts_hint) -> BlockParts:
         tensors = [t for _, _, t, _ in _tensors(child, set())]
         if isinstance(child, nn.Linear) and child.out_features == 1 and child.in_features == hidden:
             shared_gate = child
-        elif cname not in ROUTER_NAMES and any(t.dim() >= 2 and hidden in t.shape for t in tensors) \
-                and not any(t.dim() == 2 and t.shape[1] == hidden and E and t.shape[0] in (E,) for t in tensors):
+        elif cname not in ROUTER_NAMES and (_is_mlp(child, hidden) or (
+                any(t.dim() >= 2 and hidden in t.shape for t in tensors)
+                and not any(t.dim() == 2 and t.shape[1] == hidden and E and t.shape[0] in (E,) for t in tensors))):
             candidates.append((cname, child))
     if candidates:
         shared = candidates[0][1]

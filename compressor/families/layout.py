@@ -142,7 +142,8 @@ def find_layout(experts: nn.Module, hidden: int) -> ExpertsLayout | None:
     """The layout of `experts` from its own tensors (names and shapes) and hidden size H, or None if no form fits.
 
     Orientation: a fused down tensor [E, H, I] is untransposed, [E, I, H] transposed; when I == H the decorator's
-    `is_transposed` flag decides (and the numerical probe at open checks the choice either way)."""
+    `is_transposed` flag decides, else the fused gate_up tensor ([E, H, 2I] transposed); the numerical probe at
+    open checks the choice either way."""
     own = dict(experts.named_parameters()) | dict(experts.named_buffers())
     three = {n: p for n, p in own.items() if p.dim() == 3}
     flag_t = getattr(experts, "is_transposed", None)
@@ -165,6 +166,8 @@ def find_layout(experts: nn.Module, hidden: int) -> ExpertsLayout | None:
     gate_up = next((n for n in ("gate_up_proj", "w13") if n in three), None)
     if down and gate_up:
         t = oriented(three[down])
+        if t is None:                  # I == H: the fused gate_up [E, H, 2I] / [E, 2I, H] still shows it
+            t = oriented(three[gate_up].transpose(1, 2))
         if t is None:
             return None
         return ExpertsLayout("fused", down=down, gate_up=gate_up, transposed=t, interleaved=interleaved,

@@ -24,6 +24,7 @@ class FamilySpec:
     width_field: str | None = None                       # config field holding the expert width I
     top_k_field: str | None = None
     shared_multiplier_field: str | None = None  # shared width = width_field * this field (DeepSeek)
+    shared_width_coupled: bool = False          # the width field sizes the shared expert too: cut it to the same width
     group_field: str | None = None              # DeepSeek-style group routing: E % n_group == 0
     topk_group_field: str | None = None
     renormalises_topk: str | bool = True        # True, False, or the config field that decides
@@ -67,10 +68,22 @@ register_family(FamilySpec("gpt_oss", ("gpt_oss",), expert_count_fields=("num_lo
                            notes="transposed, interleaved gate/up with biases; router bias"))
 register_family(FamilySpec("granitemoe", ("granitemoe",), width_field="intermediate_size",
                            router_applies_softmax_over_topk=True))
-register_family(FamilySpec("deepseek_v4", ("deepseek_v4",),
+register_family(FamilySpec("deepseek_v4", ("deepseek_v4",), shared_width_coupled=True,
                            expert_pruning="its first layers route by token id through a fixed table "
                                           "(gate.tid2eid holds expert ids), which expert pruning cannot renumber",
                            notes="hash-routed early layers"))
+register_family(FamilySpec("hunyuan_v1_moe", ("hunyuan_v1_moe",), shared_width_coupled=True,
+                           notes="intermediate_size sizes the experts and the shared MLP: both slimmed to one width"))
+register_family(FamilySpec("llama4_text", ("llama4_text",), shared_width_coupled=True,
+                           notes="intermediate_size sizes the experts and the shared expert: both slimmed to one width"))
+register_family(FamilySpec("jamba", ("jamba",),
+                           neuron_slimming="its intermediate_size sizes the routed experts and the dense MLPs of its "
+                                           "non-MoE layers together, and the studio does not slim those dense MLPs "
+                                           "yet; prune experts or drop layers instead"))
+register_family(FamilySpec("inkling_text", ("inkling_text",),
+                           neuron_slimming="its moe_intermediate_size also sizes the router (mlp.gate is an MLP of "
+                                           "that width), which neuron slimming cannot cut; prune experts or drop "
+                                           "layers instead"))
 register_family(FamilySpec("longcat_flash", ("longcat_flash",), zero_experts_field="zero_expert_num",
                            notes="zero (identity) experts beside the routed ones"))
 register_family(FamilySpec("hy_v4", ("hy_v4",),

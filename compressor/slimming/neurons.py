@@ -3,7 +3,9 @@
 HF configs hold one expert width, so every expert of every MoE layer keeps the same count
     w = round(keep_ratio * I)      (at least 1)
 and families whose shared expert is sized `width * n_shared_experts` (DeepSeek) take the largest w' <= w that
-divides the shared width, so the shared MLP keeps its size (`FamilyAdapter.valid_expert_width`).
+divides the shared width, so the shared MLP keeps its size (`FamilyAdapter.valid_expert_width`). Families whose
+width field also sizes the shared expert (Hunyuan, DeepSeek-V4, Llama-4: `FamilySpec.shared_width_coupled`) cut
+the shared expert to the same w, keeping its highest data-free scores (`compressor.families.shared_mlp`).
 Within expert e the kept neurons are the w' highest scores[e] (ties: lower id first), sorted by id.
 Slicing is exact: the slimmed model equals the original with the other neurons' down-projection columns zeroed.
 
@@ -85,7 +87,8 @@ def slim_neurons_(model: nn.Module, neuron_scores: Mapping[int, torch.Tensor], c
         if width != width_before:
             blk.keep_neurons_(keep if blk.device.type == "meta" else keep.to(blk.device))
         kept[blk.layer] = keep
-    adapter.set_expert_width_(model.config, width)
+    if width != width_before:                  # keep 1.0 changes nothing, even where the family refuses the cut
+        adapter.set_expert_width_(model.config, width)
     check_structure(model)
     return NeuronSlimReport(params_before=before, params_after=count_params(model), seconds=time.perf_counter() - t0,
                             config=cfg, width_before=width_before, width_requested=requested, width=width,
