@@ -8,6 +8,11 @@ a time (`compressor.quantization.stream`).
     python -m compressor quantize demo --out demo-w4                       # GPTQ W4A16, group 128
     python -m compressor quantize slim/checkpoint --out slim-w4 --attention W8A16 --group-size 64
     python -m compressor quantize demo --out demo-fp8 --scheme FP8 --method rtn
+    python -m compressor quantize run1/checkpoint --out run1-fp8 --like-input Qwen3-30B-A3B-FP8   # the input's format
+
+`--like-input SOURCE` takes the scheme, group size and method from SOURCE's quantization_config
+(`compressor.quantization.like_input`: block FP8 -> FP8_BLOCK, compressed-tensors W4A16 -> W4A16 with its group
+size, ...); an explicit --method or per-class option still wins. The report lists what differs from the input.
 """
 from __future__ import annotations
 
@@ -32,8 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder (a Hugging Face checkpoint)")
     parser.add_argument("--scheme", choices=SCHEME_NAMES, default="W4A16", help="scheme of every class (W4A16)")
     from compressor.methods import QUANT_METHODS
-    parser.add_argument("--method", choices=tuple(QUANT_METHODS), default="gptq",
+    parser.add_argument("--method", choices=tuple(QUANT_METHODS), default=None,
                         help="; ".join(m.legend for m in QUANT_METHODS.values()) + " (default gptq)")
+    parser.add_argument("--like-input", metavar="SOURCE", default=None,
+                        help="write the format SOURCE (the quantized model that was slimmed) is stored in: its "
+                             "scheme, group size and method replace --scheme / --group-size (docs/quantization.md)")
     parser.add_argument("--format", choices=("compressed-tensors", "torchao"), default="compressed-tensors")
     for klass in CLASSES:
         parser.add_argument(f"--{klass.replace('_', '-')}", choices=SCHEME_NAMES + ("keep",), default=None,
@@ -53,15 +61,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_threads_argument(parser)
 
 
-def config_from_args(args: argparse.Namespace):
-    """The validated QuantizeConfig of the arguments (RecipeError names what is wrong)."""
+def like_input_fields(source: str | None) -> tuple[dict, list[str]]:
+    """QuantizeConfig fields (and notes) that reproduce SOURCE's stored format; ({}, []) without --like-input."""
+    if source is None:
+        return {}, []
+    from compressor.formats import quantization_of
+    from compressor.quantization.like_input import quantize_fields_like
+    from compressor.recipe import RecipeError
+    from compressor.sources import parse_source, resolve_local
+    local = resolve_local(parse_source(source)).local_dir
+    try:
+        config = json.loads((Path(local) / "config.json").read_text(encoding="utf-8"))
+        return quantize_fields_like(quantization_of(config))
+    except (OSError, ValueError) as e:
+        raise RecipeError(f"--like-input {source}: {e}") from None
+
+
+def config_from_args(args: argparse.Namespace, like: dict | None = None):
+    """The validated QuantizeConfig of the arguments, `like` (--like-input's fields) in place of --scheme /
+    --group-size (RecipeError names what is wrong)."""
     from compressor.recipe import QuantizeConfig, RecipeError
     from pydantic import ValidationError
-    fields = {"scheme": args.scheme, "method": args.method, "format": args.format,
+    like = dict(like or {})
+    fields = {"scheme": args.scheme, "method": args.method or like.pop("method", "gptq"), "format": args.format,
               "gptq": {"act_order": args.act_order, "percdamp": args.percdamp,
                        "min_expert_tokens": args.min_expert_tokens}}
-    if args.group_size is not None:
+    like.pop("method", None)
+    if args.group_size is not None and not like:
         fields["group_size"] = args.group_size if args.group_size == "channel" else int(args.group_size)
+    fields.update(like)
     fields.update({k: getattr(args, k) for k in CLASSES if getattr(args, k) is not None})
     try:
         return QuantizeConfig.model_validate(fields)
@@ -79,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     from compressor.recipe import CalibrationConfig
 
     apply_threads(args)
-    cfg = config_from_args(args)
+    like, notes = like_input_fields(getattr(args, "like_input", None))
+    cfg = config_from_args(args, like)
     check_quantize(cfg)
     cal = CalibrationConfig(tokens=args.calibration_tokens, seq_len=args.seq_len, batch_size=args.batch_size)
     found, plan = streaming_plan(args, tokens=cal.tokens, taylor=False)
@@ -101,5 +130,7 @@ def run(args: argparse.Namespace) -> int:
         _, rep = quantize_to_compressed(loaded.model, batches, cfg, args.out, dtype=saved_dtype(found.local_dir),
                                         tokenizer=loaded.tokenizer, unquantized=found.local_dir)
         report = rep.to_dict()
+    if args.like_input is not None:
+        report["like_input"] = {"source": args.like_input, "scheme": cfg.label, "notes": notes}
     sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
     return 0
