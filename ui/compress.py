@@ -8,11 +8,10 @@ from html import escape
 
 import gradio as gr
 
-from compressor import methods
 from compressor.recipe import Recipe
-from compressor.evaluate.local_tasks import LOCAL_TASKS
-from ui import recipe_form, services
+from ui import compress_controls, recipe_form, services
 from ui.common import box, card, fit_slider, fmt_bytes, fmt_count, guard
+from ui.recipe_form import form  # noqa: F401  (the form's recipe sections; ui.compress.form for callers)
 
 DEFAULTS = Recipe()
 
@@ -41,6 +40,14 @@ class CompressTab:
     seed: gr.Number
     lm_eval_tasks: gr.Dropdown
     quantize: gr.Dropdown
+    expert_merge: gr.Radio
+    merge_group_size: gr.Number
+    streaming: gr.Radio
+    blockwise_steps: gr.Number
+    kept: gr.State
+    merge_group: gr.Column
+    blockwise: gr.Column
+    residency_note: gr.HTML
     name: gr.Textbox
     estimate: gr.HTML
     yaml: gr.Code
@@ -63,91 +70,13 @@ def build() -> CompressTab:
                 "as a job; follow it in Runs.")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=380):
-            controls = {**_expert_controls(), **_layer_controls(), **_schedule_controls(),
-                        **_calibration_controls(), **_export_controls()}
+            controls, groups = compress_controls.build_controls()
         with gr.Column(scale=2, min_width=340):
             outputs = _output_column()
-    tab = CompressTab(**controls, **outputs, parent=gr.State(None))
-    tab.controls = list(controls.values())          # in the order `form` takes them
+    tab = CompressTab(**controls, **groups, **outputs, parent=gr.State(None))
+    tab.controls = list(controls.values())          # in the order `form` takes them (compress_controls.ORDER)
     tab.pending = gr.State(None)
     return tab
-
-
-def _expert_controls() -> dict:
-    """SlimMoE neuron slimming (keep ratio, neuron score) and expert pruning (experts kept, expert score)."""
-    d = DEFAULTS
-    with gr.Group():
-        gr.Markdown("**Experts** · SlimMoE neuron slimming and expert pruning", padding=True)
-        keep_ratio = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="expert keep ratio (share of neurons "
-                               "kept in every expert)", elem_id="keep-ratio")
-        neuron_score = gr.Radio(list(methods.NEURON_SCORES), value=d.slimming.neuron_score,
-                                label="neuron score")
-        experts_keep = gr.Slider(1, 8, value=8, step=1, label="experts kept per layer (all = no pruning)")
-        expert_score = gr.Dropdown(list(methods.EXPERT_SCORES),
-                                   value=d.slimming.expert_score,
-                                   label="expert score (which experts to keep)")
-    return dict(keep_ratio=keep_ratio, neuron_score=neuron_score, experts_keep=experts_keep,
-                expert_score=expert_score)
-
-
-def _layer_controls() -> dict:
-    """Layers dropped, unstructured sparsity and its allocation over layers."""
-    d = DEFAULTS
-    with gr.Group():
-        gr.Markdown("**Layers and sparsity**", padding=True)
-        layers_drop = gr.Slider(0, 3, value=0, step=1, label="layers dropped (lowest block influence)")
-        sparsity = gr.Slider(0.0, 0.9, value=0.0, step=0.05, label="unstructured sparsity (Wanda)")
-        allocation = gr.Radio(list(methods.SPARSITY_ALLOCATIONS), value=d.slimming.sparsity_allocation,
-                              label="sparsity allocation over layers")
-    return dict(layers_drop=layers_drop, sparsity=sparsity, allocation=allocation)
-
-
-def _schedule_controls() -> dict:
-    """Stages, and the distillation: steps, last stage's share, temperature, loss, learning rate, CE weight."""
-    d = DEFAULTS
-    with gr.Group():
-        gr.Markdown("**Schedule and distillation**", padding=True)
-        stages = gr.Slider(1, 6, value=d.stages, step=1, label="stages (1 = one-shot)")
-        steps = gr.Slider(0, 2000, value=d.distill.steps, step=10, label="distillation steps (all stages)")
-        final_share = gr.Slider(0.1, 1.0, value=d.distill.final_stage_share, step=0.05,
-                                label="last stage's share of the steps (the earlier stages split the rest)")
-        temperature = gr.Slider(0.5, 8.0, value=d.distill.temperature, step=0.5, label="temperature")
-        with gr.Row():
-            loss = gr.Dropdown(list(methods.DISTILL_LOSSES), value=d.distill.loss, label="loss")
-            lr = gr.Number(d.distill.lr, label="learning rate", minimum=1e-7, maximum=1.0)
-        ce_weight = gr.Slider(0.0, 2.0, value=d.distill.ce_weight, step=0.1,
-                              label="next-token cross-entropy weight")
-    return dict(stages=stages, steps=steps, final_share=final_share, temperature=temperature, loss=loss, lr=lr,
-                ce_weight=ce_weight)
-
-
-def _calibration_controls() -> dict:
-    """Calibration tokens and length, evaluation tokens and measures, the seed (in a closed accordion)."""
-    d = DEFAULTS
-    with gr.Accordion("Calibration, evaluation, seed", open=False):
-        with gr.Row():
-            calib_tokens = gr.Number(d.calibration.tokens, label="calibration tokens", precision=0)
-            calib_seq = gr.Number(d.calibration.seq_len, label="calibration seq_len", precision=0)
-        with gr.Row():
-            eval_tokens = gr.Number(d.evaluate.tokens, label="evaluation tokens", precision=0)
-            perplexity = gr.Checkbox(d.evaluate.perplexity, label="perplexity")
-            speed = gr.Checkbox(d.evaluate.speed, label="speed")
-        seed = gr.Number(d.seed, label="seed", precision=0)
-    return dict(calib_tokens=calib_tokens, calib_seq=calib_seq, eval_tokens=eval_tokens, perplexity=perplexity,
-                speed=speed, seed=seed)
-
-
-def _export_controls() -> dict:
-    """lm-eval tasks and the quantization preset of the exported checkpoint."""
-    with gr.Group():
-        gr.Markdown("**Tasks and export**", padding=True)
-        lm_eval_tasks = gr.Dropdown(list(LOCAL_TASKS), value=[], multiselect=True, allow_custom_value=True,
-                                    label="lm-eval tasks (shipped offline ones, or any lm-eval name)",
-                                    elem_id="lm-eval-tasks")
-        quantize = gr.Dropdown(list(recipe_form.QUANTIZE_PRESETS), value="none", elem_id="quantize",
-                               label="quantize the checkpoint (weight-only, last stage; GPTQ on the "
-                                     "calibration tokens; compressed-tensors, the format vLLM serves)")
-    return dict(lm_eval_tasks=lm_eval_tasks, quantize=quantize)
 
 
 def _output_column() -> dict:
@@ -168,28 +97,6 @@ def _output_column() -> dict:
         load_btn = gr.Button("Load into the form", elem_id="recipe-load")
     return dict(estimate=estimate, name=name, enqueue_btn=enqueue_btn, cost=cost, lineage=lineage, status=status,
                 yaml=yaml, recipe_text=recipe_text, recipe_file=recipe_file, load_btn=load_btn)
-
-
-def form(model: dict, keep_ratio, neuron_score, experts_keep, expert_score, layers_drop, sparsity, allocation,
-         stages, steps, final_share, temperature, loss, lr, ce_weight, calib_tokens, calib_seq, eval_tokens,
-         perplexity, speed, seed, lm_eval_tasks=(), quantize="none") -> dict:
-    """The recipe sections of the form (everything but `model`). experts_keep == E means no pruning (null)."""
-    n_experts = int((model or {}).get("summary", {}).get("num_experts") or 0)
-    keep_e = None if experts_keep is None or int(experts_keep) >= n_experts else int(experts_keep)
-    return {
-        "calibration": {"tokens": int(calib_tokens), "seq_len": int(calib_seq),
-                        "batch_size": DEFAULTS.calibration.batch_size},
-        "slimming": {"expert_keep_ratio": float(keep_ratio), "neuron_score": neuron_score, "experts_keep": keep_e,
-                     "expert_score": expert_score, "layers_drop": int(layers_drop), "sparsity": float(sparsity),
-                     "sparsity_allocation": allocation},
-        "stages": int(stages),
-        "distill": {"steps": int(steps), "final_stage_share": float(final_share), "lr": float(lr),
-                    "temperature": float(temperature), "loss": loss, "ce_weight": float(ce_weight)},
-        "evaluate": {"perplexity": bool(perplexity), "speed": bool(speed), "tokens": int(eval_tokens),
-                     "lm_eval": {"tasks": list(lm_eval_tasks or [])}},
-        "quantize": recipe_form.quantize_section(quantize),
-        "seed": int(seed),
-    }
 
 
 def estimate_card(model: dict, slimming: dict, quantize: dict | None = None, *, stages: int = 1) -> str:
@@ -217,18 +124,30 @@ def estimate_card(model: dict, slimming: dict, quantize: dict | None = None, *, 
     return "<div style='font-weight:600;margin:2px 0'>Estimated result</div>" + card(cells) + notes
 
 
-@guard(outputs=2, status=0, toast=False)
+def _shown(values) -> tuple[dict, dict]:
+    """Visibility of REAM's group size (REAM chosen) and of the layer-local recovery steps (unless in memory, or
+    when a loaded recipe set some: the refusal then names them)."""
+    v = dict(zip(compress_controls.ORDER, values))
+    blockwise = v.get("streaming", "auto") != "off" or bool(v.get("blockwise_steps"))
+    return gr.update(visible=v.get("expert_merge") == "ream"), gr.update(visible=blockwise)
+
+
+@guard(outputs=5, status=0, toast=False)
 def preview(model: dict, *values):
-    """Estimate card and recipe YAML for the current form (no job, pure arithmetic)."""
+    """Estimate card, recipe YAML, what the residency choice means for this model (and what `auto` picks, from
+    `compressor.engine.residency`), and which optional controls show (no job, pure arithmetic)."""
     if not model:
-        return box("Open a model to see the estimate.", "info"), ""
+        return box("Open a model to see the estimate.", "info"), "", "", *_shown(values)
     f = form(model, *values)
     recipe = services.recipe_from(model["source"], f)
     card_html = estimate_card(model, f["slimming"], f["quantize"], stages=f["stages"])
+    chosen, auto = services.residency(model["summary"], recipe)
     refusal = services.streamed_refusal(model["summary"], recipe)
     if refusal:
         card_html = box(refusal, "error") + card_html
-    return card_html, recipe.to_yaml()
+    note = (f"<div style='font-size:13px;color:#475569' data-layered='{str(chosen[0]).lower()}'>"
+            f"{escape(recipe_form.residency_text(recipe.execution.streaming, chosen, auto))}</div>")
+    return card_html, recipe.to_yaml(), note, *_shown(values)
 
 
 def fit_ranges(model: dict, *, experts_keep, layers_drop) -> tuple[dict, dict]:
@@ -240,7 +159,7 @@ def fit_ranges(model: dict, *, experts_keep, layers_drop) -> tuple[dict, dict]:
             fit_slider(layers_drop, minimum=0, maximum=max(s["num_layers"] - 1, 1)))
 
 
-N_CONTROLS = 22                    # len(CompressTab.controls); experts_keep is control 2, layers_drop control 4
+N_CONTROLS = len(compress_controls.ORDER)   # len(CompressTab.controls); experts_keep is control 2, layers_drop 4
 
 
 @guard(outputs=N_CONTROLS + 4, status=N_CONTROLS, toast=False)
@@ -286,13 +205,18 @@ def _failed(exc: Exception):
 
 
 def loaded(model: dict | None, recipe, source: str) -> list:
-    """Control values for `recipe` (the expert and layer sliders fitted to the open model), and a status naming what
-    the form could not hold and a model mismatch."""
+    """Control values for `recipe` (the expert and layer sliders fitted to the open model; the fields no control
+    holds kept in the `kept` state), and a status naming what was kept that way, what the form could not hold and a
+    model mismatch."""
     values = recipe_form.form_values(recipe, (model or {}).get("summary"))
     notes = [f"Loaded {source} into the form."]
     if model:
         rebuilt = services.recipe_from(model["source"], form(model, *values))
         dropped = recipe_form.not_in_form(recipe, rebuilt)
+        plain = services.recipe_from(model["source"], form(model, *values[:-1]))       # without what was kept
+        kept = [line for line in recipe_form.not_in_form(recipe, plain) if line not in dropped]
+        if kept:
+            notes.append("Kept as loaded (no control for them; see the recipe YAML): " + "; ".join(kept[:8]) + ".")
         if dropped:
             notes.append("Not in the form, so reset to the defaults: " + "; ".join(dropped[:8]) + ".")
         if recipe.model != model["source"]:
@@ -302,7 +226,7 @@ def loaded(model: dict | None, recipe, source: str) -> list:
     return [*values, box(" ".join(notes), "info")]
 
 
-@guard(outputs=25, status=22)
+@guard(outputs=N_CONTROLS + 3, status=N_CONTROLS)
 def load_recipe(model: dict | None, text: str, file):
     """A pasted or uploaded recipe YAML into the sliders (no parent run)."""
     path = file if isinstance(file, str) or file is None else getattr(file, "name", None)
@@ -323,13 +247,14 @@ def cost(model: dict | None, *values):
 def wire(tab: CompressTab, *, model_state: gr.State) -> tuple[gr.events.Dependency, gr.State]:
     """Wire the tab; returns the Enqueue event and the queued run id (None after a failure) for the app to chain."""
     inputs = [model_state, *tab.controls]
-    gr.on([c.change for c in tab.controls], preview, inputs, [tab.estimate, tab.yaml], api_name="estimate",
+    drawn = [tab.estimate, tab.yaml, tab.residency_note, tab.merge_group, tab.blockwise]
+    gr.on([c.change for c in tab.controls], preview, inputs, drawn, api_name="estimate",
           show_progress="hidden", trigger_mode="always_last")
     # Everything that reads the sliders after a model change runs after on_model has fitted them (tests/ui/
     # test_slider_ranges.py): an event started beside it would send the old value against the new range.
     model_state.change(on_model, [model_state, tab.pending, *tab.controls],
                        [*tab.controls, tab.status, tab.parent, tab.lineage, tab.pending], api_name="compress_model",
-                       show_progress="hidden").then(preview, inputs, [tab.estimate, tab.yaml],
+                       show_progress="hidden").then(preview, inputs, drawn,
                                                     api_name="compress_preview", show_progress="hidden").then(
         cost, inputs, tab.cost, api_name="compress_model_cost", show_progress="hidden")
     gr.on([c.change for c in tab.controls], cost, inputs, tab.cost, api_name="cost", show_progress="hidden",

@@ -134,6 +134,16 @@ def streamed_refusal(summary: dict, recipe: Recipe) -> str | None:
             + ". Change those fields, or set execution.streaming: off on a machine where the model fits.")
 
 
+def residency(summary: dict, recipe: Recipe) -> tuple[tuple[bool, str], tuple[bool, str]]:
+    """((layer by layer?, why) of the recipe as chosen, the same for `execution.streaming: auto`), by the pipeline's
+    own rule (`compressor.engine.residency`: the model's size and this machine's total memory); raises ValueError
+    for a choice the rule refuses (block-wise recovery in memory)."""
+    from compressor.engine.residency import residency_of_recipe
+    params = float(summary["params_total"])
+    auto = recipe.model_copy(update={"execution": recipe.execution.model_copy(update={"streaming": "auto"})})
+    return residency_of_recipe(recipe, params=params), residency_of_recipe(auto, params=params)
+
+
 def recipe_from(model_source: str, form: dict) -> Recipe:
     """A validated Recipe from the Compress form: {"slimming": {...}, "distill": {...}, "calibration": {...},
     "evaluate": {...}, "stages": n, "seed": s}. Raises RecipeError naming the bad fields, SourceError for a model

@@ -23,11 +23,16 @@ def open_demo(client) -> str:
 def compress_args(*, keep_ratio=1.0, neuron_score="taylor", experts_keep=8, expert_score="reap", layers_drop=0,
                   sparsity=0.0, allocation="dlp", stages=3, steps=300, final_share=0.8, temperature=2.0,
                   loss="forward_kl", lr=3e-4, ce_weight=0.0, calib_tokens=32768, calib_seq=256, eval_tokens=16384, perplexity=True, speed=False,
-                  seed=0, lm_eval_tasks=(), quantize="none") -> list:
-    """The Compress tab's controls in their order (ui.compress.CompressTab.controls)."""
+                  seed=0, lm_eval_tasks=(), quantize="none", expert_merge="prune", merge_group_size=16,
+                  streaming="auto", blockwise_steps=0) -> list:
+    """The Compress tab's controls in their order (ui.compress_controls.ORDER; the last, a State holding what a
+    loaded recipe sets that no control holds, is not an API argument)."""
     return [keep_ratio, neuron_score, experts_keep, expert_score, layers_drop, sparsity, allocation, stages, steps,
             final_share, temperature, loss, lr, ce_weight, calib_tokens, calib_seq, eval_tokens, perplexity, speed,
-            seed, list(lm_eval_tasks), quantize]
+            seed, list(lm_eval_tasks), quantize, expert_merge, merge_group_size, streaming, blockwise_steps]
+
+
+N_FORM = len(compress_args())        # the controls an API caller passes and gets back (Open in Compress, Load)
 
 
 def explore_args(*, tokens=CALIB_TOKENS, seq_len=CALIB_SEQ, taylor=True, score="reap", drop=0, n_layer=None,

@@ -8,7 +8,7 @@ def test_every_choice_is_a_recipe_and_comes_back():
     for label, section in recipe_form.QUANTIZE_PRESETS.items():
         recipe = Recipe.parse({"quantize": recipe_form.quantize_section(label)})
         assert recipe_form.quantize_choice(recipe) == label
-        assert recipe_form.form_values(recipe, {"num_experts": 8})[-1] == label
+        assert recipe_form.form_values(recipe, {"num_experts": 8})[21] == label       # control 21: quantize
     assert recipe_form.quantize_section("W8A16") == {"scheme": "W8A16"}            # a bare scheme: GPTQ
     odd = Recipe.parse({"quantize": {"scheme": "W4A16", "group_size": 64}})
     assert recipe_form.quantize_choice(odd) == "none"                               # listed as not in the form

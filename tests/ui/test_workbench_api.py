@@ -9,7 +9,7 @@ import re
 import yaml
 
 from compressor.recipe import Recipe
-from tests.ui.studio import TINY, compress_args, figure, open_demo
+from tests.ui.studio import N_FORM, TINY, compress_args, figure, open_demo
 from tests.ui.workbench import OTHER, open_folder
 
 STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
@@ -94,7 +94,7 @@ def test_open_in_compress_and_pasted_yaml_fill_the_form(studio, workbench):
     wb = workbench
     open_demo(c)
     out = c.predict(wb.wide, api_name="/open_in_compress")
-    values, status = out[:22], out[22]
+    values, status = out[:N_FORM], out[N_FORM]
     assert values[0] == 0.75 and values[8] == TINY["steps"] and values[14] == TINY["calib_tokens"]
     assert f"run #{wb.wide}" in status
     _, text = c.predict(*values, api_name="/estimate")[:2]
@@ -110,8 +110,8 @@ def test_open_in_compress_and_pasted_yaml_fill_the_form(studio, workbench):
                            "distill": {"steps": 40, "batch_size": 2}}).to_yaml()
     out = c.predict(pasted, None, api_name="/load_recipe")
     assert out[0] == 0.3 and out[7] == 2 and out[8] == 40
-    assert "distill.batch_size: 2" in out[22]                                 # what the form cannot hold is named
-    bad = c.predict("slimming: {expert_keep_ratio: 7}", None, api_name="/load_recipe")[22]
+    assert "distill.batch_size: 2" in out[N_FORM]                     # kept, and named: no control holds it
+    bad = c.predict("slimming: {expert_keep_ratio: 7}", None, api_name="/load_recipe")[N_FORM]
     assert "msg-error" in bad and "expert_keep_ratio" in bad
 
 
