@@ -64,3 +64,29 @@ def test_uncut_coupling_is_refused_from_the_config_before_calibration(model_type
     problems = slimming_problems(limits, SlimmingConfig(expert_keep_ratio=0.5))
     assert problems and "neuron slimming is not possible" in problems[0] and field in problems[0]
     assert field in inspect_model(tiny_moe(model_type))["refusals"]["neuron_slimming"]
+
+
+def test_both_drivers_cut_the_shared_expert_alike(tmp_path, capsys, monkeypatch):
+    """Hunyuan slimmed from the CLI in memory and layer by layer: the same checkpoint, shared MLP at half width."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from compressor import cli
+    from compressor.testing import char_tokenizer
+    monkeypatch.setenv("MOE_STUDIO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MOE_STUDIO_MEMORY", raising=False)
+    folder = tmp_path / "in"
+    tiny_moe("hunyuan_v1_moe").save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    for streaming in ("on", "off"):
+        args = ["slim", str(folder), "--out", str(tmp_path / streaming), "--expert-keep-ratio", "0.5", "--tokens",
+                "128", "--seq-len", "32", "--no-cache", "--streaming", streaming]
+        assert cli.main(args) == 0, capsys.readouterr().err
+        assert json.loads(capsys.readouterr().out)["streamed"] is (streaming == "on")
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "on" / "checkpoint").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "off" / "checkpoint").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    shared = next(k for k in a if k.endswith("shared_mlp.down_proj.weight"))
+    width = next(v for k, v in a.items() if k.endswith("experts.down_proj")).shape[-1]
+    assert a[shared].shape[1] == width
