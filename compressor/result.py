@@ -86,6 +86,23 @@ class Speed(_Model):
         return None if r is None else r[0] <= 1.0 <= r[1]
 
 
+class MergedLayer(_Model):
+    layer: int                                   # original layer index
+    groups: list[list[int]]                      # centroid first, original expert ids
+    similarity: list[float] | None = None        # mean similarity to the centroid, one per group
+    weights: list[list[float]] | None = None     # fold weights, as `groups`
+
+
+class MergeResult(_Model):
+    """One expert merge of a stage (`slimming.expert_merge`): which experts were folded into which."""
+
+    stage: int
+    method: str
+    experts_before: int | None = None
+    experts_after: int | None = None
+    layers: list[MergedLayer] = Field(default_factory=list)
+
+
 class LossPoint(_Model):
     stage: int                 # 1-based stage index
     step: int                  # optimizer step within the whole run (stages follow each other)
@@ -117,6 +134,7 @@ class RunResult(_Model):
     timings: dict[str, float] = Field(default_factory=dict)
     quantize: dict | None = None
     streamed: bool = False
+    merges: list[MergeResult] = Field(default_factory=list)     # from stages[i].slimming.operations
 
     @classmethod
     def read(cls, metrics: dict | None) -> "RunResult":
@@ -156,7 +174,10 @@ class RunResult(_Model):
                    final=final, baseline=baseline, speed=speed,
                    stages=[_stage(s, i) for i, s in enumerate(m.get("stages") or [])],
                    timings={k: float(v) for k, v in (m.get("timings") or {}).items() if isinstance(v, (int, float))},
-                   quantize=m.get("quantize"), streamed=bool(m.get("execution") or m.get("speed_not_measured")))
+                   quantize=m.get("quantize"), streamed=bool(m.get("execution") or m.get("speed_not_measured")),
+                   merges=[_merge(op, s, i) for i, s in enumerate(m.get("stages") or [])
+                           for op in (s.get("slimming") or {}).get("operations") or []
+                           if op.get("operation") == "merge_experts"])
 
     def loss_curve(self) -> list[LossPoint]:
         """Every distillation step's loss, stage by stage, with the run-wide step number (stage boundaries are where
@@ -204,3 +225,9 @@ def _stage(s: dict, i: int) -> StageResult:
                        distill_steps=int(d.get("steps") or 0), losses=[float(v) for v in losses],
                        seconds={k: float(v) for k, v in (s.get("seconds") or {}).items()},
                        scores_cache_hit=s.get("scores_cache_hit"))
+
+
+def _merge(op: dict, s: dict, i: int) -> MergeResult:
+    return MergeResult(stage=int(s.get("index") or i + 1), method=str(op.get("method", "")),
+                       experts_before=op.get("experts_before"), experts_after=op.get("experts_after"),
+                       layers=[MergedLayer(**layer) for layer in op.get("layers") or []])

@@ -18,7 +18,8 @@ import pandas as pd
 
 from compressor.result import RunResult
 from ui import figures, services
-from ui.common import box, fmt_count, guard, progress_bar
+from ui.common import box, fmt_bytes, fmt_count, guard, progress_bar
+from ui.result_text import ratio_text, speed_text
 from ui.run_table import ACTIVE, PPL, baseline_metric, lm_eval_pairs, metric, why_not_comparable
 
 DEFAULT_PROMPT = "The state of our union is"
@@ -119,16 +120,40 @@ def _metrics_of(choice: str, model: dict | None, other: RunResult | None = None)
             "params_total": metric(run.metrics, "params_total"),
             "top1_agreement": metric(run.metrics, "top1_agreement"),
             "kl_to_baseline": metric(run.metrics, "kl_to_baseline"),      # read by name: no longer filtered out
-            "prefill_speedup": metric(run.metrics, "prefill_speedup"),
-            "decode_speedup": metric(run.metrics, "decode_speedup"),
             "checkpoint_bytes": metric(run.metrics, "checkpoint_bytes"),
             **{f"lm-eval {t}": acc for t, acc, _ in lm_eval_pairs(run.metrics)}}
+
+
+# metric key -> (what the page calls it, how a value reads); lm-eval rows keep their task name
+LABELS = {"perplexity": ("perplexity", lambda v: f"{v:.2f}"),
+          "params_active": ("active params", fmt_count), "params_total": ("total params", fmt_count),
+          "top1_agreement": ("top-1 agreement with the original", lambda v: f"{v:.1%}"),
+          "kl_to_baseline": ("KL to the original", lambda v: f"{v:.4f}"),
+          "checkpoint_bytes": ("checkpoint size", fmt_bytes)}
+
+
+def _name(key: str) -> str:
+    return LABELS.get(key, (key,))[0]
 
 
 def _fmt(name: str, v) -> str:
     if v is None:
         return ""
-    return fmt_count(v) if name.startswith("params") else f"{v:.4g}"
+    show = LABELS.get(name, (name, lambda x: f"{x:.3f}" if abs(x) < 1000 else fmt_count(x)))[1]
+    return show(v)
+
+
+def _speed_rows(ra: RunResult | None, rb: RunResult | None) -> list[list[str]]:
+    """Each side's speed-up over its original with the spread of its rounds, and B / A with its range, marked
+    'within noise' where the ranges overlap (the original's speed-up is 1 by definition: no row of its own)."""
+    sa, sb = (r.speed if r is not None else None for r in (ra, rb))
+    rows = []
+    for which in ("prefill", "decode"):
+        a, b = speed_text(sa, which), speed_text(sb, which)
+        if a or b:
+            rows.append([f"{which} speed-up over the original (range of rounds)", a or "", b or "",
+                         ratio_text(sa, sb, which)])
+    return rows
 
 
 def _run_of(choice: str):
@@ -158,8 +183,8 @@ def metrics_frame(a: str, b: str, model: dict | None) -> pd.DataFrame:
         if va is None and vb is None:
             continue
         ratio = f"{vb / va:.3f}" if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and va else ""
-        rows.append([k, _fmt(k, va), _fmt(k, vb), ratio])
-    return pd.DataFrame(rows, columns=["metric", "A", "B", "B / A"])
+        rows.append([_name(k), _fmt(k, va), _fmt(k, vb), ratio])
+    return pd.DataFrame(rows + _speed_rows(ra, rb), columns=["metric", "A", "B", "B / A"])
 
 
 def _label(choice: str) -> str:

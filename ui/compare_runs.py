@@ -16,6 +16,7 @@ import pandas as pd
 from storage import catalog
 from ui import figures, services
 from ui.common import box, fmt_bytes, fmt_count, fmt_duration, guard, run_id_of
+from ui.result_text import merge_summary, overlap, speed_text
 from compressor.result import RunResult
 from ui.run_table import (ACTIVE, PPL, SIZE, baseline_metric, flat, lm_eval_pairs, metric, model_label, wall_seconds,
                           why_not_comparable)
@@ -28,8 +29,8 @@ ROWS = [("perplexity", PPL, lambda v: f"{v:.3f}"),
         ("active params", ACTIVE, fmt_count),
         ("total params", ("params_total",), fmt_count),
         ("checkpoint", SIZE, fmt_bytes),
-        ("decode tokens/s", ("decode_tokens_per_s",), lambda v: f"{v:.1f}"),
-        ("decode speed-up", ("decode_speedup",), lambda v: f"{v:.2f}x")]
+        ("prefill tokens/s", ("prefill_tokens_per_s",), lambda v: f"{v:,.0f}"),
+        ("decode tokens/s", ("decode_tokens_per_s",), lambda v: f"{v:.1f}")]
 
 
 @dataclass
@@ -52,13 +53,13 @@ def build() -> CompareRunsTab:
                            elem_id="cmp-runs", allow_custom_value=True)
         go = gr.Button("Compare runs", variant="primary", scale=1, min_width=140, elem_id="cmp-runs-go")
     status = gr.HTML("", elem_classes="status-box", elem_id="cmp-runs-status")
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=1, min_width=320):
-            metrics = gr.Dataframe(pd.DataFrame(columns=["metric", "original"]), interactive=False, wrap=True,
-                                   label="metrics (original = the base model)", elem_id="cmp-runs-metrics")
-        with gr.Column(scale=1, min_width=320):
-            diff = gr.Dataframe(pd.DataFrame(columns=["field"]), interactive=False, wrap=True,
-                                label="recipe: the fields that differ", elem_id="cmp-runs-diff")
+    # One table per row of the page: side by side, four runs' columns did not fit half of a 1440 px window and
+    # hid runs 3 and 4 behind a horizontal scroll (issue 27, item 10).
+    metrics = gr.Dataframe(pd.DataFrame(columns=["metric", "original"]), interactive=False, wrap=True,
+                           label="metrics (original = the base model; speed-ups with the range of their rounds)",
+                           elem_id="cmp-runs-metrics")
+    diff = gr.Dataframe(pd.DataFrame(columns=["field"]), interactive=False, wrap=True,
+                        label="recipe: the fields that differ", elem_id="cmp-runs-diff")
     with gr.Row(equal_height=True):
         smoothing = gr.Slider(0.0, 0.95, value=0.0, step=0.05, label="smoothing (exponential moving average)",
                               scale=3)
@@ -92,7 +93,8 @@ def check_same_model(runs) -> None:
 
 def metrics_frame(runs) -> pd.DataFrame:
     """metric | original | one column per run; the original's figures come from the first run that stored them."""
-    rows, results = [], [RunResult.read(r.metrics) for r in runs]              # each run's metrics read once
+    rows = []
+    results = [RunResult.read({**(r.metrics or {}), "stages": r.stages or []}) for r in runs]   # each read once
     for name, keys, show in ROWS:
         values = [metric(res, *keys) for res in results]
         base = next((b for b in (baseline_metric(res, *keys) for res in results) if b is not None), None)
@@ -100,6 +102,17 @@ def metrics_frame(runs) -> pd.DataFrame:
             continue
         rows.append([name, show(base) if base is not None else "–",
                      *[show(v) if v is not None else "–" for v in values]])
+    for which in ("prefill", "decode"):                 # the ratio, its rounds' range, and whether that is noise
+        texts = [speed_text(res.speed, which) for res in results]
+        if any(texts):
+            ranges = [getattr(res.speed, f"{which}_speedup_range", None) for res in results]
+            same = len([r for r in ranges if r]) > 1 and all(overlap(a, b) is not False
+                                                               for a in ranges for b in ranges)
+            rows.append([f"{which} speed-up" + (" (the runs' ranges overlap: within noise of each other)"
+                                                if same else ""), "1.00x", *[t or "–" for t in texts]])
+    merges = [merge_summary(res) for res in results]
+    if any(merges):
+        rows.append(["expert merge", "", *[m or "pruned / none" for m in merges]])
     tasks = dict.fromkeys(t for res in results for t, _, _ in lm_eval_pairs(res))
     for task in tasks:
         pairs = [{t: (a, b) for t, a, b in lm_eval_pairs(res)}.get(task, (None, None)) for res in results]

@@ -12,7 +12,9 @@ import yaml
 from compressor.result import RunResult
 from ui import services
 from ui.common import box, card, fmt_bytes, fmt_count, guard, run_id_of
+from ui.result_text import speed_text
 from ui.run_table import ACTIVE, PPL, baseline_metric, lm_eval_pairs, metric, summary_text
+from ui.run_view import merge_html
 
 
 @dataclass
@@ -89,7 +91,7 @@ def describe(run_id):
     metrics = yaml.safe_dump(r.metrics or {}, sort_keys=False).strip()
     info = (f"<div><b>Run #{r.id}</b> {html.escape(r.name or '')} · {html.escape(summary_text(r.recipe or {}))}"
             f"</div><div style='font-size:13px;color:#475569;margin:4px 0'>checkpoint: {size}</div>"
-            + headline_card(r.metrics or {}) +
+            + headline_card(r.metrics or {}) + merge_html(r) +
             f"<details><summary>all metrics</summary><pre style='font-size:12px'>{html.escape(metrics)}</pre>"
             "</details>")
     return "", info, gr.update(visible=False), load_snippet(r.id, r.metrics)
@@ -110,11 +112,11 @@ def headline_card(m: dict) -> str:
                       f"{active / base_active:.0%} of the original" if base_active else "per token"))
     sp = RunResult.read(m).speed
     for which in ("prefill", "decode"):
-        ratio = getattr(sp, f"{which}_speedup", None) if sp else None
-        if ratio is not None:                       # the one kernel both ran in, and whether it beats the noise
+        text = speed_text(sp, which)
+        if text is not None:                        # the ratio, its rounds' range, the kernel, and the noise
+            ratio, _, spread = text.partition(" ")
             note = f"both in {sp.kernel}" if sp.same_kernel else (sp.kernel or "kernels differ")
-            cells.append((f"{which} speed-up", f"{ratio:.2f}x",
-                          note + (", within the machine's noise" if sp.within_noise(which) else "")))
+            cells.append((f"{which} speed-up", ratio, f"{spread} · {note}" if spread else note))
     q = m.get("quantize")
     if q:
         cells.append((f"{q['scheme']} checkpoint", fmt_bytes(q["checkpoint_bytes_after"]),

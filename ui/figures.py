@@ -128,6 +128,29 @@ def load_balance(experts: pd.DataFrame) -> go.Figure:
 
 
 # -- Runs -------------------------------------------------------------------------------------------------------------
+def point_labels(pts: list[dict], original: dict | None = None, *, near: float = 0.03) -> list[str]:
+    """One label per group of runs drawn at (about) one point, on the group's first run: "#3 · #7" (a quantized run
+    sits on its unquantized twin: same active parameters, perplexity within a hair), "" on the others, so labels
+    never print over each other. Two runs are one group when they are within `near` of the axes' spans on both."""
+    xs = [p["params_active"] for p in pts] + ([original["params_active"]] if original else [])
+    ys = [p["perplexity"] for p in pts] + ([original["perplexity"]] if original else [])
+    span_x = (max(xs) - min(xs)) or abs(xs[0]) or 1.0
+    span_y = (max(ys) - min(ys)) or abs(ys[0]) or 1.0
+    labels, heads = [""] * len(pts), []                      # heads: (index of the labelled run, its members)
+    for i, p in enumerate(pts):
+        for head, members in heads:
+            q = pts[head]
+            if (abs(p["params_active"] - q["params_active"]) <= near * span_x
+                    and abs(p["perplexity"] - q["perplexity"]) <= near * span_y):
+                members.append(p["run_id"])
+                break
+        else:
+            heads.append((i, [p["run_id"]]))
+    for head, members in heads:
+        labels[head] = " · ".join(f"#{m}" for m in members)
+    return labels
+
+
 def pareto(points: list[dict], *, original: dict | None, title: str = "Finished runs: size against quality"
            ) -> go.Figure:
     """Active parameters against perplexity for finished runs (`{"run_id", "params_active", "perplexity",
@@ -148,10 +171,11 @@ def pareto(points: list[dict], *, original: dict | None, title: str = "Finished 
                                  name="Pareto front", hoverinfo="skip"))
         fig.add_trace(go.Scatter(
             x=[p["params_active"] for p in pts], y=[p["perplexity"] for p in pts], mode="markers+text",
-            text=[f"#{p['run_id']}" for p in pts], textposition="top center", name="runs",
+            text=point_labels(pts, original), textposition="top center", name="runs",
             marker={"size": 11, "color": ACCENT, "line": {"width": 1, "color": "white"}},
-            customdata=[plain(p.get("label", "")) for p in pts],
-            hovertemplate="%{text}<br>active %{x:.3s}<br>perplexity %{y:.2f}<br>%{customdata}<extra></extra>"))
+            customdata=[[f"#{p['run_id']}", plain(p.get("label", ""))] for p in pts],
+            hovertemplate="%{customdata[0]}<br>active %{x:.3s}<br>perplexity %{y:.2f}<br>%{customdata[1]}"
+                          "<extra></extra>"))
     if original and original.get("params_active") and original.get("perplexity") is not None:
         fig.add_trace(go.Scatter(x=[original["params_active"]], y=[original["perplexity"]], mode="markers+text",
                                  marker={"symbol": "star", "size": 17, "color": "#f59e0b"}, text=["original"],

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from compressor.result import HELDOUT_TEXT, RunResult, Speed
+from ui.result_text import merge_label
 
 PPL = ("perplexity",)
 ACTIVE = ("params_active",)
@@ -103,7 +104,8 @@ def settings_text(recipe: dict) -> str:
     s, d = recipe.get("slimming", {}), recipe.get("distill", {})
     parts = []
     if s.get("experts_keep"):
-        parts.append(f"{s['experts_keep']} experts")
+        merge = f" ({merge_label(s['expert_merge'])} merge)" if s.get("expert_merge") else ""
+        parts.append(f"{s['experts_keep']} experts{merge}")
     if s.get("layers_drop"):
         parts.append(f"drop {s['layers_drop']} layers")
     if s.get("sparsity"):

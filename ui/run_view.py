@@ -13,6 +13,7 @@ import yaml
 from ui import figures, services
 from ui.common import fmt_bytes, fmt_count, fmt_duration, progress_bar, run_id_of
 from compressor.result import RunResult
+from ui.result_text import merge_lines, speed_text
 from ui.run_table import RunRow, expected_seconds, lm_eval_pairs, whole_run_eta
 
 COLUMNS = ["", "run", "name", "status", "progress", "model", "keep", "settings", "perplexity", "active", "size",
@@ -121,9 +122,12 @@ def trace(runs) -> None:
 
 # -- the selected run ----------------------------------------------------------------------------------------------
 def extras_text(metrics: dict | None) -> str:
-    """One line: lm-eval accuracy beside the original's, and the quantized checkpoint size."""
-    parts = [f"lm-eval {t} {a:.3f}" + (f" (original {b:.3f})" if b is not None else "")
-             for t, a, b in lm_eval_pairs(metrics) if a is not None]
+    """One line: the speed-ups with their spread (and whether they are within the machine's noise), lm-eval
+    accuracy beside the original's, and the quantized checkpoint size."""
+    speed = RunResult.read(metrics).speed
+    parts = [f"{which} {text}" for which in ("prefill", "decode") if (text := speed_text(speed, which))]
+    parts += [f"lm-eval {t} {a:.3f}" + (f" (original {b:.3f})" if b is not None else "")
+              for t, a, b in lm_eval_pairs(metrics) if a is not None]
     q = (metrics or {}).get("quantize")
     if q:
         parts.append(f"{q['scheme']} checkpoint {fmt_bytes(q['checkpoint_bytes_after'])} "
@@ -157,7 +161,18 @@ def head_html(r, runs) -> str:
            f"<div style='font-size:13px;color:#475569'>{html.escape(_where(r, runs))}{eta_text}{speed}</div>")
     if extras_text(r.metrics):
         out += f"<div style='font-size:13px;color:#475569'>{html.escape(extras_text(r.metrics))}</div>"
-    return out
+    return out + merge_html(r)
+
+
+def merge_html(r) -> str:
+    """Which experts an expert merge folded into which (`RunResult.merges`), under a summary line; '' otherwise."""
+    lines = merge_lines(RunResult.read({**(r.metrics or {}), "stages": r.stages or []}))
+    if not lines:
+        return ""
+    rows = "".join(f"<div>{html.escape(line)}</div>" for line in lines[1:])
+    return (f"<details class='merge-groups' style='font-size:13px;color:#475569;margin:4px 0'><summary>"
+            f"merged experts: {html.escape(lines[0])}</summary><div style='font-family:monospace;font-size:12px'>"
+            f"{rows}</div></details>")
 
 
 def log_text(r) -> str:
