@@ -2,7 +2,8 @@
 
 `distill_sharded_` has `distill_`'s contract: it trains `student` in place and returns a `DistillReport`. It writes
 the student, its teacher (a `TeacherCache`, or a model every rank keeps whole) and the batches to one file in
-`workdir`, starts N processes (torch.multiprocessing, spawn) that join a gloo group through a file store, and waits.
+`workdir` (a model as its class, config and state dict: every rank rebuilds it from its config, which every cut
+keeps expressible, so no hook or cache a forward left on the module travels), starts N processes (torch.multiprocessing, spawn) that join a gloo group through a file store, and waits.
 Every rank loads the student (memory-mapped), shards every decoder layer and then the root with `fully_shard` over a
 1-D CPU mesh (`init_device_mesh("cpu", (N,))`), and runs `distill_` with `ranks=RankSlice(rank, N)`: rows
 [r B / N, (r + 1) B / N) of every micro-batch, the loss scaled so FSDP2's mean-reduced gradients are those of the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import os
 import queue
+import resource
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -64,7 +66,8 @@ def distill_sharded_(student: torch.nn.Module, *, teacher, batches: Sequence[dic
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     try:
-        torch.save({"student": student, "teacher": teacher, "batches": list(batches), "config": config,
+        teacher = _portable(teacher) if isinstance(teacher, torch.nn.Module) else teacher
+        torch.save({"student": _portable(student), "teacher": teacher, "batches": list(batches), "config": config,
                     "steps": steps, "stage": stage, "layer_map": None if layer_map is None else list(layer_map),
                     "seed": seed, "threads": max(1, torch.get_num_threads() // nproc)}, workdir / JOB)
         _launch(workdir, nproc, reporter)
@@ -105,6 +108,26 @@ def _forward(events, reporter: Reporter) -> None:
                         tokens_per_s=ev.tokens_per_s, eta_s=ev.eta_s)
 
 
+def _portable(model: torch.nn.Module) -> dict:
+    """A model as what rebuilds it: class, config, state dict and the names of its frozen parameters."""
+    return {"cls": type(model), "config": model.config, "state": model.state_dict(), "training": model.training,
+            "frozen": [n for n, p in model.named_parameters() if not p.requires_grad]}
+
+
+def _rebuild(spec) -> torch.nn.Module:
+    """The model of `_portable(model)`: built from its config, then the state copied in (tied weights stay tied,
+    non-persistent buffers are computed as a load computes them)."""
+    if not isinstance(spec, dict):
+        return spec
+    state = spec["state"]
+    model = spec["cls"]._from_config(spec["config"]).to(next(iter(state.values())).dtype)
+    with torch.no_grad():
+        model.load_state_dict(state)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in spec["frozen"])
+    return model.train(spec["training"])
+
+
 def shard_student_(student: torch.nn.Module, mesh) -> None:
     """fully_shard every decoder layer (its parameters gathered for its forward and backward only), then the root
     (embeddings, final norm, head)."""
@@ -126,13 +149,15 @@ def _rank_main(rank: int, nproc: int, workdir: str, events) -> None:
     try:
         job = torch.load(folder / JOB, weights_only=False, mmap=True)
         torch.set_num_threads(job["threads"])
-        student = job["student"]
+        student, teacher = _rebuild(job["student"]), _rebuild(job["teacher"])
         shard_student_(student, init_device_mesh("cpu", (nproc,)))
-        report = distill_(student, teacher=job["teacher"], batches=job["batches"], config=job["config"],
+        report = distill_(student, teacher=teacher, batches=job["batches"], config=job["config"],
                           steps=job["steps"], reporter=Reporter(events.put if rank == 0 else None),
                           stage=job["stage"], layer_map=job["layer_map"], seed=job["seed"],
                           ranks=RankSlice(rank, nproc))
         state = get_model_state_dict(student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        report.rank_peak_rss_mb = [0.0] * nproc
+        dist.all_gather_object(report.rank_peak_rss_mb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         if rank == 0:
             torch.save({"state": state, "report": report}, folder / f".{RESULT}")
             os.replace(folder / f".{RESULT}", folder / RESULT)

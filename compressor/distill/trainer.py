@@ -54,6 +54,7 @@ class DistillReport:
     losses: list[float] = field(default_factory=list)   # mean loss of every optimizer step
     engine: str = "single"              # "single" (one process) or "fsdp2" (the student sharded over nproc ranks)
     nproc: int = 1
+    rank_peak_rss_mb: list[float] = field(default_factory=list)   # fsdp2: every rank's peak resident memory
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -28,15 +28,21 @@ def test_what_several_processes_refuse():
         check_sharded(DistillConfig(batch_size=1), nproc=2)
 
 
-def test_two_gloo_processes_match_one(tmp_path):
+@pytest.mark.parametrize("teacher_kind", ["cache", "live"])
+def test_two_gloo_processes_match_one(tmp_path, teacher_kind):
+    """A top-16 cache read by rows on each rank, or the live teacher every rank holds (with hidden-state MSE)."""
     teacher = tiny_moe("qwen3_moe", seed=1)
     student = tiny_moe("qwen3_moe", seed=1)
-    for blk in resolve_adapter(student).moe_blocks(student):          # a slimmed student: 8 of 16 neurons
+    adapter = resolve_adapter(student)
+    for blk in adapter.moe_blocks(student):                            # a slimmed student: 8 of 16 neurons
         blk.keep_neurons_(torch.arange(8).repeat(blk.num_experts, 1))
+    adapter.set_expert_width_(student.config, 8)                       # what slim_neurons_ writes
     batches = [{"input_ids": tiny_inputs(batch=3, seq=12, seed=i)} for i in range(4)]   # 3 rows: split 2 + 1
+    live = teacher_kind == "live"
     cfg = DistillConfig(steps=2, lr=3e-3, temperature=2.0, warmup_steps=1, grad_accum=2, batch_size=3, ce_weight=0.5,
-                        cache_teacher_topk=16)
-    cache = TeacherCache.build(teacher, batches, directory=tmp_path / "cache", k=16, temperature=2.0)
+                        cache_teacher_topk=0 if live else 16, hidden_mse_weight=0.5 if live else 0.0)
+    cache = teacher if live else TeacherCache.build(teacher, batches, directory=tmp_path / "cache", k=16,
+                                                    temperature=2.0)
     one, two = copy.deepcopy(student), copy.deepcopy(student)
     ref = distill_(one, teacher=cache, batches=batches, config=cfg, steps=2)
     events = []
@@ -44,6 +50,7 @@ def test_two_gloo_processes_match_one(tmp_path):
                            workdir=tmp_path / "fsdp", reporter=Reporter(events.append))
     assert (got.engine, got.nproc, ref.engine, ref.nproc) == ("fsdp2", 2, "single", 1)
     assert got.tokens == ref.tokens and got.micro_batches == ref.micro_batches == 4
+    assert len(got.rank_peak_rss_mb) == 2 and min(got.rank_peak_rss_mb) > 50 and not ref.rank_peak_rss_mb
     assert got.losses == pytest.approx(ref.losses, rel=1e-5)
     a, b = one.state_dict(), two.state_dict()
     assert a.keys() == b.keys()
