@@ -57,7 +57,7 @@ def build() -> CompareRunsTab:
     # hid runs 3 and 4 behind a horizontal scroll (issue 27, item 10).
     metrics = gr.Dataframe(pd.DataFrame(columns=["metric", "original"]), interactive=False, wrap=True,
                            label="metrics (original = the base model; speed-ups with the range of their rounds)",
-                           elem_id="cmp-runs-metrics")
+                           max_height=1200, elem_id="cmp-runs-metrics")
     diff = gr.Dataframe(pd.DataFrame(columns=["field"]), interactive=False, wrap=True,
                         label="recipe: the fields that differ", elem_id="cmp-runs-diff")
     with gr.Row(equal_height=True):
@@ -108,7 +108,7 @@ def metrics_frame(runs) -> pd.DataFrame:
             ranges = [getattr(res.speed, f"{which}_speedup_range", None) for res in results]
             same = len([r for r in ranges if r]) > 1 and all(overlap(a, b) is not False
                                                                for a in ranges for b in ranges)
-            rows.append([f"{which} speed-up" + (" (the runs' ranges overlap: within noise of each other)"
+            rows.append([f"{which} speed-up" + (" (ranges overlap: runs within noise of each other)"
                                                 if same else ""), "1.00x", *[t or "–" for t in texts]])
     merges = [merge_summary(res) for res in results]
     if any(merges):
@@ -166,8 +166,17 @@ def compare_runs(run_ids, smoothing=0.0, log_y=False):
     label = model_label((runs[0].recipe or {}).get("model"), catalog.labels_by_source())
     diff = recipe_diff(runs)
     note = f"{len(diff)} recipe field{'s' if len(diff) != 1 else ''} differ" if len(diff) else "same recipe"
-    return (box(f"{len(runs)} runs of {label}: {note}.", "ok"), metrics_frame(runs), diff,
-            loss_figure(runs, smoothing=smoothing, log_y=log_y))
+    return (box(f"{len(runs)} runs of {label}: {note}.", "ok"), fitted(metrics_frame(runs), first=22, second=9),
+            fitted(diff, first=24), loss_figure(runs, smoothing=smoothing, log_y=log_y))
+
+
+def fitted(frame: pd.DataFrame, *, first: float, second: float | None = None) -> gr.Dataframe:
+    """`frame` with column widths that add up to the table's width, so cells wrap instead of the table scrolling
+    sideways (Gradio sizes columns by their content: four runs hid runs 3 and 4 at 1440 px, issue 27 item 10)."""
+    fixed = [first] + ([second] if second is not None else [])
+    rest = max(len(frame.columns) - len(fixed), 1)
+    share = (100.0 - sum(fixed)) / rest
+    return gr.Dataframe(value=frame, column_widths=[f"{w:.1f}%" for w in (fixed + [share] * rest)][:len(frame.columns)])
 
 
 @guard(outputs=1, status=None)

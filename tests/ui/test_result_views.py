@@ -77,7 +77,7 @@ def test_the_n_run_compare_has_the_prefill_rows_with_ranges():
     rows = {r[0]: r[1:] for r in compare_runs.metrics_frame([a, b]).values.tolist()}
     assert rows["prefill tokens/s"] == ["1,800", "2,000", "2,000"]
     prefill = next(k for k in rows if k.startswith("prefill speed-up"))
-    assert "within noise of each other" in prefill
+    assert "runs within noise of each other" in prefill
     assert rows[prefill] == ["1.00x", "0.98x (0.70–1.30), within noise", "1.32x (0.90–1.45), within noise"]
 
 
