@@ -132,12 +132,17 @@ def _shown(values) -> tuple[dict, dict]:
     return gr.update(visible=v.get("expert_merge") == "ream"), gr.update(visible=blockwise)
 
 
-@guard(outputs=5, status=0, toast=False)
 def preview(model: dict, *values):
     """Estimate card, recipe YAML, what the residency choice means for this model (and what `auto` picks, from
-    `compressor.engine.residency`), and which optional controls show (no job, pure arithmetic)."""
+    `compressor.engine.residency`), and which optional controls show, also when the recipe is refused (REAM's
+    group size shows as soon as REAM is picked). No job, pure arithmetic."""
+    return (*_drawn(model, *values), *_shown(values))
+
+
+@guard(outputs=3, status=0, toast=False)
+def _drawn(model: dict, *values):
     if not model:
-        return box("Open a model to see the estimate.", "info"), "", "", *_shown(values)
+        return box("Open a model to see the estimate.", "info"), "", ""
     f = form(model, *values)
     recipe = services.recipe_from(model["source"], f)
     card_html = estimate_card(model, f["slimming"], f["quantize"], stages=f["stages"])
@@ -147,7 +152,7 @@ def preview(model: dict, *values):
         card_html = box(refusal, "error") + card_html
     note = (f"<div style='font-size:13px;color:#475569' data-layered='{str(chosen[0]).lower()}'>"
             f"{escape(recipe_form.residency_text(recipe.execution.streaming, chosen, auto))}</div>")
-    return card_html, recipe.to_yaml(), note, *_shown(values)
+    return card_html, recipe.to_yaml(), note
 
 
 def fit_ranges(model: dict, *, experts_keep, layers_drop) -> tuple[dict, dict]:

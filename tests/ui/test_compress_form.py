@@ -93,5 +93,6 @@ def test_the_merge_choice_makes_a_merge_recipe_and_comes_back(monkeypatch):
     (dict(expert_merge="ream", experts_keep=4, sparsity=0.5), "sparsity"),       # the recipe's rule
 ])
 def test_a_merge_the_recipe_refuses_is_refused_on_the_form(changes, needle):
-    card = compress.preview(MODEL, *_values(**changes))[0]
+    card, _, _, merge_group, _ = compress.preview(MODEL, *_values(**changes))
     assert "msg-error" in card and needle in card
+    assert merge_group["visible"] is (changes["expert_merge"] == "ream")      # shown even while refused
