@@ -21,7 +21,7 @@ from compressor.distill import TeacherCache
 from compressor.distill.sharded import check_sharded
 from compressor.distill.teacher import teacher_cache_dir
 from compressor.engine.outputs import PipelineResult, run_metrics, write_outputs
-from compressor.engine.stages import LOAD_SPAN, STAGES_END, Job, Timings, run_stages
+from compressor.engine.stages import LOAD_SPAN, STAGES_END, Job, Timings, fill_last_stage, run_stages
 from compressor.evaluate import (BaselineReference, apply_kernel_, baseline_reference, choose_experts_kernel,
                                  evaluate, measure_speed, safe_default_kernel_, size_metrics)
 from compressor.evaluate.harness import resolve_backend, run_lm_eval
@@ -108,6 +108,7 @@ def finish(job: Job, plan, staging: Path, stages: list[dict], fin: Reporter) -> 
     with t("final_evaluate"):
         final = evaluate(model, job.baseline, job.tokenizer, recipe.evaluate, windows=job.windows,
                          checkpoint_dir=ckpt, baseline_checkpoint_dir=job.local_dir, reporter=fin.span(0.1, 1.0))
+    fill_last_stage(stages, final)
     timings = {**t, "total": sum(t.values())}
     dtype = str(job.source_dtype).removeprefix("torch.")
     metrics = run_metrics(recipe, final, windows=job.windows, timings=timings, plan=plan, ckpt=job.checkpoint,

@@ -127,7 +127,9 @@ def run_stages(job: Job, staging: Path, reporter: Reporter) -> list[dict]:
 
 def _stage(job: Job, i: int, target: StageTarget, batches: list[dict], teacher, reporter: Reporter,
            weights_fp: str | None) -> dict:
-    """One stage: score, slim to `target`, distil on `batches`, evaluate. Updates `job.layer_map` in place."""
+    """One stage: score, slim to `target`, distil on `batches`, evaluate. Updates `job.layer_map` in place.
+    The last stage of a run without quantization is not evaluated here: the final evaluation, on the exported
+    weights, fills its row (`fill_last_stage`), so a run evaluates its final model once."""
     recipe, model, t = job.recipe, job.model, job.timings
     before = dict(t)
     cfg = stage_slimming(recipe.slimming, target, model, dropped=job.original_layers - len(job.layer_map))
@@ -150,13 +152,26 @@ def _stage(job: Job, i: int, target: StageTarget, batches: list[dict], teacher, 
     if batches:
         with t("distill"):
             row["distill"] = distil_stage(job, i, batches, teacher, reporter.span(.2, .9)).to_dict()
-    with t("stage_evaluate"):
-        light = EvaluateConfig(perplexity=True, speed=False, tokens=recipe.evaluate.tokens,
-                               seq_len=recipe.evaluate.seq_len)
-        ev = evaluate(model, job.baseline, job.tokenizer, light, windows=job.windows, reporter=reporter.span(.9, 1.0))
-        row.update({k: v for k, v in ev.headline().items() if not k.startswith("peak")})
+    if i < recipe.stages - 1 or recipe.quantize is not None:      # a quantized run's final model is another one
+        with t("stage_evaluate"):
+            light = EvaluateConfig(perplexity=True, speed=False, tokens=recipe.evaluate.tokens,
+                                   seq_len=recipe.evaluate.seq_len)
+            ev = evaluate(model, job.baseline, job.tokenizer, light, windows=job.windows,
+                          reporter=reporter.span(.9, 1.0))
+            row.update(stage_figures(ev))
     row["seconds"] = {k: v - before.get(k, 0.0) for k, v in t.items() if v - before.get(k, 0.0) > 0}
     return row
+
+
+def stage_figures(report) -> dict:
+    """A stage row's figures: the evaluation's headline without the peak-memory fields."""
+    return {k: v for k, v in report.headline().items() if not k.startswith("peak")}
+
+
+def fill_last_stage(stages: list[dict], final) -> None:
+    """The last stage's figures are the final evaluation's (the exported weights), not a second evaluation."""
+    if stages and "perplexity" not in stages[-1]:
+        stages[-1].update(stage_figures(final), evaluated="final evaluation of the exported checkpoint")
 
 
 def distil_stage(job: Job, i: int, batches: list[dict], teacher, reporter: Reporter) -> DistillReport:

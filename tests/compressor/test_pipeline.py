@@ -79,6 +79,10 @@ def test_cli_run_writes_checkpoint_recipe_and_metrics(cli_run, model_dir):
     assert [s["distill"]["steps"] for s in metrics["stages"]] == [1, 3]         # 4 steps, last stage 80%: round(3.2)
     assert all(s["perplexity"] > 0 for s in metrics["stages"])
     assert {"load", "calibrate", "slim", "distill", "final_evaluate", "export"} <= set(metrics["timings"])
+    # the final model is evaluated once: stage 1 by itself, stage 2's row is the final evaluation's (issue 27, 5)
+    assert "stage_evaluate" not in metrics["stages"][1]["seconds"] and "stage_evaluate" in metrics["stages"][0]["seconds"]
+    assert metrics["stages"][1]["perplexity"] == metrics["perplexity"]
+    assert metrics["stages"][1]["evaluated"] == "final evaluation of the exported checkpoint"
     card = (out / "checkpoint" / "README.md").read_text()
     assert "expert_keep_ratio: 0.5" in card and "held-out perplexity" in card and "stage 2/2" in card
 
