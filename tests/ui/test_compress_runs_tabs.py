@@ -13,7 +13,7 @@ PARAMS_ACTIVE = re.compile(r"params active</div><div class=\"v\">([^<]+)</div>")
 
 def _estimate(client, **kw):
     t0 = time.perf_counter()
-    html, text = client.predict(*compress_args(**kw), api_name="/estimate")
+    html, text = client.predict(*compress_args(**kw), api_name="/estimate")[:2]      # then the residency note
     return html, text, time.perf_counter() - t0
 
 
