@@ -13,10 +13,7 @@ from compressor.recipe import Recipe
 from compressor.testing import char_tokenizer, tiny_moe
 
 
-@pytest.fixture(autouse=True)
-def studio_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOE_STUDIO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("MOE_STUDIO_MEMORY", raising=False)
+pytestmark = pytest.mark.usefixtures("studio_cache")
 
 
 def _recipe(folder, streaming):

@@ -12,11 +12,7 @@ from compressor.testing import char_tokenizer, tiny_inputs, tiny_moe
 
 
 
-@pytest.fixture(autouse=True)
-def studio_cache(tmp_path, monkeypatch):
-    """A private score cache, and the machine's own memory figure (as tests/compressor/stream's fixture)."""
-    monkeypatch.setenv("MOE_STUDIO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("MOE_STUDIO_MEMORY", raising=False)
+pytestmark = pytest.mark.usefixtures("studio_cache")
 
 
 def _folder(tmp_path, family, write, **shape):
