@@ -48,6 +48,10 @@ footer {display: none !important}
 #runs-table .cell-selected::before, #runs-table .cell-selected::after {display: none !important}
 #runs-table .selection-button {display: none !important}
 #runs-table [data-col="0"] {color: #4f46e5; font-weight: 700}
+#cmp-runs-metrics table, #cmp-runs-diff table {table-layout: fixed; width: 100% !important}
+#cmp-runs-metrics th, #cmp-runs-metrics td, #cmp-runs-diff th, #cmp-runs-diff td {min-width: 0 !important;
+    width: auto !important; overflow-wrap: anywhere}
+#cmp-runs-metrics th:first-child, #cmp-runs-metrics td:first-child {width: 22% !important}
 """
 
 

@@ -53,8 +53,8 @@ def build() -> CompareRunsTab:
                            elem_id="cmp-runs", allow_custom_value=True)
         go = gr.Button("Compare runs", variant="primary", scale=1, min_width=140, elem_id="cmp-runs-go")
     status = gr.HTML("", elem_classes="status-box", elem_id="cmp-runs-status")
-    # One table per row of the page: side by side, four runs' columns did not fit half of a 1440 px window and
-    # hid runs 3 and 4 behind a horizontal scroll (issue 27, item 10).
+    # One table per row of the page, each laid out to its width (ui.common.CSS): side by side, and sized by their
+    # content, four runs did not fit and runs 3 and 4 hid behind a horizontal scroll (issue 27, item 10).
     metrics = gr.Dataframe(pd.DataFrame(columns=["metric", "original"]), interactive=False, wrap=True,
                            label="metrics (original = the base model; speed-ups with the range of their rounds)",
                            max_height=1200, elem_id="cmp-runs-metrics")
@@ -166,17 +166,8 @@ def compare_runs(run_ids, smoothing=0.0, log_y=False):
     label = model_label((runs[0].recipe or {}).get("model"), catalog.labels_by_source())
     diff = recipe_diff(runs)
     note = f"{len(diff)} recipe field{'s' if len(diff) != 1 else ''} differ" if len(diff) else "same recipe"
-    return (box(f"{len(runs)} runs of {label}: {note}.", "ok"), fitted(metrics_frame(runs), first=22, second=9),
-            fitted(diff, first=24), loss_figure(runs, smoothing=smoothing, log_y=log_y))
-
-
-def fitted(frame: pd.DataFrame, *, first: float, second: float | None = None) -> gr.Dataframe:
-    """`frame` with column widths that add up to the table's width, so cells wrap instead of the table scrolling
-    sideways (Gradio sizes columns by their content: four runs hid runs 3 and 4 at 1440 px, issue 27 item 10)."""
-    fixed = [first] + ([second] if second is not None else [])
-    rest = max(len(frame.columns) - len(fixed), 1)
-    share = (100.0 - sum(fixed)) / rest
-    return gr.Dataframe(value=frame, column_widths=[f"{w:.1f}%" for w in (fixed + [share] * rest)][:len(frame.columns)])
+    return (box(f"{len(runs)} runs of {label}: {note}.", "ok"), metrics_frame(runs), diff,
+            loss_figure(runs, smoothing=smoothing, log_y=log_y))
 
 
 @guard(outputs=1, status=None)
