@@ -71,16 +71,7 @@ def _stage_archive(file: Path, uploads: Path, total: int) -> str:
     name (room made for `total` bytes) and renamed into place."""
     kind = file.name.lower()
     suffix = next(s for s in (".tar.gz", ".tgz", ".tar", ".zip") if kind.endswith(s))
-    target = uploads / f"{_sha256(file)}{suffix}"
-    if target.exists():
-        touch(target)
-    else:
-        with reserve(keep=_entries_in_use()) as room:
-            room.make_room(total)
-            partial = uploads / f".{target.name}.{os.getpid()}-{threading.get_ident()}.part"
-            shutil.copyfile(file, partial)
-            os.replace(partial, target)
-    return str(target)
+    return _stage_once(uploads / f"{_sha256(file)}{suffix}", total, lambda partial: shutil.copyfile(file, partial))
 
 
 def _check_folder_files(files: list[Path]) -> None:
@@ -106,24 +97,37 @@ def _stage_folder(files: list[Path], uploads: Path, total: int) -> str:
     digest = hashlib.sha256()
     for f in sorted(files, key=lambda f: f.name):
         digest.update(f.name.encode() + b"\0" + _sha256(f).encode())
-    folder = uploads / digest.hexdigest()
-    if folder.is_dir():
-        touch(folder)
-    else:
-        with reserve(keep=_entries_in_use()) as room:
-            room.make_room(total)
-            tmp = uploads / f".{folder.name}.{os.getpid()}-{threading.get_ident()}.part"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            for f in files:
-                shutil.copyfile(f, tmp / f.name)
-            try:
-                os.replace(tmp, folder)
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
-                if not folder.is_dir():   # another session staged the same files meanwhile: theirs is ours
-                    raise
-    return str(folder)
+
+    def copy_into(partial: Path) -> None:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        for f in files:
+            shutil.copyfile(f, partial / f.name)
+
+    return _stage_once(uploads / digest.hexdigest(), total, copy_into)
+
+
+def _stage_once(target: Path, total: int, write) -> str:
+    """`target` touched when already staged; else `write(partial)` fills a hidden partial name beside it (room made
+    for `total` bytes) and the partial is renamed into place. When another session staged the same content
+    meanwhile (the rename of a folder fails), theirs is ours."""
+    if target.exists():
+        touch(target)
+        return str(target)
+    with reserve(keep=_entries_in_use()) as room:
+        room.make_room(total)
+        partial = target.parent / f".{target.name}.{os.getpid()}-{threading.get_ident()}.part"
+        write(partial)
+        try:
+            os.replace(partial, target)
+        except OSError:
+            if partial.is_dir():
+                shutil.rmtree(partial, ignore_errors=True)
+            else:
+                partial.unlink(missing_ok=True)
+            if not target.exists():
+                raise
+    return str(target)
 
 
 def _entries_in_use() -> list[Path]:
