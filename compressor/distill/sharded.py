@@ -3,8 +3,9 @@
 `distill_sharded_` has `distill_`'s contract: it trains `student` in place and returns a `DistillReport`. It writes
 the student, its teacher (a `TeacherCache`, or a model every rank keeps whole) and the batches to one file in
 `workdir` (a model as its class, config and state dict: every rank rebuilds it from its config, which every cut
-keeps expressible, so no hook or cache a forward left on the module travels), starts N processes (torch.multiprocessing, spawn) that join a gloo group through a file store, and waits.
-Every rank loads the student (memory-mapped), shards every decoder layer and then the root with `fully_shard` over a
+keeps expressible, so no hook or cache a forward left on the module travels), starts N processes
+(torch.multiprocessing, spawn) that join a gloo group through a file store, and waits. Every rank rebuilds the
+student from the file (memory-mapped), shards every decoder layer and then the root with `fully_shard` over a
 1-D CPU mesh (`init_device_mesh("cpu", (N,))`), and runs `distill_` with `ranks=RankSlice(rank, N)`: rows
 [r B / N, (r + 1) B / N) of every micro-batch, the loss scaled so FSDP2's mean-reduced gradients are those of the
 whole batch (`trainer`'s docstring). AdamW's state lives with each rank's shard. Rank 0 gathers the full state dict
@@ -13,8 +14,9 @@ loads it. Rank 0's progress events come back through a queue; a cancel stops the
 
 The result is the one-process result up to the order of floating-point sums (tests/compressor/distill/
 test_sharded.py). Not here yet: CUDA / NCCL ranks, mixed precision and activation checkpointing policies, on-policy
-steps (each rank would sample its own rows from another random stream), and a parent that releases the student
-while the ranks train.
+steps (each rank would sample its own rows from another random stream), ranks that build on the meta device and
+read only their shards (each rank holds the whole student until `fully_shard` splits it), and a parent that releases
+the student while the ranks train: until then N processes save optimizer state and gradients, not weights.
 
     report = distill_sharded_(student, teacher=cache, batches=batches, config=recipe.distill, steps=100, nproc=2,
                               workdir=staging / "fsdp")

@@ -40,7 +40,8 @@ def test_two_processes_give_the_one_process_run(env):
     recipe = Recipe.parse({
         "model": str(model), "calibration": {"tokens": 256, "seq_len": 32, "batch_size": 4},
         "slimming": {"expert_keep_ratio": 0.5, "neuron_score": "activation"}, "stages": 1,
-        "distill": {"steps": 3, "batch_size": 2, "seq_len": 32, "lr": 1e-3, "warmup_steps": 1, "cache_teacher_topk": 16},
+        "distill": {"steps": 3, "batch_size": 2, "seq_len": 32, "lr": 1e-3, "warmup_steps": 1,
+                    "cache_teacher_topk": 16},
         "evaluate": {"tokens": 256, "seq_len": 32, "speed": False}, "seed": 0})
     one, two = run(env, recipe), run(env, recipe, "--nproc", "2")
     assert one["execution"]["distill"] == {"engine": "single", "nproc": 1, "teacher": "top-16 cache",
