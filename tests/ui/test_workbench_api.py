@@ -95,6 +95,8 @@ def test_open_in_compress_and_pasted_yaml_fill_the_form(studio, workbench):
     open_demo(c)
     out = c.predict(wb.wide, api_name="/open_in_compress")
     values, status = out[:N_FORM], out[N_FORM]
+    values = [v["value"] if isinstance(v, dict) and v.get("__type__") == "update" else v   # the fitted sliders
+              for v in values]                                                             # come as updates
     assert values[0] == 0.75 and values[8] == TINY["steps"] and values[14] == TINY["calib_tokens"]
     assert f"run #{wb.wide}" in status
     _, text = c.predict(*values, api_name="/estimate")[:2]
