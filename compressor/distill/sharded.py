@@ -113,7 +113,8 @@ def _forward(events, reporter: Reporter) -> None:
 def _portable(model: torch.nn.Module) -> dict:
     """A model as what rebuilds it: class, config, state dict and the names of its frozen parameters."""
     return {"cls": type(model), "config": model.config, "state": model.state_dict(), "training": model.training,
-            "frozen": [n for n, p in model.named_parameters() if not p.requires_grad]}
+            "frozen": [n for n, p in model.named_parameters() if not p.requires_grad],
+            "buffers": dict(model.named_buffers())}
 
 
 def _rebuild(spec) -> torch.nn.Module:
@@ -128,6 +129,25 @@ def _rebuild(spec) -> torch.nn.Module:
     for name, p in model.named_parameters():
         p.requires_grad_(name not in spec["frozen"])
     return model.train(spec["training"])
+
+
+def _sharded_student(spec: dict, mesh) -> torch.nn.Module:
+    """This rank's student, never whole here: built on the meta device from its config, sharded, materialised as
+    this rank's shards only (`to_empty`), filled from the memory-mapped full state dict (each rank reads the rows
+    of its shards), the buffers (rotary frequencies: not in the state dict) copied in."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    state = spec["state"]
+    with torch.device("meta"):
+        student = spec["cls"]._from_config(spec["config"]).to(next(iter(state.values())).dtype)
+    shard_student_(student, mesh)
+    student.to_empty(device="cpu")
+    set_model_state_dict(student, state, options=StateDictOptions(full_state_dict=True))
+    with torch.no_grad():
+        for name, buf in spec["buffers"].items():
+            student.get_buffer(name).copy_(buf)
+    for name, p in student.named_parameters():
+        p.requires_grad_(name not in spec["frozen"])
+    return student.train(spec["training"])
 
 
 def shard_student_(student: torch.nn.Module, mesh) -> None:
@@ -151,8 +171,8 @@ def _rank_main(rank: int, nproc: int, workdir: str, events) -> None:
     try:
         job = torch.load(folder / JOB, weights_only=False, mmap=True)
         torch.set_num_threads(job["threads"])
-        student, teacher = _rebuild(job["student"]), _rebuild(job["teacher"])
-        shard_student_(student, init_device_mesh("cpu", (nproc,)))
+        student = _sharded_student(job["student"], init_device_mesh("cpu", (nproc,)))
+        teacher = _rebuild(job["teacher"])
         report = distill_(student, teacher=teacher, batches=job["batches"], config=job["config"],
                           steps=job["steps"], reporter=Reporter(events.put if rank == 0 else None),
                           stage=job["stage"], layer_map=job["layer_map"], seed=job["seed"],
