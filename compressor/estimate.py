@@ -252,27 +252,30 @@ def compressed_checkpoint_bytes(shape: ModelShape, est: Estimate, quantize: dict
     with b = the scheme's stored bits per weight, scales included (`WeightScheme.bits_per_weight`: W4A16 group 128
     = 4 + 16/128; W8A16 per channel = 8; FP8 = 8; a kept class = 8 * bytes per parameter). R is counted at the
     attention's scheme (the summary does not split it by class); a note says when the others differ."""
-    from compressor.quantization.scheme import SCHEMES, scheme_named
-
     bpp = shape.bytes_per_param
     P_e = shape.expert_params - (shape.expert_width - est.expert_width_after) * shape.neuron_params
     H = shape.hidden
     X = est.moe_layers_after * est.experts_after * P_e
     K = shape.embedding_params + est.moe_layers_after * est.experts_after * H + (2 * est.layers_after + 1) * H
     R = max(0.0, est.params_total_after - K - X)
-    group = quantize.get("group_size")
     default = quantize.get("scheme", "W4A16")
-
-    def bits(klass: str) -> float:
-        name = quantize.get(klass) or default
-        if name == "keep":
-            return 8 * bpp
-        scheme = SCHEMES[name] if SCHEMES[name].type == "float" else scheme_named(name, group_size=group)
-        return scheme.bits_per_weight(dtype_bytes=int(bpp))
-
     notes = []
     rest = {k: quantize.get(k) or default for k in ("attention", "shared_experts", "dense_mlp")}
     if len(set(rest.values())) > 1:
         notes.append("shared experts and dense MLPs are counted at the attention's scheme")
-    total = X * bits("experts") / 8 + R * bits("attention") / 8 + K * bpp
+    b_experts, b_attention = scheme_bits(shape, quantize, "experts"), scheme_bits(shape, quantize, "attention")
+    total = X * b_experts / 8 + R * b_attention / 8 + K * bpp
     return round(total), notes
+
+
+def scheme_bits(shape: ModelShape, quantize: dict, klass: str) -> float:
+    """Stored bits per weight of one class (experts, attention, ...) under a compressed-tensors quantize section:
+    its scheme's `bits_per_weight` (scales included), or 8 * bytes per parameter for a kept class."""
+    from compressor.quantization.scheme import SCHEMES, scheme_named
+
+    name = quantize.get(klass) or quantize.get("scheme", "W4A16")
+    if name == "keep":
+        return 8 * shape.bytes_per_param
+    scheme = SCHEMES[name] if SCHEMES[name].type == "float" else scheme_named(name,
+                                                                              group_size=quantize.get("group_size"))
+    return scheme.bits_per_weight(dtype_bytes=int(shape.bytes_per_param))

@@ -9,7 +9,7 @@ from html import escape
 import gradio as gr
 
 from compressor.recipe import Recipe
-from ui import compress_controls, recipe_form, services
+from ui import compress_controls, live_estimate, recipe_form, services
 from ui.common import box, card, fit_slider, fmt_bytes, fmt_count, guard
 from ui.recipe_form import form  # noqa: F401  (the form's recipe sections; ui.compress.form for callers)
 
@@ -61,6 +61,7 @@ class CompressTab:
     lineage: gr.HTML
     controls: list = field(default_factory=list)
     pending: gr.State | None = None       # a run's recipe waiting for its model to open (ui/open_run.py)
+    shape: gr.JSON | None = None          # what the page's own estimate reads of the model (ui/live_estimate.py)
 
 
 def build() -> CompressTab:
@@ -76,6 +77,7 @@ def build() -> CompressTab:
     tab = CompressTab(**controls, **groups, **outputs, parent=gr.State(None))
     tab.controls = list(controls.values())          # in the order `form` takes them (compress_controls.ORDER)
     tab.pending = gr.State(None)
+    tab.shape = gr.JSON(None, visible=False, elem_id="estimate-shape")
     return tab
 
 
@@ -253,6 +255,12 @@ def wire(tab: CompressTab, *, model_state: gr.State) -> tuple[gr.events.Dependen
     """Wire the tab; returns the Enqueue event and the queued run id (None after a failure) for the app to chain."""
     inputs = [model_state, *tab.controls]
     drawn = [tab.estimate, tab.yaml, tab.residency_note, tab.merge_group, tab.blockwise]
+    # The card is drawn in the page at once (ui/live_estimate.js); the server's preview follows with the same card,
+    # the YAML, the residency note and any refusal.
+    model_state.change(live_estimate.payload, model_state, tab.shape, api_name="estimate_shape", queue=False,
+                       show_progress="hidden")
+    gr.on([c.change for c in tab.controls], None, [tab.shape, tab.estimate, tab.residency_note, *tab.controls[:-1]],
+          tab.estimate, js=live_estimate.JS, queue=False, show_progress="hidden")
     gr.on([c.change for c in tab.controls], preview, inputs, drawn, api_name="estimate",
           show_progress="hidden", trigger_mode="always_last")
     # Everything that reads the sliders after a model change runs after on_model has fitted them (tests/ui/
