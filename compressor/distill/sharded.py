@@ -4,19 +4,19 @@
 the student, its teacher (a `TeacherCache`, or a model every rank keeps whole) and the batches to one file in
 `workdir` (a model as its class, config and state dict: every rank rebuilds it from its config, which every cut
 keeps expressible, so no hook or cache a forward left on the module travels), starts N processes
-(torch.multiprocessing, spawn) that join a gloo group through a file store, and waits. Every rank rebuilds the
-student from the file (memory-mapped), shards every decoder layer and then the root with `fully_shard` over a
-1-D CPU mesh (`init_device_mesh("cpu", (N,))`), and runs `distill_` with `ranks=RankSlice(rank, N)`: rows
-[r B / N, (r + 1) B / N) of every micro-batch, the loss scaled so FSDP2's mean-reduced gradients are those of the
-whole batch (`trainer`'s docstring). AdamW's state lives with each rank's shard. Rank 0 gathers the full state dict
-(`get_model_state_dict(full_state_dict=True, cpu_offload=True)`) and writes it with the report; the student here
-loads it. Rank 0's progress events come back through a queue; a cancel stops the processes.
+(torch.multiprocessing, spawn) that join a gloo group through a file store, and waits. Every rank builds the
+student on the meta device, shards every decoder layer and then the root with `fully_shard` over a 1-D CPU mesh
+(`init_device_mesh("cpu", (N,))`), materialises its shards from the file (memory-mapped), and runs `distill_` with
+`ranks=RankSlice(rank, N)`: rows [r B / N, (r + 1) B / N) of every micro-batch, the loss scaled so FSDP2's
+mean-reduced gradients are those of the whole batch (`trainer`'s docstring). AdamW's state lives with each rank's
+shard. Rank 0 gathers the full state dict (`get_model_state_dict(full_state_dict=True, cpu_offload=True)`) and
+writes it with the report; the student here loads it. Rank 0's progress events come back through a queue; a
+cancel stops the processes.
 
 The result is the one-process result up to the order of floating-point sums (tests/compressor/distill/
 test_sharded.py). Not here yet: CUDA / NCCL ranks, mixed precision and activation checkpointing policies, on-policy
-steps (each rank would sample its own rows from another random stream), ranks that build on the meta device and
-read only their shards (each rank holds the whole student until `fully_shard` splits it), and a parent that releases
-the student while the ranks train: until then N processes save optimizer state and gradients, not weights.
+steps (each rank would sample its own rows from another random stream), and a launcher that releases the student
+(and a live teacher) while the ranks train.
 
     report = distill_sharded_(student, teacher=cache, batches=batches, config=recipe.distill, steps=100, nproc=2,
                               workdir=staging / "fsdp")
@@ -133,8 +133,8 @@ def _rebuild(spec) -> torch.nn.Module:
 
 def _sharded_student(spec: dict, mesh) -> torch.nn.Module:
     """This rank's student, never whole here: built on the meta device from its config, sharded, materialised as
-    this rank's shards only (`to_empty`), filled from the memory-mapped full state dict (each rank reads the rows
-    of its shards), the buffers (rotary frequencies: not in the state dict) copied in."""
+    this rank's shards only (`to_empty`), filled from the memory-mapped full state dict (`set_model_state_dict`
+    distributes it one tensor at a time), the buffers (rotary frequencies: not in the state dict) copied in."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     state = spec["state"]
     with torch.device("meta"):

@@ -64,3 +64,19 @@ def test_two_gloo_processes_match_one(tmp_path, teacher_kind):
     assert (two.lm_head.weight is two.model.embed_tokens.weight) == live
     assert any(e.stage == "distill" and e.loss is not None for e in events)
     assert not (tmp_path / "fsdp").exists()
+
+
+def test_cancel_stops_every_rank(tmp_path):
+    """A cancel while the ranks train raises Cancelled here, ends both processes and removes the hand-over files."""
+    import multiprocessing
+
+    from compressor.progress import Cancelled
+    teacher = tiny_moe("qwen3_moe", seed=1)
+    batches = [{"input_ids": tiny_inputs(batch=2, seq=8, seed=i)} for i in range(2)]
+    seen = []
+    with pytest.raises(Cancelled):
+        distill_sharded_(tiny_moe("qwen3_moe", seed=2), teacher=teacher, batches=batches, steps=10_000,
+                         config=DistillConfig(steps=10_000, batch_size=2), nproc=2, workdir=tmp_path / "fsdp",
+                         reporter=Reporter(seen.append, should_cancel=lambda: bool(seen)))
+    assert seen and seen[0].stage == "distill"
+    assert not multiprocessing.active_children() and not (tmp_path / "fsdp").exists()
