@@ -15,8 +15,8 @@ cancel stops the processes.
 
 The result is the one-process result up to the order of floating-point sums (tests/compressor/distill/
 test_sharded.py). Not here yet: CUDA / NCCL ranks, mixed precision and activation checkpointing policies, on-policy
-steps (each rank would sample its own rows from another random stream), and a launcher that releases the student
-(and a live teacher) while the ranks train.
+steps (each rank would sample its own rows from another random stream). The launcher releases the student's
+weights while the ranks train, not a live teacher's (the pipeline evaluates against it afterwards).
 
     report = distill_sharded_(student, teacher=cache, batches=batches, config=recipe.distill, steps=100, nproc=2,
                               workdir=staging / "fsdp")
@@ -61,7 +61,8 @@ def distill_sharded_(student: torch.nn.Module, *, teacher, batches: Sequence[dic
                      steps: int, nproc: int, workdir: Path, reporter: Reporter | None = None,
                      stage: str = "distill", layer_map: Sequence[int] | None = None, seed: int = 0) -> DistillReport:
     """`distill_` with the student sharded over `nproc` processes (see the module docstring); `workdir` holds the
-    hand-over files and is removed at the end."""
+    hand-over files and is removed at the end. While the ranks train, `student`'s weights are released here (each
+    parameter left empty); they come back trained, or, when the ranks fail or are cancelled, as they were."""
     reporter = reporter or Reporter()
     check_sharded(config, nproc=nproc, device=next(student.parameters()).device)
     workdir = Path(workdir)
@@ -72,13 +73,34 @@ def distill_sharded_(student: torch.nn.Module, *, teacher, batches: Sequence[dic
         torch.save({"student": _portable(student), "teacher": teacher, "batches": list(batches), "config": config,
                     "steps": steps, "stage": stage, "layer_map": None if layer_map is None else list(layer_map),
                     "seed": seed, "threads": max(1, torch.get_num_threads() // nproc)}, workdir / JOB)
-        _launch(workdir, nproc, reporter)
-        result = torch.load(workdir / RESULT, weights_only=False)
-        with torch.no_grad():
-            student.load_state_dict(result["state"])
+        shapes = _release_(student)                        # the ranks hold the student now
+        result = None
+        try:
+            _launch(workdir, nproc, reporter)
+            result = torch.load(workdir / RESULT, weights_only=False, mmap=True)
+        finally:
+            state = (result or torch.load(workdir / JOB, weights_only=False, mmap=True)["student"])["state"]
+            _refill_(student, state, shapes)
         return result["report"]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _release_(model: torch.nn.Module) -> list[torch.Size]:
+    """Free every parameter's storage, keeping the parameter objects (tied ones stay one); returns their shapes."""
+    shapes = []
+    for p in model.parameters():
+        shapes.append(p.shape)
+        p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+    return shapes
+
+
+@torch.no_grad()
+def _refill_(model: torch.nn.Module, state: dict, shapes: list[torch.Size]) -> None:
+    """Give the parameters `_release_` emptied their storage back and copy `state` in."""
+    for p, shape in zip(model.parameters(), shapes):
+        p.data = torch.empty(shape, dtype=p.dtype, device=p.device)
+    model.load_state_dict(state)
 
 
 def _launch(workdir: Path, nproc: int, reporter: Reporter) -> None:

@@ -73,10 +73,16 @@ def test_cancel_stops_every_rank(tmp_path):
     from compressor.progress import Cancelled
     teacher = tiny_moe("qwen3_moe", seed=1)
     batches = [{"input_ids": tiny_inputs(batch=2, seq=8, seed=i)} for i in range(2)]
-    seen = []
+    seen, student = [], tiny_moe("qwen3_moe", seed=2)
+    before = copy.deepcopy(student.state_dict())
     with pytest.raises(Cancelled):
-        distill_sharded_(tiny_moe("qwen3_moe", seed=2), teacher=teacher, batches=batches, steps=10_000,
+        distill_sharded_(student, teacher=teacher, batches=batches, steps=10_000,
                          config=DistillConfig(steps=10_000, batch_size=2), nproc=2, workdir=tmp_path / "fsdp",
                          reporter=Reporter(seen.append, should_cancel=lambda: bool(seen)))
     assert seen and seen[0].stage == "distill"
     assert not multiprocessing.active_children() and not (tmp_path / "fsdp").exists()
+    after = student.state_dict()                                       # released while the ranks ran, given back
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    inv_freq = student.model.rotary_emb.inv_freq
+    assert inv_freq.device.type == "cpu" and torch.isfinite(inv_freq).all() and inv_freq.abs().sum() > 0
+    assert torch.isfinite(student(input_ids=batches[0]["input_ids"]).logits).all()
