@@ -3,15 +3,16 @@
 `distill_sharded_` has `distill_`'s contract: it trains `student` in place and returns a `DistillReport`. It writes
 the student, its teacher (a `TeacherCache`, or a model every rank keeps whole) and the batches to one file in
 `workdir` (a model as its class, config and state dict: every rank rebuilds it from its config, which every cut
-keeps expressible, so no hook or cache a forward left on the module travels), starts N processes
-(torch.multiprocessing, spawn) that join a gloo group through a file store, and waits. Every rank builds the
+keeps expressible, so no hook or cache a forward left on the module travels), starts N Python processes (plain
+subprocesses, as torchrun would, so a Celery prefork child can launch them) that join a gloo group through a file
+store, and waits. Every rank builds the
 student on the meta device, shards every decoder layer and then the root with `fully_shard` over a 1-D CPU mesh
 (`init_device_mesh("cpu", (N,))`), materialises its shards from the file (memory-mapped), and runs `distill_` with
 `ranks=RankSlice(rank, N)`: rows [r B / N, (r + 1) B / N) of every micro-batch, the loss scaled so FSDP2's
 mean-reduced gradients are those of the whole batch (`trainer`'s docstring). AdamW's state lives with each rank's
 shard. Rank 0 gathers the full state dict (`get_model_state_dict(full_state_dict=True, cpu_offload=True)`) and
-writes it with the report; the student here loads it. Rank 0's progress events come back through a queue; a
-cancel stops the processes.
+writes it with the report; the student here loads it. Rank 0's progress events come back through a JSON-lines
+file; a cancel, or a rank that fails, stops them all (the error names the rank and ends with its log).
 
 The result is the one-process result up to the order of floating-point sums (tests/compressor/distill/
 test_sharded.py). Not here yet: CUDA / NCCL ranks, mixed precision and activation checkpointing policies, on-policy
@@ -23,23 +24,26 @@ weights while the ranks train, not a live teacher's (the pipeline evaluates agai
 """
 from __future__ import annotations
 
+import json
 import os
-import queue
 import resource
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from compressor.distill.trainer import DistillReport, RankSlice, distill_
-from compressor.progress import Cancelled, ProgressEvent, Reporter
+from compressor.progress import Cancelled, Reporter
 from compressor.recipe import DistillConfig
 
-JOB, RESULT, STORE = "job.pt", "result.pt", "store"
+JOB, RESULT, STORE, EVENTS = "job.pt", "result.pt", "store", "events.jsonl"
 POLL_S = 0.2
+_ENTRY = "import sys; from compressor.distill.sharded import rank_main; rank_main(*sys.argv[1:])"
 
 
 def check_sharded(config: DistillConfig, *, nproc: int, device: torch.device | str = "cpu") -> None:
@@ -104,32 +108,47 @@ def _refill_(model: torch.nn.Module, state: dict, shapes: list[torch.Size]) -> N
 
 
 def _launch(workdir: Path, nproc: int, reporter: Reporter) -> None:
-    """Start the ranks and wait for them, forwarding rank 0's progress and stopping them all on a cancel."""
-    events = mp.get_context("spawn").Queue()
-    ctx = mp.start_processes(_rank_main, args=(nproc, str(workdir), events), nprocs=nproc, join=False,
-                             start_method="spawn")
+    """Start the ranks as plain subprocesses (a Celery prefork child may start those, not multiprocessing children),
+    wait for them, forward rank 0's progress, stop them all on a cancel or when one fails."""
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    procs = []
+    for rank in range(nproc):
+        with open(workdir / f"rank{rank}.log", "wb") as log:
+            procs.append(subprocess.Popen([sys.executable, "-c", _ENTRY, str(rank), str(nproc), str(workdir)],
+                                          env=env, stdout=log, stderr=subprocess.STDOUT))
+    seen = 0
     try:
-        while not ctx.join(timeout=POLL_S):
-            _forward(events, reporter)
+        while any(p.poll() is None for p in procs) and not any(p.returncode for p in procs):
+            time.sleep(POLL_S)
+            seen = _forward(workdir / EVENTS, seen, reporter)
             reporter.check_cancel()
-        _forward(events, reporter)
-    except (Cancelled, KeyboardInterrupt):
-        for p in ctx.processes:
-            if p.is_alive():
+        _forward(workdir / EVENTS, seen, reporter)
+        failed = [r for r, p in enumerate(procs) if p.returncode]
+        if failed:
+            tail = (workdir / f"rank{failed[0]}.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"sharded distillation: rank {failed[0]} exited with {procs[failed[0]].returncode}"
+                               f"\n{tail}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
                 p.terminate()
-        for p in ctx.processes:
-            p.join()
-        raise
+        for p in procs:
+            p.wait()
 
 
-def _forward(events, reporter: Reporter) -> None:
-    while True:
-        try:
-            ev: ProgressEvent = events.get_nowait()
-        except queue.Empty:
-            return
-        reporter.report(ev.stage, step=ev.step, total=ev.total, message=ev.message, loss=ev.loss,
-                        tokens_per_s=ev.tokens_per_s, eta_s=ev.eta_s)
+def _forward(path: Path, seen: int, reporter: Reporter) -> int:
+    """Report the events rank 0 appended to `path` past line `seen`; returns the lines read so far."""
+    if not path.is_file():
+        return seen
+    text = path.read_text()
+    lines = text.splitlines()
+    complete = lines if text.endswith("\n") else lines[:-1]           # the last line may be half written
+    for line in complete[seen:]:
+        ev = json.loads(line)
+        reporter.report(ev["stage"], step=ev["step"], total=ev["total"], message=ev["message"], loss=ev["loss"],
+                        tokens_per_s=ev["tokens_per_s"], eta_s=ev["eta_s"])
+    return max(seen, len(complete))
 
 
 def _portable(model: torch.nn.Module) -> dict:
@@ -183,12 +202,20 @@ def shard_student_(student: torch.nn.Module, mesh) -> None:
     fully_shard(student, mesh=mesh)
 
 
-def _rank_main(rank: int, nproc: int, workdir: str, events) -> None:
-    """One rank: join the group, load and shard the student, distil its rows, rank 0 writes the full state."""
+def _log_event(path: Path):
+    def write(ev) -> None:
+        with open(path, "a") as f:
+            f.write(json.dumps(ev.to_dict()) + "\n")
+    return write
+
+
+def rank_main(rank: str, nproc: str, workdir: str) -> None:
+    """One rank (the entry point of its process): join the group, build and shard the student, distil its rows;
+    rank 0 writes its progress to events.jsonl and the full state at the end."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.device_mesh import init_device_mesh
 
-    folder = Path(workdir)
+    rank, nproc, folder = int(rank), int(nproc), Path(workdir)
     dist.init_process_group("gloo", init_method=f"file://{folder / STORE}", rank=rank, world_size=nproc)
     try:
         job = torch.load(folder / JOB, weights_only=False, mmap=True)
@@ -196,7 +223,7 @@ def _rank_main(rank: int, nproc: int, workdir: str, events) -> None:
         student = _sharded_student(job["student"], init_device_mesh("cpu", (nproc,)))
         teacher = _rebuild(job["teacher"])
         report = distill_(student, teacher=teacher, batches=job["batches"], config=job["config"],
-                          steps=job["steps"], reporter=Reporter(events.put if rank == 0 else None),
+                          steps=job["steps"], reporter=Reporter(_log_event(folder / EVENTS) if rank == 0 else None),
                           stage=job["stage"], layer_map=job["layer_map"], seed=job["seed"],
                           ranks=RankSlice(rank, nproc))
         state = get_model_state_dict(student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

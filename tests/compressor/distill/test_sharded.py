@@ -1,6 +1,7 @@
 """FSDP2 distillation on two gloo CPU processes gives the one-process result: the same loss curve and final weights
 up to the order of floating-point sums (an uneven row split and gradient accumulation included)."""
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -66,10 +67,19 @@ def test_two_gloo_processes_match_one(tmp_path, teacher_kind):
     assert not (tmp_path / "fsdp").exists()
 
 
+def ranks_alive(workdir) -> bool:
+    """Whether a process whose command line names `workdir` (a rank) still runs."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(workdir).encode() in cmdline.read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def test_cancel_stops_every_rank(tmp_path):
     """A cancel while the ranks train raises Cancelled here, ends both processes and removes the hand-over files."""
-    import multiprocessing
-
     from compressor.progress import Cancelled
     teacher = tiny_moe("qwen3_moe", seed=1)
     batches = [{"input_ids": tiny_inputs(batch=2, seq=8, seed=i)} for i in range(2)]
@@ -80,9 +90,24 @@ def test_cancel_stops_every_rank(tmp_path):
                          config=DistillConfig(steps=10_000, batch_size=2), nproc=2, workdir=tmp_path / "fsdp",
                          reporter=Reporter(seen.append, should_cancel=lambda: bool(seen)))
     assert seen and seen[0].stage == "distill"
-    assert not multiprocessing.active_children() and not (tmp_path / "fsdp").exists()
+    assert not ranks_alive(tmp_path / "fsdp") and not (tmp_path / "fsdp").exists()
     after = student.state_dict()                                       # released while the ranks ran, given back
     assert all(torch.equal(before[k], after[k]) for k in before)
     inv_freq = student.model.rotary_emb.inv_freq
     assert inv_freq.device.type == "cpu" and torch.isfinite(inv_freq).all() and inv_freq.abs().sum() > 0
     assert torch.isfinite(student(input_ids=batches[0]["input_ids"]).logits).all()
+
+
+def test_a_failing_rank_is_reported_with_its_log(tmp_path):
+    """A rank that fails (here: its teacher cache is gone) stops the others; the error names it and ends with its
+    log; the student comes back unchanged."""
+    teacher, student = tiny_moe("qwen3_moe", seed=1), tiny_moe("qwen3_moe", seed=2)
+    batches = [{"input_ids": tiny_inputs(batch=2, seq=8, seed=i)} for i in range(2)]
+    cache = TeacherCache.build(teacher, batches, directory=tmp_path / "cache", k=8, temperature=2.0)
+    cache.remove()
+    before = copy.deepcopy(student.state_dict())
+    with pytest.raises(RuntimeError, match=r"rank \d exited with 1(.|\n)*FileNotFoundError"):
+        distill_sharded_(student, teacher=cache, batches=batches, steps=2, nproc=2, workdir=tmp_path / "fsdp",
+                         config=DistillConfig(steps=2, batch_size=2, cache_teacher_topk=8))
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+    assert not ranks_alive(tmp_path / "fsdp") and not (tmp_path / "fsdp").exists()
