@@ -73,10 +73,13 @@ def build_app() -> gr.Blocks:
                 d = download.build()
         model.wire(m, model_state=model_state)
         explore.wire(e, model_state=model_state, tab_item=t_explore)
-        runs.wire(r)
+        runs_in, runs_out = runs.wire(r)
         enqueued, run_id = compress.wire(c, model_state=model_state)
-        # the new run is selected; the selector's change event draws it (ui.runs: the selection rule)
-        enqueued.then(_show_runs, run_id, [tabs, r.run], api_name="show_runs", show_progress="hidden")
+        # the new run is selected (the selector's change event then draws its details and buttons: ui.runs, the
+        # selection rule), and the chain draws the table with the timer's own refresh, the new run's row marked,
+        # instead of waiting for the next tick
+        enqueued.then(_show_runs, run_id, [tabs, r.run], api_name="show_runs", show_progress="hidden").then(
+            runs.refresh, runs_in, runs_out, api_name="runs_after_enqueue", show_progress="hidden", **runs.VIEW)
         # Runs' "Open in Compress": the picked run's model in tab 1, its recipe in the sliders, then Compress
         open_run.wire(r, c, m, model_state=model_state, tabs=tabs)
         compare.wire(cmp, model_state=model_state, tab_item=t_compare)
