@@ -64,7 +64,8 @@ def deepseek_dir(tmp_path):
 
 def test_the_pipeline_refuses_before_reading_any_weight(deepseek_dir, tmp_path, monkeypatch):
     import compressor.pipeline as pipeline
-    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("weights were loaded"))
+    from compressor.engine import in_memory
+    monkeypatch.setattr(in_memory, "load_model", lambda *a, **k: pytest.fail("weights were loaded"))
     recipe = Recipe.parse({"model": str(deepseek_dir), "slimming": {"experts_keep": 5}, "distill": {"steps": 0}})
     with pytest.raises(FeasibilityError, match="routes in 2 expert groups: keep a multiple of 2"):
         pipeline.run_recipe(recipe, tmp_path / "out")

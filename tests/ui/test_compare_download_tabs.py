@@ -51,7 +51,7 @@ def test_compare_original_with_a_finished_run(studio, finished_run):
     assert later["layout"]["title"]["text"] != fig["layout"]["title"]["text"]
     rows = {r[0]: r for r in metrics["data"]}
     assert "perplexity" in rows and rows["perplexity"][1] and rows["perplexity"][2]
-    assert float(rows["params_active"][3]) < 1.0                           # the run is smaller
+    assert float(rows["active params"][3]) < 1.0                           # the run is smaller
 
 
 def test_same_model_twice_agrees_everywhere(studio):
