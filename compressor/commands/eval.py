@@ -114,39 +114,28 @@ def _streamed_dirs(args, cfg):
 
 
 def _run_streamed(args, cfg, model, baseline) -> int:
-    """Quality from one sweep per model (compressor.stream.evaluate) and sizes from the headers; speed and tasks
-    need the whole model in memory and are left out (said in the output)."""
-    from compressor.describe import describe_checkpoint
-    from compressor.device import resolve_device
-    from compressor.evaluate import render_table
-    from compressor.evaluate.report import EvalReport
-    from compressor.evaluate.size import SizeStats
-    from compressor.sources import load_tokenizer, parse_dtype
-    from compressor.stream.evaluate import stream_quality
+    """Quality from one sweep per model and sizes from the headers (`engine.layered.evaluate_layered`, what a
+    layer-by-layer run reports); speed and tasks need the whole model in memory and are left out (said in the
+    output)."""
     import resource
     import time
 
     from compressor.data import eval_windows
+    from compressor.device import resolve_device
+    from compressor.engine.layered import evaluate_layered
+    from compressor.evaluate import render_table
+    from compressor.sources import load_tokenizer, parse_dtype
 
     tokenizer = load_tokenizer(model.local_dir) or (load_tokenizer(baseline.local_dir) if baseline else None)
     if tokenizer is None:
         raise ValueError(f"{args.model} ships no tokenizer files and no --baseline tokenizer was given")
     if cfg.tasks or cfg.lm_eval.tasks:
         raise ValueError("--task and --lm-eval need the whole model in memory; run them with --streaming off")
-
-    def size(found):
-        s = describe_checkpoint(found.local_dir)
-        return SizeStats(params_total=s["params_total"], params_active=s["params_active"], weight_bytes=0,
-                         checkpoint_bytes=s["checkpoint_bytes"], checkpoint_bytes_from="files", peak_memory_bytes=0,
-                         peak_memory_method="none")
-
     t0 = time.perf_counter()
-    report = EvalReport(size=size(model), baseline_size=size(baseline) if baseline else None)
-    if cfg.perplexity:
-        windows = eval_windows(tokenizer, tokens=cfg.tokens, seq_len=cfg.seq_len)
-        report.quality = stream_quality(model.local_dir, baseline.local_dir if baseline else None, windows,
-                                        dtype=parse_dtype(args.dtype) if args.dtype else None,
-                                        device=resolve_device(args.device))
+    windows = eval_windows(tokenizer, tokens=cfg.tokens, seq_len=cfg.seq_len) if cfg.perplexity else None
+    report = evaluate_layered(model.local_dir, baseline.local_dir if baseline else None, windows,
+                              dtype=parse_dtype(args.dtype) if args.dtype else None,
+                              device=resolve_device(args.device))
     report.seconds = time.perf_counter() - t0
     report.size.peak_memory_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     report.size.peak_memory_method = "ru_maxrss"      # this whole process, both sweeps included

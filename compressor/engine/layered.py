@@ -70,11 +70,9 @@ def run(recipe, ckpt, plan, staging: Path, reporter: Reporter) -> PipelineResult
                       reporter=reporter.span(.45, .7), spill=spill, device=device)
     timings["slim"] = time.perf_counter() - ts
     ts = time.perf_counter()
-    quality = (stream_quality(out, local, windows, reporter=reporter.span(0.7, 0.98), device=device, spill=spill)
-               if e.perplexity else None)
+    report = evaluate_layered(out, local, windows if e.perplexity else None, device=device, spill=spill,
+                              reporter=reporter.span(0.7, 0.98))
     spill.close()
-    sizes = [describe_checkpoint(d) for d in (out, local)]
-    report = EvalReport(quality=quality, size=_size(sizes[0]), baseline_size=_size(sizes[1]))
     timings["final_evaluate"] = time.perf_counter() - ts
     timings["total"] = time.perf_counter() - t0
     stage = {"stage": "stage 1/1 (layer by layer)", "index": 1, "slimming": res.to_dict(),
@@ -97,6 +95,18 @@ def _scores(recipe, ckpt, calib, device, spill, reporter: Reporter):
         return None
     return score_checkpoint(ckpt, calib, AnalyzeConfig(want=want, taylor=taylor), layered=True, device=device,
                             spill=spill, reporter=reporter)
+
+
+def evaluate_layered(model_dir: Path, baseline_dir: Path | None, windows, *, dtype=None, device: str = "cpu",
+                     spill=None, reporter: Reporter | None = None) -> EvalReport:
+    """The evaluation a layer-by-layer run can give: perplexity, agreement and KL against the baseline from one sweep
+    per model (`stream.evaluate.stream_quality`; skipped when `windows` is None) and both sizes from the headers
+    (`describe_checkpoint`); speed and tasks need the whole model in memory. The layered driver and
+    `python -m compressor eval --streaming` both use it."""
+    quality = (stream_quality(model_dir, baseline_dir, windows, dtype=dtype, device=device, spill=spill,
+                              reporter=reporter) if windows is not None else None)
+    sizes = [_size(describe_checkpoint(d)) if d is not None else None for d in (model_dir, baseline_dir)]
+    return EvalReport(quality=quality, size=sizes[0], baseline_size=sizes[1])
 
 
 def _size(summary: dict) -> SizeStats:
