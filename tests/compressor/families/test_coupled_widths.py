@@ -66,7 +66,7 @@ def test_uncut_coupling_is_refused_from_the_config_before_calibration(model_type
     assert field in inspect_model(tiny_moe(model_type))["refusals"]["neuron_slimming"]
 
 
-def test_both_drivers_cut_the_shared_expert_alike(tmp_path, capsys, monkeypatch):
+def test_both_drivers_cut_the_shared_expert_alike(tmp_path, capsys, studio_cache):
     """Hunyuan slimmed from the CLI in memory and layer by layer: the same checkpoint, shared MLP at half width."""
     import json
 
@@ -74,8 +74,6 @@ def test_both_drivers_cut_the_shared_expert_alike(tmp_path, capsys, monkeypatch)
 
     from compressor import cli
     from compressor.testing import char_tokenizer
-    monkeypatch.setenv("MOE_STUDIO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("MOE_STUDIO_MEMORY", raising=False)
     folder = tmp_path / "in"
     tiny_moe("hunyuan_v1_moe").save_pretrained(folder)
     char_tokenizer().save_pretrained(folder)

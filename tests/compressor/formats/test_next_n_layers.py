@@ -70,8 +70,7 @@ def test_undeclared_extra_layer_is_still_refused(tmp_path):
         describe_checkpoint(tmp_path)
 
 
-def test_slimmed_layer_by_layer_into_a_checkpoint_without_it(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("MOE_STUDIO_CACHE", str(tmp_path / "cache"))
+def test_slimmed_layer_by_layer_into_a_checkpoint_without_it(tmp_path, capsys, studio_cache):
     folder = tmp_path / "in"
     _, L = _with_mtp_layer(folder)
     to_fp8_(folder, block=(16, 16))

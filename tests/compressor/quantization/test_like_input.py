@@ -37,8 +37,7 @@ def test_formats_without_an_exact_preset_are_refused_naming_the_nearest(info, sa
         quantize_fields_like(info)
 
 
-def test_cli_writes_the_source_format(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("MOE_STUDIO_CACHE", str(tmp_path / "cache"))
+def test_cli_writes_the_source_format(tmp_path, capsys, studio_cache):
     from compressor.quantization.export import save_compressed
     from compressor.quantization.scheme import WeightScheme
     from compressor.quantization.sequential import quantize_model_
